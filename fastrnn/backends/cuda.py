@@ -1,0 +1,14 @@
+"""`cuda` backend: not built in this version of fastrnn."""
+from __future__ import annotations
+
+import torch
+
+from fastrnn.backends import ALL_DTYPES, Backend
+
+
+def _load():
+    raise ImportError("the cuda backend is not implemented in this build")
+
+
+BACKEND = Backend(name="cuda", devices=frozenset(("cuda",) if "cuda" in ("triton", "cuda") else ("cpu",)),
+                  dtypes=ALL_DTYPES, load=_load)

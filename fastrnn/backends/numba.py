@@ -1,0 +1,14 @@
+"""`numba` backend: not built in this version of fastrnn."""
+from __future__ import annotations
+
+import torch
+
+from fastrnn.backends import ALL_DTYPES, Backend
+
+
+def _load():
+    raise ImportError("the numba backend is not implemented in this build")
+
+
+BACKEND = Backend(name="numba", devices=frozenset(("cuda",) if "numba" in ("triton", "cuda") else ("cpu",)),
+                  dtypes=ALL_DTYPES, load=_load)

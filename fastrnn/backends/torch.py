@@ -1,0 +1,47 @@
+"""`torch` backend: hands one layer to torch's own kernels (cuDNN on GPU, ATen on CPU).
+
+auto uses it where torch is faster than our kernels, so that fastrnn under
+auto is never slower than torch.nn. Same op signature as `reference.rnn_layer`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import _VF
+
+from fastrnn.backends import ALL_DTYPES, Backend
+
+_FN = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu}
+
+
+def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
+    has_bias = weights[0][2] is not None
+    flat = []
+    for w_ih, w_hh, b_ih, b_hh, w_hr in weights:
+        flat += [w_ih, w_hh] + ([b_ih, b_hh] if has_bias else []) + ([w_hr] if w_hr is not None else [])
+    bidir = len(weights) == 2
+    hx = (h0, c0) if cell == "lstm" else h0
+    fn = _FN[cell]
+    if batch_sizes is None:
+        B = h0.size(1)
+        x3 = x.view(x.size(0) // B if B else 0, B, x.size(1))
+        res = fn(x3, hx, flat, has_bias, 1, 0.0, False, bidir, False)
+        out = res[0].reshape(x.size(0), -1)
+    else:
+        res = fn(x, batch_sizes, hx, flat, has_bias, 1, 0.0, False, bidir)
+        out = res[0]
+    if cell == "lstm":
+        return out, res[1], res[2]
+    return out, res[1], None
+
+
+def _load():
+    import sys
+    return sys.modules[__name__]
+
+
+BACKEND = Backend(
+    name="torch",
+    devices=frozenset(("cpu", "cuda")),
+    dtypes=ALL_DTYPES,
+    load=_load,
+)

@@ -1,0 +1,277 @@
+"""Drop-in front-ends for torch.nn.LSTM/GRU/RNN and the three cells.
+
+They subclass torch's own modules, so the constructor, parameter names, shapes,
+registration order, init, state_dict, repr, flatten_parameters, all_weights and
+the argument checks are torch's by construction (and `isinstance(m, nn.LSTM)`
+holds). Only `forward` is ours: torch's input handling, then fastrnn's
+functional API. Where an input is invalid in a way torch only reports from C++
+(device or dtype mismatches), we hand the call to torch's forward so the user
+gets torch's exact exception.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from fastrnn import backends, functional
+from fastrnn.cells import MODE_TO_CELL
+
+
+def _check_backend_name(backend: str) -> str:
+    if backend != "auto":
+        backends.get(backend)  # raises ValueError naming the known backends
+    return backend
+
+
+def _autocast(device_type: str, tensors):
+    """Cast to the autocast dtype when autocast is on for this device, like torch's RNN ops."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dt = torch.get_autocast_dtype(device_type)
+    return [None if t is None or not t.is_floating_point() else t.to(dt) for t in tensors]
+
+
+class _RNNMixin:
+    """forward() shared by LSTM, GRU and RNN. Mirrors torch.nn.RNNBase's forward."""
+
+    def _layer_weights(self, flat):
+        per_dir = 2 + 2 * bool(self.bias) + (self.proj_size > 0)
+        D = 2 if self.bidirectional else 1
+        layers = []
+        for layer in range(self.num_layers):
+            dirs = []
+            for d in range(D):
+                ws = flat[(layer * D + d) * per_dir:(layer * D + d + 1) * per_dir]
+                w_ih, w_hh = ws[0], ws[1]
+                b_ih, b_hh = (ws[2], ws[3]) if self.bias else (None, None)
+                w_hr = ws[-1] if self.proj_size > 0 else None
+                dirs.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+            layers.append(dirs)
+        return layers
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        is_lstm = self.mode == "LSTM"
+        orig_input, orig_hx = input, hx
+        D = 2 if self.bidirectional else 1
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        name = self.mode.split("_")[0]
+        if isinstance(input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched, batch_dim = True, 1
+            max_batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
+        else:
+            batch_sizes, sorted_indices, unsorted_indices = None, None, None
+            if input.dim() not in (2, 3):
+                tail = "D tensor instead" if name == "RNN" else "D instead"
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}{tail}")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                want = 3 if is_batched else 2
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                if is_lstm and (hx[0].dim() != want or hx[1].dim() != want):
+                    raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                if not is_lstm and hx.dim() != want:
+                    raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
+                if not is_batched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if is_lstm else hx.unsqueeze(1)
+            max_batch = input.size(0) if self.batch_first else input.size(1)
+        if hx is None:
+            zeros = lambda n: torch.zeros(self.num_layers * D, max_batch, n,  # noqa: E731
+                                          dtype=input.dtype, device=input.device)
+            hx = (zeros(h_size), zeros(self.hidden_size)) if is_lstm else zeros(self.hidden_size)
+            if batch_sizes is None:
+                self.check_forward_args(input, hx, batch_sizes)
+        else:
+            if batch_sizes is None:
+                self.check_forward_args(input, hx, batch_sizes)
+            hx = self.permute_hidden(hx, sorted_indices)
+        if batch_sizes is not None:
+            self.check_forward_args(input, hx, batch_sizes)
+        h0, c0 = hx if is_lstm else (hx, None)
+
+        x = input
+        if batch_sizes is None:
+            if self.batch_first:
+                x = x.transpose(0, 1)
+            T, B = x.shape[0], x.shape[1]
+            x = x.reshape(T * B, x.shape[2])
+        flat = self._flat_weights
+        if not _consistent([x, h0, c0] + list(flat)):
+            return super().forward(orig_input, orig_hx)  # torch raises its own error here
+        x, h0, c0, *flat = _autocast(x.device.type, [x, h0, c0] + list(flat))
+        out, hn, cn = functional.rnn(
+            MODE_TO_CELL[self.mode], x, batch_sizes, h0, c0, self._layer_weights(flat),
+            dropout=self.dropout, training=self.training, backend=self.backend)
+
+        hidden = (hn, cn) if is_lstm else hn
+        if batch_sizes is not None:
+            return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), \
+                self.permute_hidden(hidden, unsorted_indices)
+        out = out.view(T, B, out.size(-1))
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not is_batched:
+            out = out.squeeze(batch_dim)
+            hidden = (hn.squeeze(1), cn.squeeze(1)) if is_lstm else hn.squeeze(1)
+        return out, self.permute_hidden(hidden, unsorted_indices)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else s + f", backend={self.backend!r}"
+
+    def __setstate__(self, d):
+        super().__setstate__(d)
+        self.__dict__.setdefault("backend", "auto")
+
+
+def _consistent(tensors) -> bool:
+    """Same device and dtype everywhere (torch's C++ kernels reject anything else)."""
+    ts = [t for t in tensors if t is not None]
+    dev, dt = ts[0].device, ts[0].dtype
+    autocast = torch.is_autocast_enabled(dev.type) if dev.type in ("cpu", "cuda") else False
+    return all(t.device == dev and (autocast or t.dtype == dt) for t in ts)
+
+
+class LSTM(_RNNMixin, nn.LSTM):
+    __doc__ = nn.LSTM.__doc__
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend_name(backend)
+
+
+class GRU(_RNNMixin, nn.GRU):
+    __doc__ = nn.GRU.__doc__
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend_name(backend)
+
+
+class RNN(_RNNMixin, nn.RNN):
+    __doc__ = nn.RNN.__doc__
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend_name(backend)
+
+
+class _CellMixin:
+    """forward() shared by the cells: one time step through the same layer op."""
+
+    _cell_name = ""
+
+    def _cell(self) -> str:
+        if self._cell_name:
+            return self._cell_name
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return "rnn_" + self.nonlinearity
+
+    def forward(self, input, hx=None):
+        cls = type(self).__name__
+        is_lstm = self._cell_name == "lstm"
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{cls}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx if is_lstm else [hx]):
+                if value.dim() not in (1, 2):
+                    which = f"hx[{idx}]" if is_lstm else "hidden"
+                    raise ValueError(f"{cls}: Expected {which} to be 1D or 2D, got {value.dim()}D instead")
+        cell = self._cell()
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+            h0, c0 = (zeros, zeros) if is_lstm else (zeros, None)
+        else:
+            h0, c0 = hx if is_lstm else (hx, None)
+            if not is_batched:
+                h0 = h0.unsqueeze(0)
+                c0 = None if c0 is None else c0.unsqueeze(0)
+        w = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        ok = (x.size(1) == self.input_size and all(
+            s.dim() == 2 and s.size(0) == x.size(0) and s.size(1) == self.hidden_size
+            for s in (h0, c0) if s is not None) and _consistent([x, h0, c0, *w]))
+        if not ok:
+            return super().forward(input, hx)  # torch raises its own error here
+        x, h0, c0, *w = _autocast(x.device.type, [x, h0, c0, *w])
+        _, hn, cn = functional.rnn_layer(cell, x, None, h0.unsqueeze(0),
+                                         None if c0 is None else c0.unsqueeze(0), [(*w, None)], self.backend)
+        if is_lstm:
+            h1, c1 = hn[0], cn[0]
+            return (h1, c1) if is_batched else (h1.squeeze(0), c1.squeeze(0))
+        return hn[0] if is_batched else hn[0].squeeze(0)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else s + f", backend={self.backend!r}"
+
+    def __setstate__(self, d):
+        super().__setstate__(d)
+        self.__dict__.setdefault("backend", "auto")
+
+
+class LSTMCell(_CellMixin, nn.LSTMCell):
+    __doc__ = nn.LSTMCell.__doc__
+    _cell_name = "lstm"
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend_name(backend)
+
+
+class GRUCell(_CellMixin, nn.GRUCell):
+    __doc__ = nn.GRUCell.__doc__
+    _cell_name = "gru"
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend_name(backend)
+
+
+class RNNCell(_CellMixin, nn.RNNCell):
+    __doc__ = nn.RNNCell.__doc__
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _check_backend_name(backend)
+
+
+_TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
+
+
+def _twin(mod: nn.Module, backend: str) -> nn.Module:
+    """A fastrnn module sharing `mod`'s Parameter objects (optimizers keep working)."""
+    new = _TWINS[type(mod)].__new__(_TWINS[type(mod)])
+    state = dict(mod.__dict__)
+    for key in ("_parameters", "_buffers", "_modules"):
+        state[key] = type(state[key])(state[key])
+    new.__dict__.update(state)
+    new.backend = backend
+    if isinstance(new, nn.RNNBase):
+        new._init_flat_weights()
+    return new
+
+
+def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Replace every torch.nn LSTM/GRU/RNN (and cell) inside `model` by its fastrnn twin, in place.
+
+    The twins share the original Parameter objects, so weights, device, dtype,
+    requires_grad and existing optimizers carry over. Returns `model`, or the
+    twin when `model` itself is one of those modules.
+    """
+    _check_backend_name(backend)
+    if type(model) in _TWINS:
+        return _twin(model, backend)
+    for parent in model.modules():
+        for name, child in list(parent._modules.items()):
+            if child is not None and type(child) in _TWINS:
+                parent._modules[name] = _twin(child, backend)
+    return model

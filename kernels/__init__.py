@@ -1,0 +1,1 @@
+"""Kernel sources, installed as `fastrnn.kernels`: Triton (`triton/`) and Numba (`numba/`)."""

@@ -23,6 +23,9 @@ def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c
     x: [N, I]; batch_sizes: None (uniform, N = T*B) or [T]; h0: [D, B, Hout];
     c0: [D, B, H] or None. Returns out [N, D*Hout], hn [D, B, Hout], cn [D, B, H] | None.
     """
+    problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights)
+    if problem:
+        raise RuntimeError(problem)
     B = h0.size(1)
     w_ih, w_hh, _, _, w_hr = weights[0]
     call = LayerCall(
@@ -41,6 +44,50 @@ def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c
             or any(w is not None and w.requires_grad for ws in weights for w in ws)),
     )
     return backends.select(backend, call).impl.rnn_layer(cell, x, batch_sizes, h0, c0, weights)
+
+
+def check_layer_args(cell, x, batch_sizes, h0, c0, weights) -> Optional[str]:
+    """What is wrong with a layer call's shapes, or None. Runs before any backend touches memory.
+
+    x may be the tensor or just its shape (rows, input_size)."""
+    x_shape = tuple(x.shape) if isinstance(x, Tensor) else tuple(x)
+    if len(x_shape) != 2 or h0.dim() != 3:
+        return f"expected x [N, I] and h0 [D, B, Hout], got {list(x_shape)} and {list(h0.shape)}"
+    rows, in_size = x_shape
+    D, B, hout = h0.shape
+    if len(weights) != D or D not in (1, 2):
+        return f"expected {D} weight tuples (one per direction, 1 or 2), got {len(weights)}"
+    if (c0 is not None) != (cell == "lstm"):
+        return f"c0 must be given for lstm and only for lstm (cell {cell!r})"
+    H = c0.size(2) if c0 is not None else hout
+    if c0 is not None and tuple(c0.shape) != (D, B, H):
+        return f"c0 must have shape {[D, B, H]}, got {list(c0.shape)}"
+    gh = _gates(cell) * H
+    for d, (w_ih, w_hh, b_ih, b_hh, w_hr) in enumerate(weights):
+        want = {"weight_ih": (w_ih, (gh, in_size)), "weight_hh": (w_hh, (gh, hout)),
+                "bias_ih": (b_ih, (gh,)), "bias_hh": (b_hh, (gh,)), "weight_hr": (w_hr, (hout, H))}
+        for name, (w, shape) in want.items():
+            if w is not None and tuple(w.shape) != shape:
+                return (f"{name} of direction {d} has shape {list(w.shape)}, expected {list(shape)} "
+                        f"(input_size={in_size}, hidden_size={H}, output size={hout})")
+        if (w_hr is not None) != (hout != H) or (w_hr is not None and cell != "lstm"):
+            return "weight_hr must be given exactly when the output size differs from hidden_size (lstm only)"
+        if (b_ih is None) != (b_hh is None):
+            return "bias_ih and bias_hh must both be given or both be None"
+    if batch_sizes is None:
+        if (B == 0 and rows != 0) or (B and rows % B):
+            return f"x has {rows} rows, not a multiple of the batch size {B}"
+    else:
+        if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu" or batch_sizes.dtype != torch.int64:
+            return "batch_sizes must be a 1-D int64 CPU tensor"
+        if batch_sizes.numel():
+            if int(batch_sizes[0]) != B or int(batch_sizes.min()) < 1:
+                return f"batch_sizes must start at the batch size {B} and stay positive"
+            if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+                return "batch_sizes must be non-increasing (sorted by length, as PackedSequence is)"
+        if int(batch_sizes.sum()) != rows:
+            return f"batch_sizes sum to {int(batch_sizes.sum())}, but x has {rows} rows"
+    return None
 
 
 def _gates(cell: str) -> int:

@@ -102,11 +102,20 @@ class _RNNMixin:
             T, B = x.shape[0], x.shape[1]
             x = x.reshape(T * B, x.shape[2])
         flat = self._flat_weights
-        if not _consistent([x, h0, c0] + list(flat)):
-            return super().forward(orig_input, orig_hx)  # torch raises its own error here
+        cell, layers = MODE_TO_CELL[self.mode], self._layer_weights(flat)
+        problem = None if _consistent([x, h0, c0] + list(flat)) else "inconsistent devices or dtypes"
+        for layer, ws in enumerate(layers):
+            if problem:
+                break
+            D = len(ws)
+            in_size = self.input_size if layer == 0 else D * h_size
+            problem = functional.check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0[layer * D:(layer + 1) * D],
+                                                  None if c0 is None else c0[layer * D:(layer + 1) * D], ws)
+        if problem:
+            return _torch_error_or_raise(super().forward, orig_input, orig_hx, problem)
         x, h0, c0, *flat = _autocast(x.device.type, [x, h0, c0] + list(flat))
         out, hn, cn = functional.rnn(
-            MODE_TO_CELL[self.mode], x, batch_sizes, h0, c0, self._layer_weights(flat),
+            cell, x, batch_sizes, h0, c0, self._layer_weights(flat),
             dropout=self.dropout, training=self.training, backend=self.backend)
 
         hidden = (hn, cn) if is_lstm else hn
@@ -128,6 +137,16 @@ class _RNNMixin:
     def __setstate__(self, d):
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
+
+
+def _torch_error_or_raise(torch_forward, input, hx, problem: str):
+    """Let torch raise its own exception for an input we refuse; if torch accepts it
+    (e.g. inconsistent dtypes under autocast) its result is the right answer, unless the
+    problem is one torch silently computes garbage for (a wrongly shaped weight)."""
+    result = torch_forward(input, hx)
+    if problem.startswith("inconsistent"):
+        return result
+    raise RuntimeError(problem)
 
 
 def _consistent(tensors) -> bool:

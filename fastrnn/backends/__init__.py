@@ -25,7 +25,10 @@ _ORDER = {
     "cpu": ("cpp", "numba", "torch", "reference", "triton"),
     "cuda": ("triton", "cuda", "torch", "reference"),
 }
-_MODULES = ("reference", "torch", "cpp", "numba", "triton", "cuda")
+# backend name -> module under fastrnn/backends/ ("torch" lives in native.py: a submodule
+# named torch would shadow the torch package inside this one)
+_MODULES = {"reference": "reference", "torch": "native", "cpp": "cpp", "numba": "numba",
+            "triton": "triton", "cuda": "cuda"}
 _HALF = (torch.float16, torch.bfloat16)
 ALL_DTYPES = frozenset((torch.float64, torch.float32, torch.float16, torch.bfloat16))
 
@@ -99,7 +102,7 @@ class Backend:
 
 def _registry() -> dict[str, Backend]:
     if not _REGISTRY:
-        for mod in _MODULES:
+        for mod in _MODULES.values():
             b = importlib.import_module(f"fastrnn.backends.{mod}").BACKEND
             _REGISTRY[b.name] = b
     return _REGISTRY
@@ -110,7 +113,7 @@ _FALLBACK_LOGGED: set = set()
 
 
 def names() -> tuple[str, ...]:
-    return _MODULES
+    return tuple(_MODULES)
 
 
 def get(name: str) -> Backend:

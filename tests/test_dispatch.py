@@ -1,0 +1,83 @@
+"""Backend registry and dispatch: listing, auto, explicit names, the env override."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn import backends
+from fastrnn.backends import LayerCall
+
+
+def _call(**kw):
+    base = dict(cell="lstm", device="cpu", dtype=torch.float32, input_size=4, hidden_size=6, proj_size=0,
+                batch=2, steps=3, directions=1, packed=False, needs_grad=False)
+    base.update(kw)
+    return LayerCall(**base)
+
+
+def test_available_backends_lists_cpu_backends_in_order():
+    names = fastrnn.available_backends("cpu")
+    assert "reference" in names and "torch" in names
+    order = [n for n in ("cpp", "numba", "torch", "reference") if n in names]
+    assert [n for n in names if n in order] == order
+    assert fastrnn.available_backends(torch.device("cpu")) == names
+
+
+def test_auto_never_picks_the_reference_or_an_unavailable_backend():
+    picked = backends.select("auto", _call())
+    assert picked.name != "reference"
+    assert picked.availability()[0]
+
+
+def test_named_backend_that_cannot_run_says_why():
+    unavailable = [n for n in backends.names() if not backends.get(n).availability()[0]]
+    for name in unavailable:
+        with pytest.raises(RuntimeError, match=f"fastrnn backend '{name}' is not available"):
+            backends.select(name, _call())
+    with pytest.raises(RuntimeError, match="cannot run this call: it runs on"):
+        backends.select("torch", _call(device="xla"))
+
+
+def test_unsupported_option_is_refused_by_name_and_skipped_by_auto():
+    fake = backends.Backend(name="fake", devices=frozenset({"cpu"}), dtypes=frozenset({torch.float32}),
+                            proj=False, load=lambda: object())
+    ok, why = fake.supports(_call(proj_size=2))
+    assert not ok and "proj_size" in why
+    ok, why = fake.supports(_call(dtype=torch.float64))
+    assert not ok and "dtype" in why
+
+
+def test_env_override(monkeypatch):
+    monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+    assert backends.select("auto", _call()).name == "reference"
+    m = fastrnn.GRU(4, 6)
+    ref = torch.nn.GRU(4, 6)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(3, 2, 4)
+    assert torch.allclose(m(x)[0], ref(x)[0], atol=1e-6)
+    monkeypatch.setenv("FASTRNN_BACKEND", "nope")
+    with pytest.raises(ValueError, match="Unknown fastrnn backend"):
+        m(x)
+
+
+def test_explicit_backend_runs_that_backend(monkeypatch):
+    seen = []
+    real = backends.get("reference").impl.rnn_layer
+    monkeypatch.setattr(backends.get("reference").impl, "rnn_layer",
+                        lambda *a: seen.append(1) or real(*a))
+    fastrnn.LSTM(4, 6, num_layers=2, backend="reference")(torch.randn(3, 2, 4))
+    assert len(seen) == 2  # one call per layer
+
+
+def test_auto_fallback_is_logged_once(caplog):
+    with caplog.at_level(logging.DEBUG, logger="fastrnn"):
+        backends._FALLBACK_LOGGED.clear()
+        call = _call(device="cpu", dtype=torch.float16)
+        b1 = backends.select("auto", call)
+        b2 = backends.select("auto", call)
+    assert b1 is b2
+    picked_msgs = [r for r in caplog.records if "auto picked" in r.getMessage()]
+    assert len(picked_msgs) <= 1

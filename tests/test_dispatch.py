@@ -81,3 +81,11 @@ def test_auto_fallback_is_logged_once(caplog):
     assert b1 is b2
     picked_msgs = [r for r in caplog.records if "auto picked" in r.getMessage()]
     assert len(picked_msgs) <= 1
+
+
+def test_expected_backends_are_built():
+    """`make test` names the backends this install must have, so their tests cannot vanish silently."""
+    import os
+    expected = [b for b in os.environ.get("FASTRNN_EXPECT_BACKENDS", "").split(",") if b]
+    missing = {b: backends.get(b).availability()[1] for b in expected if b not in fastrnn.available_backends("cpu")}
+    assert not missing, f"backends expected but not available: {missing}"

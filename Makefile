@@ -1,0 +1,41 @@
+# fastrnn: the README's two commands are `make test` and `make bench`; each sets itself up in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+TRITON_VERSION ?= 3.6.0
+export MAX_JOBS ?= 2
+# make test fails if these backends did not build/import (so their tests cannot silently vanish)
+EXPECT_BACKENDS ?= cpp,numba
+PYTEST ?= $(PY) -m pytest -q -p no:cacheprovider
+
+.PHONY: setup test bench test-gpu wheel clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: setup.py pyproject.toml $(wildcard CMakeLists.txt csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q pybind11 cmake ninja numpy
+	$(PY) -m pip install -q "triton==$(TRITON_VERSION)" || echo "fastrnn: triton not installable; its interpreter tests will be skipped"
+	FASTRNN_REQUIRE_EXT=1 $(PY) -m pip install -q --no-build-isolation -e ".[test,bench]"
+	touch $@
+
+test: setup
+	FASTRNN_EXPECT_BACKENDS=$(EXPECT_BACKENDS) $(PYTEST) tests --ignore=tests/test_triton.py
+	@if $(PY) -c "import triton" 2>/dev/null && [ -f tests/test_triton.py ]; then \
+		TRITON_INTERPRET=1 $(PYTEST) tests/test_triton.py; fi
+
+bench: setup
+	$(PY) -m fastrnn.bench --quick
+	$(PY) -m fastrnn.bench report
+
+# On the lent GPU machine: use the torch/Triton found there (no registry), build in place, run all tests.
+test-gpu:
+	test -x .venv-gpu/bin/python || $(PYTHON) -m venv --system-site-packages .venv-gpu
+	.venv-gpu/bin/python -m pip install -q --no-build-isolation --no-deps -e .
+	.venv-gpu/bin/python -m pytest -q -p no:cacheprovider tests -m "gpu or not gpu" --ignore=tests/test_triton.py
+
+clean:
+	rm -rf build dist *.egg-info fastrnn/_ext*.so

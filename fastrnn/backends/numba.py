@@ -1,14 +1,325 @@
-"""`numba` backend: not built in this version of fastrnn."""
+"""`numba` backend: the CPU fallback when the C++ extension is not built.
+
+Same algorithm as the C++ backend (DESIGN §3), with the time loops in `@njit`
+(`fastrnn.kernels.numba.rnn`):
+
+1. torch: one GEMM for the input projections of all steps and both directions,
+   biases folded in (`gi = x @ [W_ih^0; W_ih^1]^T + b`).
+2. numba: the time loop; per step one BLAS GEMM `h_{t-1} @ W_hh^T` into a
+   preallocated buffer and one fused pointwise pass per row (gates, state update,
+   output, the values backward needs). Packed batches run natively.
+3. numba: the reverse loop (fused pointwise gate gradients and the `dh_{t-1}` GEMM).
+4. torch: the weight gradients as one GEMM each over all steps
+   (`dW_hh = dG^T Hprev`, `dW_ih = dG^T X`, `dW_hr = dH^T M`), `dx = dG W_ih`.
+
+Same op signature as `fastrnn.backends.reference.rnn_layer`. Double backward is
+not supported (`once_differentiable` raises torch's error).
+
+Threads. numba's `np.dot` calls SciPy's bundled OpenBLAS. OpenBLAS worker threads
+busy-wait after each call and fight torch's OpenMP threads for the cores: on 2
+cores, a 100-step loop of 2-thread OpenBLAS GEMMs made the next torch GEMM 2x
+slower, and torch ops right before the loop made small per-step GEMMs 100x slower.
+The loop therefore runs OpenBLAS single-threaded for the calling thread only
+(`openblas_set_num_threads_local`, restored afterwards; no global side effect).
+"""
 from __future__ import annotations
 
-import torch
+import ctypes
+import glob
+import os
+import sys
 
-from fastrnn.backends import ALL_DTYPES, Backend
+import torch
+from torch.autograd.function import once_differentiable
+
+from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
+
+_DTYPES = frozenset((torch.float32, torch.float64))  # what the kernels compile for
+_HALF = (torch.float16, torch.bfloat16)
+_K = None            # the kernel module, set by _load()
+_np = None
+_blas_local = None   # openblas_set_num_threads_local, when SciPy's BLAS is OpenBLAS
+
+
+# ---------------------------------------------------------------- validation
+
+def _validate(cell, x, batch_sizes, h0, c0, weights):
+    """Everything the njit loops rely on, checked before any of them touches memory."""
+    from fastrnn.functional import check_layer_args  # late: functional imports the registry
+
+    if cell not in _K.CELL_IDS:
+        raise ValueError(f"Unknown cell type {cell!r}; expected one of {sorted(_K.CELL_IDS)}")
+    problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights)
+    if problem:
+        raise ValueError(problem)
+    tensors = [("x", x), ("h0", h0), ("c0", c0)] + [
+        (f"{name} of direction {d}", w) for d, ws in enumerate(weights)
+        for name, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), ws)]
+    for name, t in tensors:
+        if t is None:
+            continue
+        if t.device.type != "cpu":
+            raise RuntimeError(f"the numba backend runs on CPU tensors only; {name} is on {t.device}")
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"expected all tensors to have dtype {x.dtype} (that of the input), "
+                               f"but {name} has {t.dtype}")
+        if t.layout != torch.strided or t.is_sparse:
+            raise RuntimeError(f"the numba backend needs dense tensors; {name} is {t.layout}")
+    if x.dtype not in _DTYPES:
+        raise RuntimeError(f"the numba backend supports float32 and float64, got {x.dtype}; "
+                           f"use backend='torch' or 'reference' for half types")
+    if batch_sizes is not None:
+        sizes = batch_sizes
+        if sizes.numel() and int(sizes.max()) > h0.size(1):
+            raise ValueError(f"batch_sizes must not exceed the batch size {h0.size(1)}, "
+                             f"got {int(sizes.max())}")
+
+
+def _np_(t):
+    """A numpy view of a CPU tensor, C-contiguous (copies only when it is not)."""
+    return t.detach().contiguous().numpy()
+
+
+# ---------------------------------------------------------------- launchers
+
+def _prepare(cell, x, batch_sizes, h0, c0, weights):
+    """Things forward and backward share: sizes, offsets, stacked recurrent weights."""
+    np = _np
+    D, B, P = h0.shape
+    H = c0.size(2) if c0 is not None else P
+    if batch_sizes is None:
+        T = x.size(0) // B if B else 0
+        sizes = np.full(T, B, dtype=np.int64)
+    else:
+        sizes = batch_sizes.numpy().astype(np.int64, copy=True)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return D, B, P, H, sizes, offsets
+
+
+def _forward(cell, x, batch_sizes, h0, c0, weights, save):
+    """Runs the layer. Returns out, hn, cn (tensors) and, with save, what backward needs."""
+    np = _np
+    D, B, P, H, sizes, offsets = _prepare(cell, x, batch_sizes, h0, c0, weights)
+    G = _K.GATES[cell]
+    S = _K.SAVED[cell]
+    N = x.size(0)
+    dt = x.dtype
+    proj = weights[0][4] is not None
+    has_bias = weights[0][2] is not None
+    # 1. input projections, all steps and directions, one GEMM; biases folded in
+    #    except gru's b_hn, which sits inside r * (W_hn h + b_hn)
+    w_ih = weights[0][0] if D == 1 else torch.cat([w[0] for w in weights])
+    bhn = torch.zeros(D, H, dtype=dt)
+    with torch.no_grad():
+        if has_bias:
+            bias = []
+            for d, (_, _, b_ih, b_hh, _) in enumerate(weights):
+                if cell == "gru":
+                    b = b_ih.clone()
+                    b[:2 * H] += b_hh[:2 * H]
+                    bhn[d] = b_hh[2 * H:]
+                else:
+                    b = b_ih + b_hh
+                bias.append(b)
+            gi = torch.addmm(torch.cat(bias) if D > 1 else bias[0], x.detach(), w_ih.detach().t())
+        else:
+            gi = torch.mm(x.detach(), w_ih.detach().t())
+        whhT = torch.stack([w[1].detach().t() for w in weights]).contiguous()       # [D, P, G*H]
+        whrT = (torch.stack([w[4].detach().t() for w in weights]).contiguous() if proj
+                else torch.empty(D, 1, 1, dtype=dt))                                # [D, H, P]
+    R = N if save else B
+    out = torch.empty(N, D * P, dtype=dt)
+    hn = h0.detach().clone(memory_format=torch.contiguous_format)
+    cn = (c0.detach().clone(memory_format=torch.contiguous_format) if c0 is not None
+          else torch.empty(D, max(B, 1), 1, dtype=dt))
+    gates = torch.empty(D, R, S * H, dtype=dt)
+    cs = torch.empty(D, R, H, dtype=dt) if cell == "lstm" else torch.empty(D, 1, 1, dtype=dt)
+    hprev = torch.empty(D, N, P, dtype=dt) if save else torch.empty(D, 1, 1, dtype=dt)
+    ms = torch.empty(D, R, H, dtype=dt) if proj else torch.empty(D, 1, 1, dtype=dt)
+    one = np.float32(1) if dt == torch.float32 else np.float64(1)
+    # 2. the time loop
+    prev = _blas_local(1) if _blas_local is not None else None
+    try:
+        _K.rnn_fwd(_K.CELL_IDS[cell], _np_(gi), bhn.numpy(), whhT.numpy(), whrT.numpy(), proj,
+                   sizes, offsets, out.numpy(), hn.numpy(), cn.numpy(), gates.numpy(), cs.numpy(),
+                   hprev.numpy(), ms.numpy(), save, one)
+    finally:
+        if prev is not None:
+            _blas_local(prev)
+    cn_out = cn if c0 is not None else None
+    saved = (gates, cs, hprev, ms, sizes, offsets) if save else None
+    return out, hn, cn_out, saved
+
+
+class _Layer(torch.autograd.Function):
+    """One layer call, all directions. Inputs: cell, batch_sizes, x, h0, c0, then per
+    direction w_ih, w_hh, b_ih, b_hh, w_hr (None where absent)."""
+
+    @staticmethod
+    def forward(ctx, cell, batch_sizes, x, h0, c0, *flat):
+        weights = [tuple(flat[i:i + 5]) for i in range(0, len(flat), 5)]
+        out, hn, cn, saved = _forward(cell, x, batch_sizes, h0, c0, weights, save=True)
+        gates, cs, hprev, ms, sizes, offsets = saved
+        ctx.cell = cell
+        ctx.arrays = (sizes, offsets)
+        ctx.has = (c0 is not None, flat[2] is not None, flat[4] is not None, len(weights))
+        ctx.save_for_backward(x, c0 if c0 is not None else torch.empty(0, dtype=x.dtype),
+                              gates, cs, hprev, ms, *[w if w is not None else torch.empty(0) for w in flat])
+        if cn is None:
+            return out, hn
+        return out, hn, cn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dhn, dcn=None):
+        np = _np
+        cell = ctx.cell
+        sizes, offsets = ctx.arrays
+        is_lstm, has_bias, proj, D = ctx.has
+        x, c0, gates, cs, hprev, ms, *flat = ctx.saved_tensors
+        weights = [tuple(flat[i:i + 5]) for i in range(0, len(flat), 5)]
+        dt = x.dtype
+        N = x.size(0)
+        G = _K.GATES[cell]
+        P = weights[0][1].size(1)
+        H = weights[0][1].size(0) // G
+        # autograd materialises zeros for outputs it did not reach (set_materialize_grads)
+        dout = dout.contiguous()
+        dh0 = dhn.detach().clone(memory_format=torch.contiguous_format)
+        B = dh0.size(1)
+        if is_lstm:
+            dc0 = (torch.zeros(D, B, H, dtype=dt) if dcn is None
+                   else dcn.detach().clone(memory_format=torch.contiguous_format))
+        else:
+            dc0 = torch.empty(D, max(B, 1), 1, dtype=dt)
+        whh = torch.stack([w[1] for w in weights]).contiguous()                       # [D, G*H, P]
+        whr = torch.stack([w[4] for w in weights]).contiguous() if proj else torch.empty(D, 1, 1, dtype=dt)
+        dgi = torch.empty(D, N, G * H, dtype=dt)
+        dgh = torch.empty(D, N, G * H, dtype=dt) if cell == "gru" else dgi
+        dhs = torch.empty(D, N, P, dtype=dt) if proj else torch.empty(D, 1, 1, dtype=dt)
+        c0a = c0 if is_lstm else torch.empty(D, 1, 1, dtype=dt)
+        one = np.float32(1) if dt == torch.float32 else np.float64(1)
+        prev = _blas_local(1) if _blas_local is not None else None
+        try:
+            _K.rnn_bwd(_K.CELL_IDS[cell], _np_(dout), gates.numpy(), cs.numpy(), hprev.numpy(),
+                       ms.numpy(), _np_(c0a), whh.numpy(), whr.numpy(), proj, sizes, offsets,
+                       dh0.numpy(), dc0.numpy(), dgi.numpy(), dgh.numpy(), dhs.numpy(), one)
+        finally:
+            if prev is not None:
+                _blas_local(prev)
+        need = ctx.needs_input_grad  # (cell, batch_sizes, x, h0, c0, *flat)
+        dx = None
+        if need[2]:
+            dx = torch.mm(dgi[0], weights[0][0])
+            for d in range(1, D):
+                dx.addmm_(dgi[d], weights[d][0])
+        grads = []
+        for d in range(D):
+            base = 5 + 5 * d
+            g_wih = dgi[d].t().mm(x) if need[base] else None
+            g_whh = dgh[d].t().mm(hprev[d]) if need[base + 1] else None
+            g_bih = dgi[d].sum(0) if has_bias and need[base + 2] else None
+            g_bhh = dgh[d].sum(0) if has_bias and need[base + 3] else None
+            if g_bhh is not None and dgh is dgi:
+                g_bhh = g_bhh.clone() if g_bih is not None else g_bhh
+            g_whr = dhs[d].t().mm(ms[d]) if proj and need[base + 4] else None
+            grads += [g_wih, g_whh, g_bih, g_bhh, g_whr]
+        return (None, None, dx, dh0 if need[3] else None,
+                dc0 if is_lstm and need[4] else None, *grads)
+
+
+# ---------------------------------------------------------------- the op
+
+def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
+    """One layer, all directions; see `fastrnn.backends.reference.rnn_layer`.
+
+    x [N, I]; batch_sizes None or [T] int64; h0 [D, B, Hout]; c0 [D, B, H] | None;
+    weights: D tuples (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None).
+    Returns out [N, D*Hout], hn [D, B, Hout], cn [D, B, H] | None.
+    """
+    # the caller already cast to the autocast dtype; our own GEMMs must not be recast
+    if torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return _rnn_layer(cell, x, batch_sizes, h0, c0, weights)
+    return _rnn_layer(cell, x, batch_sizes, h0, c0, weights)
+
+
+def _rnn_layer(cell, x, batch_sizes, h0, c0, weights):
+    if x.dtype in _HALF:  # fp16/bf16: fp32 math and cell state, results cast back (as reference)
+        f32 = lambda t: None if t is None else t.float()  # noqa: E731
+        out, hn, cn = _rnn_layer(cell, f32(x), batch_sizes, f32(h0), f32(c0),
+                                [tuple(f32(w) for w in ws) for ws in weights])
+        return out.to(x.dtype), hn.to(x.dtype), None if cn is None else cn.to(x.dtype)
+    _validate(cell, x, batch_sizes, h0, c0, weights)
+    flat = [w for ws in weights for w in ws]
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in [x, h0, c0, *flat])
+    if x.size(0) == 0 or h0.size(1) == 0:
+        return _empty(cell, x, h0, c0, weights)
+    if not needs_grad:
+        out, hn, cn, _ = _forward(cell, x, batch_sizes, h0, c0, weights, save=False)
+        return out, hn, cn
+    res = _Layer.apply(cell, batch_sizes, x, h0, c0, *flat)
+    if cell == "lstm":
+        return res
+    return res[0], res[1], None
+
+
+def _empty(cell, x, h0, c0, weights):
+    """No rows: the output is empty and the states pass through (still differentiable)."""
+    P = h0.size(2)
+    out = x.new_zeros(0, len(weights) * P) + 0 * x.sum()
+    return out, h0.clone(), None if c0 is None else c0.clone()
+
+
+# ---------------------------------------------------------------- registration
+
+def _find_openblas_local():
+    """SciPy's OpenBLAS `openblas_set_num_threads_local`, or None (other BLAS: leave it be)."""
+    import scipy
+    for pat in ("scipy.libs/*openblas*", "scipy/.dylibs/*openblas*", "scipy.libs/*/*openblas*"):
+        for path in glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), pat)):
+            try:
+                lib = ctypes.CDLL(path)
+                fn = lib.openblas_set_num_threads_local
+            except (OSError, AttributeError):
+                continue
+            fn.argtypes = [ctypes.c_int]
+            fn.restype = ctypes.c_int
+            return fn
+    return None
 
 
 def _load():
-    raise ImportError("the numba backend is not implemented in this build")
+    global _K, _np, _blas_local
+    try:
+        import numba  # noqa: F401
+        import numpy
+    except ImportError as e:
+        raise ImportError(f"the numba backend needs numba (pip install 'fastrnn[numba]'): {e}") from e
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot calls BLAS through SciPy)
+    except ImportError as e:
+        raise ImportError("the numba backend needs SciPy, which numba uses for BLAS in np.dot "
+                          f"(pip install scipy): {e}") from e
+    from fastrnn.kernels.numba import rnn as kernels
+    _K, _np = kernels, numpy
+    _blas_local = _find_openblas_local()
+    return sys.modules[__name__]
 
 
-BACKEND = Backend(name="numba", devices=frozenset(("cuda",) if "numba" in ("triton", "cuda") else ("cpu",)),
-                  dtypes=ALL_DTYPES, load=_load)
+def _prefer(call: LayerCall) -> tuple[bool, str]:
+    """auto's veto: hand the call to torch where torch measured faster (see the table below)."""
+    if call.dtype in _HALF:
+        return False, "half types would run upcast to float32; torch runs them natively"
+    return True, ""
+
+
+BACKEND = Backend(
+    name="numba",
+    devices=frozenset(("cpu",)),
+    dtypes=ALL_DTYPES,  # half types run in float32 (upcast, compute, cast back)
+    load=_load,
+    prefer=_prefer,
+)

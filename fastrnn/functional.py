@@ -26,6 +26,10 @@ def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c
     problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights)
     if problem:
         raise RuntimeError(problem)
+    if x.size(0) == 0:  # B = 0: nothing to compute (and T is not recoverable from x [0, I])
+        # torch returns empty outputs that are still connected to the inputs for autograd
+        out = x.new_zeros(0, len(weights) * h0.size(2)) + x.sum() * 0
+        return out, h0.clone(), None if c0 is None else c0.clone()
     B = h0.size(1)
     w_ih, w_hh, _, _, w_hr = weights[0]
     call = LayerCall(

@@ -96,6 +96,8 @@ class _RNNMixin:
         h0, c0 = hx if is_lstm else (hx, None)
 
         x = input
+        if (input.size(1 if self.batch_first else 0) if batch_sizes is None else batch_sizes.numel()) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         if batch_sizes is None:
             if self.batch_first:
                 x = x.transpose(0, 1)

@@ -157,7 +157,7 @@ def _rnn_bwd(gs, dh, dg, relu, one):
 
 # ---------------------------------------------------------------- time loops
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
             gates, cs, hprev, ms, save, one):
     """Forward over all steps and directions. hn/cn must hold h0/c0 on entry.
@@ -206,7 +206,7 @@ def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
     return H
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rnn_bwd(cell, dout, gates, cs, hprev, ms, c0, whh, whr, proj, sizes, offsets,
             dh0, dc0, dgi, dgh, dhs, one):
     """Backward over all steps and directions, in reverse of the forward order.

@@ -29,12 +29,20 @@ buffers; nothing is allocated inside the loops. Packed batches run natively: ste
 touches only its first `sizes[t]` rows; the reverse direction picks up each longer
 sequence from h0 at its last step because rows not yet active still hold h0.
 
-No fastmath: float64 results must match torch to ~1e-10.
+Numerics. float64 uses libm's exp/tanh and no fastmath: results match torch to
+~1e-12. float32 uses a branch-free rational tanh (Eigen's, max abs error 3.6e-7,
+the same order as float32 rounding of the result) and sigmoid(x) = 0.5 + 0.5*tanh(x/2),
+so the pointwise loops vectorise (AVX2: 1.3 ns per tanh against 41 ns for libm's
+tanhf, measured here). `error_model="numpy"` everywhere: Python's division-by-zero
+check is a branch that stops LLVM from vectorising any loop with a division.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
+
+_JIT = dict(cache=True, error_model="numpy")
 
 LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
 CELL_IDS = {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU}
@@ -42,39 +50,84 @@ GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 SAVED = {"lstm": 4, "gru": 4, "rnn_tanh": 1, "rnn_relu": 1}
 
 
+# ---------------------------------------------------------------- activations
+
+@njit(error_model="numpy")
+def _tanh_f32(x):
+    # Eigen's float32 tanh: a 13/6 rational function on [-7.9, 7.9], clamped outside
+    # (tanh(7.9) rounds to 1 - 2.7e-7). Selects, not branches; NaN passes through.
+    c = np.float32(7.90531110763549805)
+    x = c if x > c else x
+    x = -c if x < -c else x
+    x2 = x * x
+    p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    p = p * x
+    q = x2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    return p / q
+
+
+def tanh_(x):
+    return np.tanh(x)
+
+
+def sigmoid_(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@overload(tanh_)
+def _ov_tanh(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: np.tanh(x)
+
+
+@overload(sigmoid_)
+def _ov_sigmoid(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: np.float32(0.5) + np.float32(0.5) * _tanh_f32(np.float32(0.5) * x)
+    return lambda x: 1.0 / (1.0 + np.exp(-x))
+
+
 # ---------------------------------------------------------------- pointwise: forward
 # `one` carries the array dtype so float32 math stays float32.
 
-@njit(cache=True)
+@njit(**_JIT)
 def _lstm_fwd(gi, gh, c, m, gs, cs, one):
     """gi, gh [4H] pre-activations; c [H] cell state in/out; m [H] <- o*tanh(c');
     gs [4H] <- i f g o; cs [H] <- c'."""
     H = c.shape[0]
     for j in range(H):
-        i = one / (one + np.exp(-(gi[j] + gh[j])))
-        f = one / (one + np.exp(-(gi[H + j] + gh[H + j])))
-        g = np.tanh(gi[2 * H + j] + gh[2 * H + j])
-        o = one / (one + np.exp(-(gi[3 * H + j] + gh[3 * H + j])))
+        i = sigmoid_(gi[j] + gh[j])
+        f = sigmoid_(gi[H + j] + gh[H + j])
+        g = tanh_(gi[2 * H + j] + gh[2 * H + j])
+        o = sigmoid_(gi[3 * H + j] + gh[3 * H + j])
         cj = f * c[j] + i * g
         c[j] = cj
         cs[j] = cj
-        m[j] = o * np.tanh(cj)
+        m[j] = o * tanh_(cj)
         gs[j] = i
         gs[H + j] = f
         gs[2 * H + j] = g
         gs[3 * H + j] = o
 
 
-@njit(cache=True)
+@njit(**_JIT)
 def _gru_fwd(gi, gh, bhn, h, gs, one):
     """gi, gh [3H]; bhn [H] (b_hn sits inside r*(...)); h [H] in/out;
     gs [4H] <- r z n (W_hn h + b_hn)."""
     H = h.shape[0]
     for j in range(H):
-        r = one / (one + np.exp(-(gi[j] + gh[j])))
-        z = one / (one + np.exp(-(gi[H + j] + gh[H + j])))
+        r = sigmoid_(gi[j] + gh[j])
+        z = sigmoid_(gi[H + j] + gh[H + j])
         ghn = gh[2 * H + j] + bhn[j]
-        n = np.tanh(gi[2 * H + j] + r * ghn)
+        n = tanh_(gi[2 * H + j] + r * ghn)
         h[j] = n + z * (h[j] - n)
         gs[j] = r
         gs[H + j] = z
@@ -82,7 +135,7 @@ def _gru_fwd(gi, gh, bhn, h, gs, one):
         gs[3 * H + j] = ghn
 
 
-@njit(cache=True)
+@njit(**_JIT)
 def _rnn_fwd(gi, gh, h, gs, relu, one):
     """gi, gh [H]; h [H] <- act(gi + gh); gs [H] <- the same activation."""
     H = h.shape[0]
@@ -92,14 +145,14 @@ def _rnn_fwd(gi, gh, h, gs, relu, one):
         if relu:
             a = a if a > zero else zero
         else:
-            a = np.tanh(a)
+            a = tanh_(a)
         h[j] = a
         gs[j] = a
 
 
 # ---------------------------------------------------------------- pointwise: backward
 
-@njit(cache=True)
+@njit(**_JIT)
 def _lstm_bwd(gs, c, cp, dh, dc, dg, one):
     """gs [4H] i f g o; c [H] c_t; cp [H] c_{t-1}; dh [H] total dL/dm; dc [H] in: dL/dc_t
     from later steps, out: dL/dc_{t-1}; dg [4H] <- dL/d(pre-activations)."""
@@ -109,7 +162,7 @@ def _lstm_bwd(gs, c, cp, dh, dc, dg, one):
         f = gs[H + j]
         g = gs[2 * H + j]
         o = gs[3 * H + j]
-        tc = np.tanh(c[j])
+        tc = tanh_(c[j])
         dhj = dh[j]
         dcj = dc[j] + dhj * o * (one - tc * tc)
         dg[j] = dcj * g * i * (one - i)
@@ -119,7 +172,7 @@ def _lstm_bwd(gs, c, cp, dh, dc, dg, one):
         dc[j] = dcj * f
 
 
-@njit(cache=True)
+@njit(**_JIT)
 def _gru_bwd(gs, hp, dh, dgi, dgh, one):
     """gs [4H] r z n ghn; hp [H] h_{t-1}; dh [H] in: total dL/dh_t, out: the direct part
     of dL/dh_{t-1} (z*dh); dgi [3H] <- dL/d(input pre-activations); dgh [3H] <- dL/d(W_hh h + b_hh)."""
@@ -142,7 +195,7 @@ def _gru_bwd(gs, hp, dh, dgi, dgh, one):
         dh[j] = dhj * z
 
 
-@njit(cache=True)
+@njit(**_JIT)
 def _rnn_bwd(gs, dh, dg, relu, one):
     """gs [H] activation a; dh [H] total dL/da; dg [H] <- dL/d(pre-activation)."""
     H = dh.shape[0]
@@ -157,7 +210,7 @@ def _rnn_bwd(gs, dh, dg, relu, one):
 
 # ---------------------------------------------------------------- time loops
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True, **_JIT)
 def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
             gates, cs, hprev, ms, save, one):
     """Forward over all steps and directions. hn/cn must hold h0/c0 on entry.
@@ -206,7 +259,7 @@ def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
     return H
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True, **_JIT)
 def rnn_bwd(cell, dout, gates, cs, hprev, ms, c0, whh, whr, proj, sizes, offsets,
             dh0, dc0, dgi, dgh, dhs, one):
     """Backward over all steps and directions, in reverse of the forward order.

@@ -107,27 +107,24 @@ def _forward(cell, x, batch_sizes, h0, c0, weights, save):
     dt = x.dtype
     proj = weights[0][4] is not None
     has_bias = weights[0][2] is not None
-    # 1. input projections, all steps and directions, one GEMM; biases folded in
-    #    except gru's b_hn, which sits inside r * (W_hn h + b_hn)
-    w_ih = weights[0][0] if D == 1 else torch.cat([w[0] for w in weights])
+    # 1. input projections of all steps, one GEMM per direction into gi[d]; biases folded
+    #    in except gru's b_hn, which sits inside r * (W_hn h + b_hn)
+    gi = torch.empty(D, N, _K.GATES[cell] * H, dtype=dt)
     bhn = torch.zeros(D, H, dtype=dt)
     with torch.no_grad():
-        if has_bias:
-            bias = []
-            for d, (_, _, b_ih, b_hh, _) in enumerate(weights):
+        xd = x.detach()
+        for d, (w_ih, _, b_ih, b_hh, _) in enumerate(weights):
+            if has_bias:
                 if cell == "gru":
-                    b = b_ih.clone()
+                    b = b_ih.detach().clone()
                     b[:2 * H] += b_hh[:2 * H]
                     bhn[d] = b_hh[2 * H:]
                 else:
-                    b = b_ih + b_hh
-                bias.append(b)
-            gi = torch.addmm(torch.cat(bias) if D > 1 else bias[0], x.detach(), w_ih.detach().t())
-        else:
-            gi = torch.mm(x.detach(), w_ih.detach().t())
-        whhT = torch.stack([w[1].detach().t() for w in weights]).contiguous()       # [D, P, G*H]
-        whrT = (torch.stack([w[4].detach().t() for w in weights]).contiguous() if proj
-                else torch.empty(D, 1, 1, dtype=dt))                                # [D, H, P]
+                    b = b_ih.detach() + b_hh.detach()
+                torch.addmm(b, xd, w_ih.detach().t(), out=gi[d])
+            else:
+                torch.mm(xd, w_ih.detach().t(), out=gi[d])
+    whh, whr = _recurrent_weights(weights, proj, dt)
     R = N if save else B
     out = torch.empty(N, D * P, dtype=dt)
     hn = h0.detach().clone(memory_format=torch.contiguous_format)
@@ -141,7 +138,7 @@ def _forward(cell, x, batch_sizes, h0, c0, weights, save):
     # 2. the time loop
     prev = _blas_local(_LOOP_THREADS) if _blas_local is not None else None
     try:
-        _K.rnn_fwd(_K.CELL_IDS[cell], _np_(gi), bhn.numpy(), whhT.numpy(), whrT.numpy(), proj,
+        _K.rnn_fwd(_K.CELL_IDS[cell], gi.numpy(), bhn.numpy(), *whh, *whr, proj,
                    sizes, offsets, out.numpy(), hn.numpy(), cn.numpy(), gates.numpy(), cs.numpy(),
                    hprev.numpy(), ms.numpy(), save, one)
     finally:
@@ -150,6 +147,14 @@ def _forward(cell, x, batch_sizes, h0, c0, weights, save):
     cn_out = cn if c0 is not None else None
     saved = (gates, cs, hprev, ms, sizes, offsets) if save else None
     return out, hn, cn_out, saved
+
+
+def _recurrent_weights(weights, proj, dt):
+    """(whh0, whh1), (whr0, whr1) as numpy views of the weights, no copies when contiguous;
+    direction 1 repeats direction 0 when D = 1, dummies stand in for absent W_hr."""
+    whh = [_np_(w[1]) for w in weights]
+    whr = [_np_(w[4]) for w in weights] if proj else [_np.zeros((1, 1), dtype=_np.dtype(str(dt)[6:]))]
+    return (whh[0], whh[-1]), (whr[0], whr[-1])
 
 
 class _Layer(torch.autograd.Function):
@@ -193,8 +198,7 @@ class _Layer(torch.autograd.Function):
                    else dcn.detach().clone(memory_format=torch.contiguous_format))
         else:
             dc0 = torch.empty(D, max(B, 1), 1, dtype=dt)
-        whh = torch.stack([w[1] for w in weights]).contiguous()                       # [D, G*H, P]
-        whr = torch.stack([w[4] for w in weights]).contiguous() if proj else torch.empty(D, 1, 1, dtype=dt)
+        whh, whr = _recurrent_weights(weights, proj, dt)
         dgi = torch.empty(D, N, G * H, dtype=dt)
         dgh = torch.empty(D, N, G * H, dtype=dt) if cell == "gru" else dgi
         dhs = torch.empty(D, N, P, dtype=dt) if proj else torch.empty(D, 1, 1, dtype=dt)
@@ -203,7 +207,7 @@ class _Layer(torch.autograd.Function):
         prev = _blas_local(_LOOP_THREADS) if _blas_local is not None else None
         try:
             _K.rnn_bwd(_K.CELL_IDS[cell], _np_(dout), gates.numpy(), cs.numpy(), hprev.numpy(),
-                       ms.numpy(), _np_(c0a), whh.numpy(), whr.numpy(), proj, sizes, offsets,
+                       ms.numpy(), _np_(c0a), *whh, *whr, proj, sizes, offsets,
                        dh0.numpy(), dc0.numpy(), dgi.numpy(), dgh.numpy(), dhs.numpy(), one)
         finally:
             if prev is not None:

@@ -14,7 +14,10 @@ Layouts (D directions, N packed rows, B batch, H hidden, P = Hout = proj or H,
 S = saved floats per row and hidden unit: 4 for lstm [i f g o] and gru [r z n ghn],
 1 for rnn [activation]):
 
-    gi      [N, D*G*H]  input projections, all biases folded in except gru's b_hn
+    gi      [D, N, G*H] input projections, all biases folded in except gru's b_hn
+    whh0/1  [G*H, P]    W_hh of each direction as torch stores it (no copies; the GEMMs
+                        read W^T as a Fortran-order view); whh1 is whh0 when D = 1
+    whr0/1  [P, H]      W_hr of each direction (lstm with proj_size), else dummies
     out     [N, D*P]    direction d in columns d*P:(d+1)*P
     hn      [D, B, P]   the running hidden state; holds hn when the loop ends
     cn      [D, B, H]   the running cell state (lstm)
@@ -211,12 +214,11 @@ def _rnn_bwd(gs, dh, dg, relu, one):
 # ---------------------------------------------------------------- time loops
 
 @njit(nogil=True, **_JIT)
-def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
+def rnn_fwd(cell, gi, bhn, whh0, whh1, whr0, whr1, proj, sizes, offsets, out, hn, cn,
             gates, cs, hprev, ms, save, one):
     """Forward over all steps and directions. hn/cn must hold h0/c0 on entry.
 
-    bhn [D, H] gru's b_hn (zeros if none; unused otherwise); whhT [D, P, G*H];
-    whrT [D, H, P] when proj else a dummy; sizes [T], offsets [T+1] int64.
+    bhn [D, H] gru's b_hn (zeros if none; unused otherwise); sizes [T], offsets [T+1] int64.
     With save False, gates/cs/ms have R = B rows (scratch) and hprev is not touched.
     """
     D = hn.shape[0]
@@ -224,12 +226,14 @@ def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
     P = hn.shape[2]
     H = cn.shape[2] if cell == LSTM else P
     T = sizes.shape[0]
-    GH = whhT.shape[2]
+    GH = whh0.shape[0]
     gh = np.empty((max(B, 1), GH), dtype=gi.dtype)
     relu = cell == RNN_RELU
     for d in range(D):
         h = hn[d]
         c = cn[d]
+        whh = whh0 if d == 0 else whh1
+        whr = whr0 if d == 0 else whr1
         for s in range(T):
             t = T - 1 - s if d == 1 else s
             bs = sizes[t]
@@ -240,10 +244,10 @@ def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
                 for b in range(bs):
                     for j in range(P):
                         hp[off + b, j] = h[b, j]
-            np.dot(h[:bs], whhT[d], gh[:bs])
+            np.dot(h[:bs], whh.T, gh[:bs])
             for b in range(bs):
                 r = off + b
-                gir = gi[r, d * GH:(d + 1) * GH]
+                gir = gi[d, r]
                 if cell == LSTM:
                     dst = ms[d, srow + b] if proj else h[b]
                     _lstm_fwd(gir, gh[b], c[b], dst, gates[d, srow + b], cs[d, srow + b], one)
@@ -252,7 +256,7 @@ def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
                 else:
                     _rnn_fwd(gir, gh[b], h[b], gates[d, srow + b], relu, one)
             if proj:
-                np.dot(ms[d, srow:srow + bs], whrT[d], h[:bs])
+                np.dot(ms[d, srow:srow + bs], whr.T, h[:bs])
             for b in range(bs):
                 for j in range(P):
                     out[off + b, d * P + j] = h[b, j]
@@ -260,11 +264,11 @@ def rnn_fwd(cell, gi, bhn, whhT, whrT, proj, sizes, offsets, out, hn, cn,
 
 
 @njit(nogil=True, **_JIT)
-def rnn_bwd(cell, dout, gates, cs, hprev, ms, c0, whh, whr, proj, sizes, offsets,
+def rnn_bwd(cell, dout, gates, cs, hprev, ms, c0, whh0, whh1, whr0, whr1, proj, sizes, offsets,
             dh0, dc0, dgi, dgh, dhs, one):
     """Backward over all steps and directions, in reverse of the forward order.
 
-    dout [N, D*P]; whh [D, G*H, P]; whr [D, P, H] when proj else a dummy.
+    dout [N, D*P]; whh0/1, whr0/1 as in `rnn_fwd`.
     dh0/dc0 [D, B, P]/[D, B, H] hold dL/dhn, dL/dcn on entry and dL/dh0, dL/dc0 on
     exit. dgi/dgh [D, N, G*H] <- gate pre-activation gradients (input side and
     hidden side; the same array except for gru). dhs [D, N, P] <- total dL/dh_t per
@@ -280,6 +284,8 @@ def rnn_bwd(cell, dout, gates, cs, hprev, ms, c0, whh, whr, proj, sizes, offsets
     for d in range(D):
         dh = dh0[d]
         dc = dc0[d]
+        whh = whh0 if d == 0 else whh1
+        whr = whr0 if d == 0 else whr1
         for s in range(T):
             t = s if d == 1 else T - 1 - s
             bs = sizes[t]
@@ -288,7 +294,7 @@ def rnn_bwd(cell, dout, gates, cs, hprev, ms, c0, whh, whr, proj, sizes, offsets
                 for b in range(bs):
                     for j in range(P):
                         dhs[d, off + b, j] = dh[b, j] + dout[off + b, d * P + j]
-                np.dot(dhs[d, off:off + bs], whr[d], dm[:bs])
+                np.dot(dhs[d, off:off + bs], whr, dm[:bs])
             else:
                 for b in range(bs):
                     for j in range(P):
@@ -306,7 +312,7 @@ def rnn_bwd(cell, dout, gates, cs, hprev, ms, c0, whh, whr, proj, sizes, offsets
                     _gru_bwd(gates[d, r], hprev[d, r], dm[b], dgi[d, r], dgh[d, r], one)
                 else:
                     _rnn_bwd(gates[d, r], dm[b], dgi[d, r], relu, one)
-            np.dot(dgh[d, off:off + bs], whh[d], dh[:bs])
+            np.dot(dgh[d, off:off + bs], whh, dh[:bs])
             if cell == GRU:
                 for b in range(bs):
                     for j in range(P):

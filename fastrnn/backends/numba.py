@@ -3,8 +3,8 @@
 Same algorithm as the C++ backend (DESIGN §3), with the time loops in `@njit`
 (`fastrnn.kernels.numba.rnn`):
 
-1. torch: one GEMM for the input projections of all steps and both directions,
-   biases folded in (`gi = x @ [W_ih^0; W_ih^1]^T + b`).
+1. torch: one GEMM per direction for the input projections of all steps, biases
+   folded in (`gi[d] = x @ W_ih^T + b`).
 2. numba: the time loop; per step one BLAS GEMM `h_{t-1} @ W_hh^T` into a
    preallocated buffer and one fused pointwise pass per row (gates, state update,
    output, the values backward needs). Packed batches run natively.
@@ -314,29 +314,33 @@ def _load():
 
 
 # Per-step recurrent GEMM size (2 * B * Hout * G * H flops) above which auto hands the
-# call to torch. The numba loop runs its GEMMs single-threaded through OpenBLAS (see the
-# module docstring); torch runs MKL on all its threads. Measured on the 2-core CI-class
-# machine, float32, CPU time with torch at 1 thread (robust to other load):
-#   LSTM T=100 B=64 H=512 (134 MF/step)  fwd 0.90x, fwd+bwd 0.96x of torch's speed
-#   GRU  T=200 B=16 H=128 (1.6 MF/step)  fwd 1.08x, fwd+bwd 1.61x
-#   RNN  T=100 B=32 H=256 (4.2 MF/step)  fwd 1.01x, fwd+bwd 1.09x
-#   LSTM T=100 B=1  H=256 (0.5 MF/step)  fwd 0.93x, fwd+bwd 1.04x
-# Large steps are GEMM-bound, where MKL beats single-threaded OpenBLAS and torch's second
-# thread doubles that; small steps are overhead-bound, where the fused loop wins (and
-# keeps winning under load: torch's per-step OpenMP barriers stall when the cores are
-# shared, e.g. GRU T=200 B=16 H=128 fwd 3.5x, LSTM T=100 B=1 H=256 fwd 3.6x, wall clock
-# with 2 threads on the loaded machine).
-_TORCH_ABOVE_FLOPS = 16e6
+# call to torch. The numba loop runs its per-step GEMMs single-threaded through OpenBLAS
+# (see the module docstring); torch runs MKL on all its threads. Measured on the 2-core
+# CI-class machine, float32, speed relative to torch (>1: numba faster), medians of
+# alternating runs in one process:
+#                                    CPU time, 1 thread     wall, 2 threads, shared machine
+#   LSTM T=100 B=64 H=512 (134 MF)   fwd 0.88  fwd+bwd 0.97  fwd 1.88  fwd+bwd 3.50
+#   GRU  T=200 B=16 H=128 (1.6 MF)   fwd 1.07  fwd+bwd 1.53  fwd 4.01  fwd+bwd 3.63
+#   RNN  T=100 B=32 H=256 (4.2 MF)   fwd 1.02  fwd+bwd 1.08  fwd 1.76  fwd+bwd 1.96
+#   LSTM T=100 B=1  H=256 (0.5 MF)   fwd 1.25  fwd+bwd 1.44  fwd 2.24  fwd+bwd 1.93
+# The 2-thread column was taken while other jobs shared the 2 cores: torch's per-step
+# OpenMP barriers stall then, the single-threaded loop does not. On an idle machine
+# torch's second thread roughly halves its GEMM time, which the 1-thread column plus
+# GEMM rates (OpenBLAS 1 thread ~67 GFLOP/s, MKL 2 threads ~115 GFLOP/s) put ahead of
+# numba for large steps. So: numba for small steps (overhead-bound, where fusion wins),
+# torch for large ones; training keeps numba longer because its backward is fused while
+# torch's CPU RNN backward is per-op autograd.
+_TORCH_ABOVE_FLOPS = {False: 4e6, True: 16e6}  # keyed by needs_grad
 
 
 def _prefer(call: LayerCall) -> tuple[bool, str]:
     """auto's veto: hand the call to torch where torch measured faster (table above)."""
     if call.dtype in _HALF:
         return False, "half types would run upcast to float32; torch runs them natively"
-    G = _K.GATES[call.cell] if _K is not None else {"lstm": 4, "gru": 3}.get(call.cell, 1)
+    G = {"lstm": 4, "gru": 3}.get(call.cell, 1)
     flops = 2.0 * call.batch * (call.proj_size or call.hidden_size) * G * call.hidden_size
-    if flops > _TORCH_ABOVE_FLOPS:
-        return False, (f"per-step GEMM of {flops / 1e6:.0f} MFLOP: torch's multithreaded MKL "
+    if flops > _TORCH_ABOVE_FLOPS[bool(call.needs_grad)]:
+        return False, (f"per-step GEMM of {flops / 1e6:.1f} MFLOP: torch's multithreaded MKL "
                        f"is faster than the single-threaded numba loop there")
     return True, ""
 

@@ -69,11 +69,9 @@ def _validate(cell, x, batch_sizes, h0, c0, weights):
     if x.dtype not in _DTYPES:
         raise RuntimeError(f"the numba backend supports float32 and float64, got {x.dtype}; "
                            f"use backend='torch' or 'reference' for half types")
-    if batch_sizes is not None:
-        sizes = batch_sizes
-        if sizes.numel() and int(sizes.max()) > h0.size(1):
-            raise ValueError(f"batch_sizes must not exceed the batch size {h0.size(1)}, "
-                             f"got {int(sizes.max())}")
+    if batch_sizes is not None and batch_sizes.numel() and int(batch_sizes.max()) > h0.size(1):
+        raise ValueError(f"batch_sizes must not exceed the batch size {h0.size(1)}, "
+                         f"got {int(batch_sizes.max())}")
 
 
 def _np_(t):
@@ -84,7 +82,7 @@ def _np_(t):
 # ---------------------------------------------------------------- launchers
 
 def _prepare(cell, x, batch_sizes, h0, c0, weights):
-    """Things forward and backward share: sizes, offsets, stacked recurrent weights."""
+    """Sizes: D, B, P (= Hout), H, and the per-step batch sizes and row offsets (int64)."""
     np = _np
     D, B, P = h0.shape
     H = c0.size(2) if c0 is not None else P
@@ -225,8 +223,6 @@ class _Layer(torch.autograd.Function):
             g_whh = dgh[d].t().mm(hprev[d]) if need[base + 1] else None
             g_bih = dgi[d].sum(0) if has_bias and need[base + 2] else None
             g_bhh = dgh[d].sum(0) if has_bias and need[base + 3] else None
-            if g_bhh is not None and dgh is dgi:
-                g_bhh = g_bhh.clone() if g_bih is not None else g_bhh
             g_whr = dhs[d].t().mm(ms[d]) if proj and need[base + 4] else None
             grads += [g_wih, g_whh, g_bih, g_bhh, g_whr]
         return (None, None, dx, dh0 if need[3] else None,

@@ -312,20 +312,21 @@ def _load():
 # Per-step recurrent GEMM size (2 * B * Hout * G * H flops) above which auto hands the
 # call to torch. The numba loop runs its per-step GEMMs single-threaded through OpenBLAS
 # (see the module docstring); torch runs MKL on all its threads. Measured on the 2-core
-# CI-class machine, float32, speed relative to torch (>1: numba faster), medians of
-# alternating runs in one process:
-#                                    CPU time, 1 thread     wall, 2 threads, shared machine
-#   LSTM T=100 B=64 H=512 (134 MF)   fwd 0.88  fwd+bwd 0.97  fwd 1.88  fwd+bwd 3.50
-#   GRU  T=200 B=16 H=128 (1.6 MF)   fwd 1.07  fwd+bwd 1.53  fwd 4.01  fwd+bwd 3.63
-#   RNN  T=100 B=32 H=256 (4.2 MF)   fwd 1.02  fwd+bwd 1.08  fwd 1.76  fwd+bwd 1.96
-#   LSTM T=100 B=1  H=256 (0.5 MF)   fwd 1.25  fwd+bwd 1.44  fwd 2.24  fwd+bwd 1.93
-# The 2-thread column was taken while other jobs shared the 2 cores: torch's per-step
-# OpenMP barriers stall then, the single-threaded loop does not. On an idle machine
-# torch's second thread roughly halves its GEMM time, which the 1-thread column plus
-# GEMM rates (OpenBLAS 1 thread ~67 GFLOP/s, MKL 2 threads ~115 GFLOP/s) put ahead of
-# numba for large steps. So: numba for small steps (overhead-bound, where fusion wins),
-# torch for large ones; training keeps numba longer because its backward is fused while
-# torch's CPU RNN backward is per-op autograd.
+# CI-class machine, float32, I = H, speed relative to torch (>1: numba faster), medians
+# of alternating runs in one process:
+#                                  CPU time,       wall, 2 threads,  wall, 2 threads,
+#                                  1 thread        quiet machine     shared machine
+#                                  fwd  fwd+bwd    fwd  fwd+bwd      fwd  fwd+bwd
+#   LSTM T=100 B=64 H=512 (134 MF) 0.88 0.97       0.56 (3.6)*       1.88 3.50
+#   GRU  T=200 B=16 H=128 (1.6 MF) 1.07 1.53       (*)  1.70         4.01 3.63
+#   RNN  T=100 B=32 H=256 (4.2 MF) 1.02 1.08       0.88 1.41         1.76 1.96
+#   LSTM T=100 B=1  H=256 (0.5 MF) 1.25 1.44       0.84 0.97         2.24 1.93
+# (*) another job started during the torch runs. "Shared": other jobs on the 2 cores,
+# where torch's per-step OpenMP barriers stall and the single-threaded loop does not.
+# Large steps are GEMM-bound and MKL on 2 threads wins; small steps are overhead-bound,
+# where fusion wins, and training keeps numba longer because its backward is fused
+# while torch's CPU RNN backward is per-op autograd. (2 OpenBLAS threads in the loop
+# were tried: with torch's OpenMP pool in the same process both slowed down 10-100x.)
 _TORCH_ABOVE_FLOPS = {False: 4e6, True: 16e6}  # keyed by needs_grad
 
 

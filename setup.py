@@ -33,15 +33,26 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         if not (ROOT / "CMakeLists.txt").exists() or not any((ROOT / "csrc").glob("*.cpp")):
             return
-        import torch  # noqa: F401  (CMake asks torch for its paths)
+        try:
+            import torch  # noqa: F401  (CMake asks torch for its paths)
+        except ImportError as e:
+            # pip's default isolated build env has no torch (and installing one there could
+            # give an ABI other than the torch we will run with): build against the installed
+            # torch with `pip install --no-build-isolation .` (what the Makefile does).
+            raise RuntimeError(f"torch is not importable in the build environment ({e}); install torch "
+                               "first and build with `pip install --no-build-isolation .`") from e
         out = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build = Path(self.build_temp).resolve()
         build.mkdir(parents=True, exist_ok=True)
         cfg = ["-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}",
                f"-DFASTRNN_OUTPUT_DIR={out}"]
-        subprocess.check_call(["cmake", str(ROOT), *cfg], cwd=build)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
-        subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build)
+        for cmd in (["cmake", str(ROOT), *cfg], ["cmake", "--build", ".", "--parallel", jobs]):
+            r = subprocess.run(cmd, cwd=build, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            print(r.stdout)
+            if r.returncode:  # say why (compiler errors) even though the install goes on
+                tail = "\n".join(r.stdout.splitlines()[-40:])
+                raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {r.returncode}:\n{tail}")
 
 
 setup(

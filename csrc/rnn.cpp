@@ -1,0 +1,618 @@
+// fastrnn._ext: the cpp backend.  One layer (all directions) per call, forward and backward.
+//
+//   forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, train)
+//       -> (out [N, D*Hout], hn [D, B, Hout], cn [D, B, H] | None, saved)
+//   backward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, saved, dout, dhn, dcn,
+//            need_dx, need_dw) -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+//
+// Shapes and semantics are those of fastrnn.backends.reference.rnn_layer.  The structure
+// (DESIGN §3): one GEMM for the input projection of all steps and both directions; a C++
+// time loop doing per step one GEMM h_{t-1} W_hh^T into a preallocated buffer and ONE fused
+// pointwise pass (cells.h, vectorised, split across threads); no allocation inside the
+// loop.  Backward runs the reverse loop (fused gate grads + the dh_{t-1} GEMM) and then
+// computes every weight gradient as one GEMM over all steps.
+//
+// GEMMs go through torch's own BLAS (MKL in the x86 wheels): it is the fastest GEMM on
+// the machine, it follows torch.set_num_threads, and we do not ship or build a BLAS.
+// Large, once-per-layer products use at::mm/addmm_out on tensors.  The per-step products
+// are small (often microseconds), so there the ~2-5 us of dispatcher and TensorImpl cost
+// of at::mm_out would be a large fraction of the step: we call the same BLAS routine
+// (sgemm_/dgemm_, which libtorch_cpu exports) directly on raw pointers, and fall back to
+// at::mm_out when the symbol is not there (or FASTRNN_GEMM=aten).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cells.h"
+
+namespace fastrnn {
+namespace {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+// ---------------------------------------------------------------------------------------
+// Kernel table: AVX2+FMA where the CPU has it, baseline x86-64 otherwise.
+const KernelTable& kernels() {
+  static const KernelTable* k = [] {
+    const char* env = std::getenv("FASTRNN_ISA");
+    bool avx2 = false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    if (env && std::string(env) == "baseline") avx2 = false;
+    return avx2 ? &isa_avx2::kernels() : &isa_base::kernels();
+  }();
+  return *k;
+}
+
+template <typename T> FwdFn<T> fwd_kernel(int cell, bool save, bool out);
+template <> FwdFn<float> fwd_kernel<float>(int c, bool s, bool o) { return kernels().fwd_f[c][s][o]; }
+template <> FwdFn<double> fwd_kernel<double>(int c, bool s, bool o) { return kernels().fwd_d[c][s][o]; }
+template <typename T> BwdFn<T> bwd_kernel(int cell, bool dout);
+template <> BwdFn<float> bwd_kernel<float>(int c, bool d) { return kernels().bwd_f[c][d]; }
+template <> BwdFn<double> bwd_kernel<double>(int c, bool d) { return kernels().bwd_d[c][d]; }
+
+// ---------------------------------------------------------------------------------------
+// Row-major GEMM on raw pointers: C[m,n] = alpha * op(A) op(B) + beta * C.
+using fgemm_t = void (*)(const char*, const char*, const void*, const void*, const void*,
+                         const float*, const float*, const void*, const float*, const void*,
+                         const float*, float*, const void*);
+using dgemm_t = void (*)(const char*, const char*, const void*, const void*, const void*,
+                         const double*, const double*, const void*, const double*, const void*,
+                         const double*, double*, const void*);
+
+using spack_size_t = size_t (*)(const char*, const void*, const void*, const void*);
+using spack_t = void (*)(const char*, const char*, const void*, const void*, const void*, const float*,
+                         const float*, const void*, float*);
+using scompute_t = void (*)(const char*, const char*, const void*, const void*, const void*, const float*,
+                            const void*, const float*, const void*, const float*, float*, const void*);
+
+struct Blas {
+  fgemm_t s = nullptr;
+  dgemm_t d = nullptr;
+  // MKL's packed GEMM (float only): W_hh is packed once per layer call instead of by every
+  // per-step sgemm; at small batch that repacking is as much memory traffic as the product.
+  spack_size_t spack_size = nullptr;
+  spack_t spack = nullptr;
+  scompute_t scompute = nullptr;
+};
+
+const Blas& blas() {
+  static const Blas b = [] {
+    Blas r;
+    const char* env = std::getenv("FASTRNN_GEMM");
+    if (env && std::string(env) == "aten") return r;
+    void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (!h) return r;
+    r.s = reinterpret_cast<fgemm_t>(dlsym(h, "sgemm_"));
+    r.d = reinterpret_cast<dgemm_t>(dlsym(h, "dgemm_"));
+    if (!r.s || !r.d) return Blas{};
+    if (!(env && std::string(env) == "nopack")) {
+      r.spack_size = reinterpret_cast<spack_size_t>(dlsym(h, "sgemm_pack_get_size_"));
+      r.spack = reinterpret_cast<spack_t>(dlsym(h, "sgemm_pack_"));
+      r.scompute = reinterpret_cast<scompute_t>(dlsym(h, "sgemm_compute_"));
+      if (!r.spack_size || !r.spack || !r.scompute) r.spack_size = nullptr, r.spack = nullptr, r.scompute = nullptr;
+    }
+    return r;
+  }();
+  return b;
+}
+
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const Blas& bl = blas();
+  const int64_t lim = (int64_t(1) << 31) - 1;
+  const bool small = m < lim && n < lim && k < lim && lda < lim && ldb < lim && ldc < lim;
+  if (small && (std::is_same<T, float>::value ? bl.s != nullptr : bl.d != nullptr)) {
+    // Column-major BLAS sees row-major C = op(A) op(B) as C^T = op(B)^T op(A)^T.  Integers
+    // are passed as int64 holding values < 2^31: read correctly by both LP64 (the low 4
+    // bytes, little-endian) and ILP64 builds.
+    const int64_t M = n, N = m, K = k, LA = ldb, LB = lda, LC = ldc;
+    const char tA = tb ? 'T' : 'N', tB = ta ? 'T' : 'N';
+    const T one = T(1);
+    if (k == 0) {
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+      return;
+    }
+    if constexpr (std::is_same<T, float>::value)
+      bl.s(&tA, &tB, &M, &N, &K, &one, B, &LA, A, &LB, &beta, C, &LC);
+    else
+      bl.d(&tA, &tB, &M, &N, &K, &one, B, &LA, A, &LB, &beta, C, &LC);
+    return;
+  }
+  auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor a = ta ? at::from_blob(const_cast<T*>(A), {k, m}, {lda, 1}, opt).t()
+                : at::from_blob(const_cast<T*>(A), {m, k}, {lda, 1}, opt);
+  Tensor b = tb ? at::from_blob(const_cast<T*>(B), {n, k}, {ldb, 1}, opt).t()
+                : at::from_blob(const_cast<T*>(B), {k, n}, {ldb, 1}, opt);
+  Tensor c = at::from_blob(C, {m, n}, {ldc, 1}, opt);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);  // `c` is a strided view: ATen writes through it (copying if needed)
+  } else {
+    at::addmm_out(c, c, a, b, beta, 1);
+  }
+}
+
+// The recurrent weight as the right operand of every step's row-major product
+// C[m, n] = A[m, k] op(W) with m <= m_max; packed once where MKL offers it.
+template <typename T>
+struct StepGemm {
+  bool tb = false;
+  int64_t n = 0, k = 0, ldb = 0;
+  const T* B = nullptr;
+  Tensor packed;  // raw bytes
+
+  StepGemm(bool tb_, int64_t n_, int64_t k_, const T* B_, int64_t ldb_, int64_t m_max)
+      : tb(tb_), n(n_), k(k_), ldb(ldb_), B(B_) {
+    const Blas& bl = blas();
+    const int64_t lim = (int64_t(1) << 31) - 1;
+    if (!std::is_same<T, float>::value || !bl.spack || n == 0 || k == 0 || m_max == 0 || n >= lim || k >= lim ||
+        m_max >= lim || ldb >= lim)
+      return;
+    const int64_t M = n, N = m_max, K = k;
+    const size_t bytes = bl.spack_size("A", &M, &N, &K);
+    packed = at::empty({(int64_t)bytes + 64}, at::kByte);
+    const char t = tb ? 'T' : 'N';
+    const float one = 1.f;
+    bl.spack("A", &t, &M, &N, &K, &one, reinterpret_cast<const float*>(B), &ldb,
+             reinterpret_cast<float*>(packed.data_ptr()));
+  }
+
+  void operator()(int64_t m, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const {
+    if (!packed.defined() || m == 0) {
+      gemm<T>(false, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+      return;
+    }
+    const int64_t M = n, N = m, K = k, LA = ldb, LB = lda, LC = ldc;
+    const float fb = static_cast<float>(beta);
+    blas().scompute("P", "N", &M, &N, &K, reinterpret_cast<const float*>(packed.data_ptr()), &LA,
+                    reinterpret_cast<const float*>(A), &LB, &fb, reinterpret_cast<float*>(C), &LC);
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Pointwise passes are split across threads over the bs x H block, but only when a chunk
+// holds enough work: waking the pool costs more than a whole step at B=1, H=128.
+constexpr int64_t kGrain = 16384;
+
+template <typename T, typename Args, typename Fn>
+void run_pointwise(Fn fn, const Args& a, int64_t elems, int64_t grain) {
+  if (elems <= grain || at::get_num_threads() == 1) {
+    fn(a, 0, elems);
+  } else {
+    at::parallel_for(0, elems, grain, [&](int64_t b, int64_t e) { fn(a, b, e); });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation (before any memory is touched).
+int gates_of(const std::string& cell) {
+  if (cell == "lstm") return 4;
+  if (cell == "gru") return 3;
+  if (cell == "rnn_tanh" || cell == "rnn_relu") return 1;
+  TORCH_CHECK_VALUE(false, "fastrnn._ext: unknown cell type '", cell,
+                    "'; expected 'lstm', 'gru', 'rnn_tanh' or 'rnn_relu'");
+  return 0;
+}
+
+void check_tensor(const Tensor& t, const char* name, c10::ScalarType dt, int64_t dim) {
+  TORCH_CHECK(t.defined(), "fastrnn._ext: ", name, " is undefined");
+  TORCH_CHECK(t.device().is_cpu(), "fastrnn._ext: ", name, " must be a CPU tensor, got device ",
+              t.device());
+  TORCH_CHECK(t.scalar_type() == dt, "fastrnn._ext: ", name, " must have dtype ", dt, " (the dtype of x), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, "fastrnn._ext: ", name, " must be ", dim, "-D, got ", t.dim(), "-D with shape ",
+              t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "fastrnn._ext: ", name, " must be contiguous");
+}
+
+void check_shape(const Tensor& t, const char* name, at::IntArrayRef want) {
+  TORCH_CHECK(t.sizes() == want, "fastrnn._ext: ", name, " has the wrong shape. Expected ", want, ", got ",
+              t.sizes());
+}
+
+struct Dims {
+  int G = 0, cell = 0;
+  int64_t N = 0, I = 0, D = 0, B = 0, H = 0, Hout = 0, T = 0;
+  bool proj = false, packed = false;
+  std::vector<int64_t> sizes, offs;  // per step: active rows and first row
+};
+
+Dims check_layer(const std::string& cell, const Tensor& x, const OptTensor& batch_sizes, const Tensor& h0,
+                 const OptTensor& c0, const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
+                 const std::vector<OptTensor>& w_hr) {
+  Dims d;
+  d.G = gates_of(cell);
+  d.cell = cell == "lstm" ? 0 : cell == "gru" ? 1 : cell == "rnn_tanh" ? 2 : 3;
+  TORCH_CHECK(x.defined() && x.dim() == 2, "fastrnn._ext: x must be 2-D [N, I]");
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "fastrnn._ext: the cpp kernels run float32 and float64, got ",
+              dt);
+  check_tensor(x, "x", dt, 2);
+  check_tensor(h0, "h0", dt, 3);
+  d.N = x.size(0);
+  d.I = x.size(1);
+  d.D = h0.size(0);
+  d.B = h0.size(1);
+  d.Hout = h0.size(2);
+  TORCH_CHECK(d.D == 1 || d.D == 2, "fastrnn._ext: h0.size(0) is the number of directions, 1 or 2; got ", d.D);
+  TORCH_CHECK((int64_t)w_ih.size() == d.D && (int64_t)w_hh.size() == d.D && (int64_t)w_hr.size() == d.D,
+              "fastrnn._ext: expected one w_ih, w_hh and w_hr entry per direction (", d.D, "), got ", w_ih.size(),
+              ", ", w_hh.size(), ", ", w_hr.size());
+  check_tensor(w_hh[0], "w_hh[0]", dt, 2);
+  TORCH_CHECK(w_hh[0].size(0) % d.G == 0, "fastrnn._ext: w_hh.size(0) must be a multiple of ", d.G, " for ",
+              cell, ", got ", w_hh[0].size(0));
+  d.H = w_hh[0].size(0) / d.G;
+  d.proj = w_hr[0].has_value() && w_hr[0]->defined();
+  TORCH_CHECK(!d.proj || d.cell == 0, "fastrnn._ext: w_hr (proj_size) exists for lstm only");
+  if (!d.proj)
+    TORCH_CHECK(d.Hout == d.H, "fastrnn._ext: h0.size(2) must equal hidden_size. Expected ", d.H, ", got ",
+                d.Hout);
+  for (int64_t k = 0; k < d.D; ++k) {
+    const std::string s = std::to_string(k);
+    check_tensor(w_ih[k], ("w_ih[" + s + "]").c_str(), dt, 2);
+    check_shape(w_ih[k], ("w_ih[" + s + "]").c_str(), {d.G * d.H, d.I});
+    check_tensor(w_hh[k], ("w_hh[" + s + "]").c_str(), dt, 2);
+    check_shape(w_hh[k], ("w_hh[" + s + "]").c_str(), {d.G * d.H, d.Hout});
+    const bool p = w_hr[k].has_value() && w_hr[k]->defined();
+    TORCH_CHECK(p == d.proj, "fastrnn._ext: w_hr must be given for every direction or for none");
+    if (p) {
+      check_tensor(*w_hr[k], ("w_hr[" + s + "]").c_str(), dt, 2);
+      check_shape(*w_hr[k], ("w_hr[" + s + "]").c_str(), {d.Hout, d.H});
+    }
+  }
+  const bool has_c = c0.has_value() && c0->defined();
+  TORCH_CHECK(has_c == (d.cell == 0), "fastrnn._ext: c0 must be given for lstm and only for lstm");
+  if (has_c) {
+    check_tensor(*c0, "c0", dt, 3);
+    check_shape(*c0, "c0", {d.D, d.B, d.H});
+  }
+  if (batch_sizes.has_value() && batch_sizes->defined()) {
+    const Tensor& bs = *batch_sizes;
+    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1,
+                "fastrnn._ext: batch_sizes must be a 1-D int64 CPU tensor, got ", bs.scalar_type(), " ",
+                bs.dim(), "-D on ", bs.device());
+    Tensor bsc = bs.contiguous();
+    const int64_t* p = bsc.data_ptr<int64_t>();
+    d.packed = true;
+    d.T = bs.numel();
+    int64_t total = 0, prev = d.B;
+    for (int64_t t = 0; t < d.T; ++t) {
+      TORCH_CHECK(p[t] >= 1 && p[t] <= prev, "fastrnn._ext: batch_sizes must be positive, non-increasing and at "
+                  "most h0.size(1) = ", d.B, "; got ", bs);
+      prev = p[t];
+      d.sizes.push_back(p[t]);
+      d.offs.push_back(total);
+      total += p[t];
+    }
+    TORCH_CHECK(total == d.N, "fastrnn._ext: batch_sizes must sum to x.size(0). Expected ", d.N, ", got ", total);
+  } else {
+    TORCH_CHECK(d.B > 0 ? d.N % d.B == 0 : d.N == 0, "fastrnn._ext: x.size(0) must be a multiple of the batch "
+                "size h0.size(1) = ", d.B, ", got ", d.N);
+    d.T = d.B > 0 ? d.N / d.B : 0;
+    for (int64_t t = 0; t < d.T; ++t) {
+      d.sizes.push_back(d.B);
+      d.offs.push_back(t * d.B);
+    }
+  }
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward of one layer.
+template <class Cell, typename T>
+std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
+    const Dims& d, const Tensor& x, const Tensor& h0, const OptTensor& c0, const std::vector<Tensor>& w_ih,
+    const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& b_ih, const std::vector<OptTensor>& b_hh,
+    const std::vector<OptTensor>& w_hr, bool train) {
+  constexpr int G = Cell::G, S = Cell::S;
+  const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = G * H, nT = d.T;
+  auto opt = x.options();
+  const bool is_gru = Cell::kId == 1;
+
+  // Input projection of all steps and both directions: one GEMM with the biases folded
+  // in.  GRU keeps b_hn out of it because n = tanh(gi_n + r * (W_hn h + b_hn)).
+  Tensor wcat = D == 1 ? w_ih[0] : at::cat({w_ih[0], w_ih[1]}, 0);
+  bool has_bias = false;
+  std::vector<Tensor> bias_parts;
+  std::vector<Tensor> bhn(D);
+  for (int64_t k = 0; k < D; ++k) {
+    const bool bi = b_ih[k].has_value() && b_ih[k]->defined();
+    const bool bh = b_hh[k].has_value() && b_hh[k]->defined();
+    Tensor b = at::zeros({GH}, opt);
+    if (bi) b.add_(*b_ih[k]);
+    if (bh) {
+      if (is_gru) {
+        b.narrow(0, 0, 2 * H).add_(b_hh[k]->narrow(0, 0, 2 * H));
+        bhn[k] = b_hh[k]->narrow(0, 2 * H, H).contiguous();
+      } else {
+        b.add_(*b_hh[k]);
+      }
+    }
+    has_bias = has_bias || bi || bh;
+    bias_parts.push_back(b);
+  }
+  Tensor gi = at::empty({N, D * GH}, opt);
+  if (has_bias)
+    at::addmm_out(gi, D == 1 ? bias_parts[0] : at::cat(bias_parts, 0), x, wcat.t());
+  else
+    at::mm_out(gi, x, wcat.t());
+
+  Tensor out = at::empty({N, D * Hout}, opt);
+  Tensor hn = h0.clone();  // the state is updated in place: rows that ended keep their last h
+  Tensor cn = Cell::has_c ? c0->clone() : Tensor();
+  Tensor save, hprev, R;
+  if (train) {
+    save = at::empty({D, N, S * H}, opt);
+    hprev = at::empty({D, N, Hout}, opt);
+    if (d.proj) R = at::empty({D, N, H}, opt);
+  }
+  Tensor gh = at::empty({B, GH}, opt);
+  Tensor rbuf = (d.proj && !train) ? at::empty({B, H}, opt) : Tensor();
+
+  T* gi_p = gi.data_ptr<T>();
+  T* out_p = out.data_ptr<T>();
+  T* gh_p = gh.data_ptr<T>();
+  const auto fwd = fwd_kernel<T>(Cell::kId, train, !d.proj);
+  {
+    pybind11::gil_scoped_release no_gil;
+    for (int64_t k = 0; k < D; ++k) {
+      const bool rev = k == 1;
+      const StepGemm<T> rec(true, GH, Hout, w_hh[k].data_ptr<T>(), Hout, B);
+      T* hs = hn.data_ptr<T>() + k * B * Hout;
+      T* cs = Cell::has_c ? cn.data_ptr<T>() + k * B * H : nullptr;
+      const StepGemm<T> prj(true, Hout, H, d.proj ? w_hr[k]->data_ptr<T>() : nullptr, H, d.proj ? B : 0);
+      T* save_k = train ? save.data_ptr<T>() + k * N * S * H : nullptr;
+      T* hprev_k = train ? hprev.data_ptr<T>() + k * N * Hout : nullptr;
+      T* R_k = (train && d.proj) ? R.data_ptr<T>() + k * N * H : nullptr;
+      FwdArgs<T> a{};
+      a.ldgi = D * GH;
+      a.gh = gh_p;
+      a.ldgh = GH;
+      a.bhn = bhn[k].defined() ? bhn[k].data_ptr<T>() : nullptr;
+      a.c = cs;
+      a.ldc = H;
+      a.ldout = D * Hout;
+      a.ldsave = S * H;
+      a.H = H;
+      for (int64_t s = 0; s < nT; ++s) {
+        const int64_t t = rev ? nT - 1 - s : s;
+        const int64_t bs = d.sizes[t], row0 = d.offs[t];
+        if (train) std::memcpy(hprev_k + row0 * Hout, hs, sizeof(T) * bs * Hout);
+        rec(bs, hs, Hout, T(0), gh_p, GH);
+        a.gi = gi_p + row0 * D * GH + k * GH;
+        a.out = out_p + row0 * D * Hout + k * Hout;
+        a.save = train ? save_k + row0 * S * H : nullptr;
+        if (d.proj) {
+          a.h = train ? R_k + row0 * H : rbuf.data_ptr<T>();
+          a.ldh = H;
+        } else {
+          a.h = hs;
+          a.ldh = Hout;
+        }
+        run_pointwise<T>(fwd, a, bs * H, kGrain / G);
+        if (d.proj) {
+          prj(bs, a.h, H, T(0), hs, Hout);
+          for (int64_t b = 0; b < bs; ++b)
+            std::memcpy(a.out + b * D * Hout, hs + b * Hout, sizeof(T) * Hout);
+        }
+      }
+    }
+  }
+  std::vector<Tensor> saved;
+  if (train) {
+    saved = {save, hprev};
+    if (d.proj) saved.push_back(R);
+  }
+  return {out, hn, Cell::has_c ? OptTensor(cn) : OptTensor(), saved};
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward of one layer.
+template <class Cell, typename T>
+std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::vector<Tensor>& w_ih,
+                                     const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& w_hr,
+                                     const std::vector<Tensor>& saved, const Tensor& dout, const Tensor& dhn,
+                                     const OptTensor& dcn, bool need_dx, bool need_dw) {
+  constexpr int G = Cell::G, S = Cell::S;
+  const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = G * H, nT = d.T;
+  const bool is_gru = Cell::kId == 1;
+  auto opt = x.options();
+  const Tensor& save = saved[0];
+  const Tensor& hprev = saved[1];
+
+  Tensor dgi = at::empty({N, D * GH}, opt);
+  Tensor dgh = is_gru ? at::empty({N, D * GH}, opt) : dgi;
+  Tensor dh = dhn.clone();
+  Tensor dc = Cell::has_c ? dcn->clone() : Tensor();
+  Tensor dHt = d.proj ? at::empty({D, N, Hout}, opt) : Tensor();
+  Tensor dr = d.proj ? at::empty({B, H}, opt) : Tensor();
+
+  const auto bwd_dout = bwd_kernel<T>(Cell::kId, true);
+  const auto bwd_plain = bwd_kernel<T>(Cell::kId, false);
+  {
+    pybind11::gil_scoped_release no_gil;
+    for (int64_t k = 0; k < D; ++k) {
+      const bool rev = k == 1;
+      const StepGemm<T> rec(false, Hout, GH, w_hh[k].data_ptr<T>(), Hout, B);
+      T* dhs = dh.data_ptr<T>() + k * B * Hout;
+      T* dcs = Cell::has_c ? dc.data_ptr<T>() + k * B * H : nullptr;
+      const StepGemm<T> prj(false, H, Hout, d.proj ? w_hr[k]->data_ptr<T>() : nullptr, H, d.proj ? B : 0);
+      const T* save_k = save.data_ptr<T>() + k * N * S * H;
+      const T* hprev_k = hprev.data_ptr<T>() + k * N * Hout;
+      const T* dout_p = dout.data_ptr<T>() + k * Hout;
+      T* dgi_p = dgi.data_ptr<T>() + k * GH;
+      T* dgh_p = dgh.data_ptr<T>() + k * GH;
+      BwdArgs<T> a{};
+      a.lddout = D * Hout;
+      a.dc = dcs;
+      a.lddc = H;
+      a.ldsave = S * H;
+      a.ldhp = Hout;
+      a.lddgi = D * GH;
+      a.lddgh = D * GH;
+      a.H = H;
+      for (int64_t s = 0; s < nT; ++s) {
+        const int64_t t = rev ? s : nT - 1 - s;   // the forward's order, reversed
+        const int64_t bs = d.sizes[t], row0 = d.offs[t];
+        a.save = save_k + row0 * S * H;
+        a.hprev = hprev_k + row0 * Hout;
+        a.dgi = dgi_p + row0 * D * GH;
+        a.dgh = dgh_p + row0 * D * GH;
+        a.dout = dout_p + row0 * D * Hout;
+        BwdFn<T> fn = bwd_dout;
+        if (d.proj) {
+          // dL/dh_t = carried + output grad; dL/dr_t = dL/dh_t W_hr.
+          T* dht = dHt.data_ptr<T>() + (k * N + row0) * Hout;
+          for (int64_t b = 0; b < bs; ++b) {
+            const T* x1 = dhs + b * Hout;
+            const T* x2 = a.dout + b * D * Hout;
+            T* y = dht + b * Hout;
+            for (int64_t j = 0; j < Hout; ++j) y[j] = x1[j] + x2[j];
+          }
+          prj(bs, dht, Hout, T(0), dr.data_ptr<T>(), H);
+          a.dh = dr.data_ptr<T>();
+          a.lddh = H;
+          fn = bwd_plain;
+        } else {
+          a.dh = dhs;
+          a.lddh = Hout;
+        }
+        run_pointwise<T>(fn, a, bs * H, kGrain / G);
+        // dL/dh_{t-1} = dG_h W_hh (+ the direct term the gru pass left in dh).
+        rec(bs, a.dgh, D * GH, is_gru ? T(1) : T(0), dhs, Hout);
+      }
+    }
+  }
+
+  // Weight gradients: one GEMM each over all steps (and both directions for W_ih).
+  std::vector<OptTensor> res;
+  Tensor dx;
+  if (need_dx) {
+    Tensor wcat = D == 1 ? w_ih[0] : at::cat({w_ih[0], w_ih[1]}, 0);
+    dx = at::mm(dgi, wcat);
+  }
+  res.push_back(need_dx ? OptTensor(dx) : OptTensor());
+  res.push_back(dh);
+  res.push_back(Cell::has_c ? OptTensor(dc) : OptTensor());
+  if (need_dw) {
+    Tensor dwih = at::mm(dgi.t(), x);  // [D*GH, I]
+    for (int64_t k = 0; k < D; ++k) {
+      Tensor dgi_k = dgi.narrow(1, k * GH, GH);
+      Tensor dgh_k = dgh.narrow(1, k * GH, GH);
+      res.push_back(dwih.narrow(0, k * GH, GH));
+      res.push_back(at::mm(dgh_k.t(), hprev[k]));
+      Tensor dbi = dgi_k.sum(0);
+      res.push_back(dbi);
+      res.push_back(is_gru ? dgh_k.sum(0) : dbi.clone());  // distinct tensors: each becomes a .grad
+      if (d.proj)
+        res.push_back(at::mm(dHt[k].t(), saved[2][k]));
+      else
+        res.push_back(OptTensor());
+    }
+  }
+  return res;
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry points.
+template <typename Fn>
+auto dispatch(int cell, c10::ScalarType dt, Fn&& fn) {
+  auto by_type = [&](auto cell_tag) {
+    using C = decltype(cell_tag);
+    if (dt == at::kDouble) return fn(C{}, double{});
+    return fn(C{}, float{});
+  };
+  switch (cell) {
+    case 0: return by_type(LSTM{});
+    case 1: return by_type(GRU{});
+    case 2: return by_type(RNN_TANH{});
+    default: return by_type(RNN_RELU{});
+  }
+}
+
+std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward(
+    const std::string& cell, const Tensor& x, const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
+    const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& b_ih,
+    const std::vector<OptTensor>& b_hh, const std::vector<OptTensor>& w_hr, bool train) {
+  Dims d = check_layer(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
+  TORCH_CHECK((int64_t)b_ih.size() == d.D && (int64_t)b_hh.size() == d.D,
+              "fastrnn._ext: expected one b_ih and b_hh entry (a tensor or None) per direction");
+  for (int64_t k = 0; k < d.D; ++k) {
+    for (const auto* b : {&b_ih[k], &b_hh[k]}) {
+      if (b->has_value() && (*b)->defined()) {
+        check_tensor(**b, "bias", x.scalar_type(), 1);
+        check_shape(**b, "bias", {d.G * d.H});
+      }
+    }
+  }
+  return dispatch(d.cell, x.scalar_type(), [&](auto c, auto t) {
+    return forward_impl<decltype(c), decltype(t)>(d, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, train);
+  });
+}
+
+std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const OptTensor& batch_sizes,
+                                const Tensor& h0, const OptTensor& c0, const std::vector<Tensor>& w_ih,
+                                const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& w_hr,
+                                const std::vector<Tensor>& saved, const Tensor& dout, const Tensor& dhn,
+                                const OptTensor& dcn, bool need_dx, bool need_dw) {
+  Dims d = check_layer(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
+  const auto dt = x.scalar_type();
+  int S = d.cell == 0 ? LSTM::S : d.cell == 1 ? GRU::S : 1;
+  TORCH_CHECK(saved.size() == (d.proj ? 3u : 2u), "fastrnn._ext: saved must hold ", d.proj ? 3 : 2,
+              " tensors from forward(train=True), got ", saved.size());
+  check_tensor(saved[0], "saved[0]", dt, 3);
+  check_shape(saved[0], "saved[0]", {d.D, d.N, S * d.H});
+  check_tensor(saved[1], "saved[1]", dt, 3);
+  check_shape(saved[1], "saved[1]", {d.D, d.N, d.Hout});
+  if (d.proj) {
+    check_tensor(saved[2], "saved[2]", dt, 3);
+    check_shape(saved[2], "saved[2]", {d.D, d.N, d.H});
+  }
+  check_tensor(dout, "dout", dt, 2);
+  check_shape(dout, "dout", {d.N, d.D * d.Hout});
+  check_tensor(dhn, "dhn", dt, 3);
+  check_shape(dhn, "dhn", {d.D, d.B, d.Hout});
+  const bool has_dc = dcn.has_value() && dcn->defined();
+  TORCH_CHECK(has_dc == (d.cell == 0), "fastrnn._ext: dcn must be given for lstm and only for lstm");
+  if (has_dc) {
+    check_tensor(*dcn, "dcn", dt, 3);
+    check_shape(*dcn, "dcn", {d.D, d.B, d.H});
+  }
+  return dispatch(d.cell, dt, [&](auto c, auto t) {
+    return backward_impl<decltype(c), decltype(t)>(d, x, w_ih, w_hh, w_hr, saved, dout, dhn, dcn, need_dx,
+                                                   need_dw);
+  });
+}
+
+std::string isa() { return kernels().isa; }
+std::string gemm_path() { return blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten"; }
+
+}  // namespace
+}  // namespace fastrnn
+
+PYBIND11_MODULE(_ext, m) {
+  m.doc() = "fastrnn cpp backend: fused CPU kernels for LSTM/GRU/RNN layers (forward and backward)";
+  m.def("forward", &fastrnn::forward, "One layer forward; see csrc/rnn.cpp", pybind11::arg("cell"),
+        pybind11::arg("x"), pybind11::arg("batch_sizes"), pybind11::arg("h0"), pybind11::arg("c0"),
+        pybind11::arg("w_ih"), pybind11::arg("w_hh"), pybind11::arg("b_ih"), pybind11::arg("b_hh"),
+        pybind11::arg("w_hr"), pybind11::arg("train"));
+  m.def("backward", &fastrnn::backward, "One layer backward; see csrc/rnn.cpp", pybind11::arg("cell"),
+        pybind11::arg("x"), pybind11::arg("batch_sizes"), pybind11::arg("h0"), pybind11::arg("c0"),
+        pybind11::arg("w_ih"), pybind11::arg("w_hh"), pybind11::arg("w_hr"), pybind11::arg("saved"),
+        pybind11::arg("dout"), pybind11::arg("dhn"), pybind11::arg("dcn"), pybind11::arg("need_dx"),
+        pybind11::arg("need_dw"));
+  m.def("isa", &fastrnn::isa, "The instruction set the pointwise kernels were picked for");
+  m.def("gemm_path", &fastrnn::gemm_path, "How per-step GEMMs run: mkl-packed, blas or aten");
+}

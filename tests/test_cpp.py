@@ -1,0 +1,161 @@
+"""cpp-backend specifics: the raw entry points of fastrnn._ext reject bad input with a clear
+Python exception before touching memory; kernels picked per ISA agree; auto's veto."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_close
+
+_ext = pytest.importorskip("fastrnn._ext", reason="the C++ extension is not built")
+
+from fastrnn.backends import LayerCall, cpp, reference  # noqa: E402
+
+
+def _args(cell="lstm", D=1, B=3, T=4, I=5, H=6, dtype=torch.float64, proj=0):
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    hout = proj or H
+    x = torch.randn(T * B, I, dtype=dtype)
+    h0 = torch.randn(D, B, hout, dtype=dtype)
+    c0 = torch.randn(D, B, H, dtype=dtype) if cell == "lstm" else None
+    w_ih = [torch.randn(G * H, I, dtype=dtype) for _ in range(D)]
+    w_hh = [torch.randn(G * H, hout, dtype=dtype) for _ in range(D)]
+    b = [torch.randn(G * H, dtype=dtype) for _ in range(D)]
+    w_hr = [torch.randn(hout, H, dtype=dtype) if proj else None for _ in range(D)]
+    return dict(cell=cell, x=x, batch_sizes=None, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b, b_hh=list(b),
+                w_hr=w_hr, train=False)
+
+
+def _call(**kw):
+    return _ext.forward(**kw)
+
+
+def test_valid_call_runs():
+    out, hn, cn, saved = _call(**_args())
+    assert out.shape == (12, 6) and hn.shape == (1, 3, 6) and cn.shape == (1, 3, 6) and saved == []
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(cell="lstmx"), "unknown cell"),
+    (dict(x=torch.randn(12, 5, dtype=torch.float32)), "dtype"),
+    (dict(x=torch.randn(12, 5, dtype=torch.float64).t().contiguous().t()), "contiguous"),
+    (dict(x=torch.randn(12, 7, dtype=torch.float64)), "w_ih\\[0\\] has the wrong shape"),
+    (dict(x=torch.randn(11, 5, dtype=torch.float64)), "multiple of the batch"),
+    (dict(x=torch.randn(12, dtype=torch.float64)), "2-D"),
+    (dict(h0=torch.randn(1, 3, 4, dtype=torch.float64)), "hidden_size"),
+    (dict(h0=torch.randn(3, 3, 6, dtype=torch.float64)), "directions"),
+    (dict(c0=None), "c0 must be given"),
+    (dict(c0=torch.randn(1, 2, 6, dtype=torch.float64)), "c0 has the wrong shape"),
+    (dict(w_hh=[torch.randn(24, 5, dtype=torch.float64)]), "w_hh\\[0\\] has the wrong shape"),
+    (dict(w_hh=[torch.randn(23, 6, dtype=torch.float64)]), "multiple of 4"),
+    (dict(w_ih=[]), "one w_ih"),
+    (dict(b_ih=[torch.randn(23, dtype=torch.float64)]), "bias has the wrong shape"),
+    (dict(batch_sizes=torch.tensor([3, 3, 3, 2])), "sum to x.size"),
+    (dict(batch_sizes=torch.tensor([3, 4, 3, 2])), "non-increasing"),
+    (dict(batch_sizes=torch.tensor([4, 3, 3, 2])), "at most h0.size"),
+    (dict(batch_sizes=torch.tensor([3, 3, 3, 0, 3])), "positive"),
+    (dict(batch_sizes=torch.tensor([3., 3., 3., 3.])), "int64"),
+    (dict(w_hr=[torch.randn(6, 5, dtype=torch.float64)]), "w_hr\\[0\\] has the wrong shape"),
+])
+def test_forward_rejects(change, match):
+    kw = _args()
+    kw.update(change)
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        _call(**kw)
+
+
+def test_proj_only_for_lstm():
+    kw = _args(cell="gru")
+    kw["w_hr"] = [torch.randn(6, 6, dtype=torch.float64)]
+    with pytest.raises(RuntimeError, match="lstm only"):
+        _call(**kw)
+
+
+def test_backward_rejects_bad_saved_and_grads():
+    kw = _args()
+    kw["train"] = True
+    out, hn, cn, saved = _call(**kw)
+    common = dict(cell="lstm", x=kw["x"], batch_sizes=None, h0=kw["h0"], c0=kw["c0"], w_ih=kw["w_ih"],
+                  w_hh=kw["w_hh"], w_hr=kw["w_hr"], need_dx=True, need_dw=True)
+    good = dict(saved=saved, dout=torch.ones_like(out), dhn=torch.ones_like(hn), dcn=torch.ones_like(cn))
+    res = _ext.backward(**common, **good)
+    assert res[0].shape == kw["x"].shape
+    for bad, match in [(dict(saved=saved[:1]), "saved must hold"),
+                       (dict(saved=[saved[0][:, :5], saved[1]]), "saved\\[0\\] has the wrong shape"),
+                       (dict(dout=torch.ones(12, 7, dtype=torch.float64)), "dout has the wrong shape"),
+                       (dict(dhn=torch.ones(1, 3, 6)), "dtype"),
+                       (dict(dcn=None), "dcn must be given")]:
+        with pytest.raises(RuntimeError, match=match):
+            _ext.backward(**common, **{**good, **bad})
+
+
+def test_double_backward_raises():
+    kw = _args()
+    x = kw["x"].requires_grad_()
+    out, hn, cn = cpp.rnn_layer("lstm", x, None, kw["h0"], kw["c0"],
+                                [(kw["w_ih"][0], kw["w_hh"][0], kw["b_ih"][0], kw["b_hh"][0], None)])
+    v = torch.randn_like(out, requires_grad=True)
+    (g,) = torch.autograd.grad(out, x, grad_outputs=v, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice|double"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_matches_reference_packed_bidirectional(cell, dtype):
+    """Packed batch sizes [5,5,3,2,2,1], both directions, H=37, I != H, outputs and all grads."""
+    torch.manual_seed(0)
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    H, I, bs = 37, 11, torch.tensor([5, 5, 3, 2, 2, 1])
+    N, B = int(bs.sum()), 5
+    dt = dict(dtype=dtype, requires_grad=True)
+    x = torch.randn(N, I, **dt)
+    h0 = torch.randn(2, B, H, **dt)
+    c0 = torch.randn(2, B, H, **dt) if cell == "lstm" else None
+    ws = [tuple(torch.randn(*s, dtype=dtype).mul_(0.3).requires_grad_() for s in
+                [(G * H, I), (G * H, H), (G * H,), (G * H,)]) + (None,) for _ in range(2)]
+    ins = [x, h0] + ([c0] if c0 is not None else []) + [w for wd in ws for w in wd if w is not None]
+    res = []
+    for mod in (reference, cpp):
+        out, hn, cn = mod.rnn_layer(cell, x, bs, h0, c0, ws)
+        outs = [out, hn] + ([cn] if cn is not None else [])
+        g = torch.Generator().manual_seed(1)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=dtype)).sum() for o in outs)
+        res.append(outs + list(torch.autograd.grad(loss, ins)))
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5)
+    for i, (a, e) in enumerate(zip(res[1], res[0])):
+        assert_close(a, e, f"tensor {i}", **tol)
+
+
+def test_isa_and_gemm_paths_report():
+    assert _ext.isa() in ("avx2", "baseline")
+    assert _ext.gemm_path() in ("mkl-packed", "blas", "aten")
+
+
+def test_prefer_hands_oneDNN_lstm_to_torch():
+    call = LayerCall(cell="lstm", device="cpu", dtype=torch.float32, input_size=8, hidden_size=8, proj_size=0,
+                     batch=2, steps=3, directions=1, packed=False, needs_grad=False)
+    ok, why = cpp.BACKEND.prefer(call)
+    assert ok == (not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled))
+    assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "cell": "gru"}))[0]
+    assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "packed": True}))[0]
+
+
+def test_baseline_isa_and_aten_gemm_agree():
+    """The kernels built for baseline x86-64 and the at::mm_out GEMM path (env knobs read
+    once at load, so in a fresh interpreter) give the AVX2 / BLAS results."""
+    import os
+    import subprocess
+    import sys
+    code = ("import torch; from fastrnn import _ext; torch.manual_seed(0);"
+            "x=torch.randn(12,5,dtype=torch.float64); h=torch.randn(2,3,4,dtype=torch.float64);"
+            "w=[torch.randn(12,5,dtype=torch.float64)]*2; u=[torch.randn(12,4,dtype=torch.float64)]*2;"
+            "o=_ext.forward('gru',x,None,h,None,w,u,[None]*2,[None]*2,[None]*2,False)[0];"
+            "print(_ext.isa(), _ext.gemm_path(), repr(o.sum().item()))")
+    outs = []
+    for env in ({}, {"FASTRNN_ISA": "baseline", "FASTRNN_GEMM": "aten"}):
+        r = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                           check=True)
+        outs.append(r.stdout.split())
+    assert outs[1][:2] == ["baseline", "aten"]
+    assert abs(float(outs[0][2]) - float(outs[1][2])) < 1e-10

@@ -23,7 +23,7 @@ $(VENV)/.setup-done: setup.py pyproject.toml $(wildcard CMakeLists.txt csrc/*.cp
 	touch $@
 
 test: setup
-	FASTRNN_EXPECT_BACKENDS=$(EXPECT_BACKENDS) $(PYTEST) tests --ignore=tests/test_triton.py
+	FASTRNN_EXPECT_BACKENDS=$(EXPECT_BACKENDS) $(PYTEST) tests
 	@if $(PY) -c "import triton" 2>/dev/null && [ -f tests/test_triton.py ]; then \
 		TRITON_INTERPRET=1 $(PYTEST) tests/test_triton.py; fi
 

@@ -60,14 +60,14 @@ setup(
     version="0.1.0",
     description="Fused, drop-in replacements for torch.nn.LSTM, GRU and RNN",
     python_requires=">=3.9",
-    packages=["fastrnn", "fastrnn.backends", "fastrnn.kernels", "fastrnn.kernels.triton",
-              "fastrnn.kernels.numba"],
+    packages=["fastrnn", "fastrnn.backends", "fastrnn.bench", "fastrnn.kernels",
+              "fastrnn.kernels.triton", "fastrnn.kernels.numba"],
     package_dir={"fastrnn": "fastrnn", "fastrnn.kernels": "kernels"},
     install_requires=["torch>=2.6", "numpy"],
     extras_require={
-        "numba": ["numba>=0.59"],
+        "numba": ["numba>=0.59", "scipy"],  # numba's np.dot calls BLAS through SciPy
         "triton": ["triton>=3.3"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "numba>=0.59"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "numba>=0.59", "scipy"],
         "bench": ["pytest-benchmark", "tqdm", "matplotlib", "onnxruntime", "onnx"],
     },
     ext_modules=[CMakeExtension("fastrnn._ext")],

@@ -52,7 +52,7 @@ class Case:
     dtype: str = "f32"
     name: str = ""            # a well-known name (e.g. fastrnns-default-fwd) replacing the id
     gpu_only: bool = False    # too big or a dtype that only makes sense on GPU
-    sweep: str = ""           # which sweep it belongs to (for the report's plots)
+    sweep: str = ""           # the sweeps it belongs to, comma-separated (for the report's plots)
 
     def __post_init__(self):
         assert self.cell in CELLS, self.cell
@@ -60,6 +60,10 @@ class Case:
         assert self.dtype in DTYPES, self.dtype
         assert self.packed in PACKED, self.packed
         assert self.proj == 0 or self.cell == "lstm", "proj_size is LSTM only"
+
+    @property
+    def sweeps(self) -> tuple:
+        return tuple(self.sweep.split(",")) if self.sweep else ()
 
     @property
     def input_size(self) -> int:
@@ -129,14 +133,17 @@ def flops(case: Case) -> float:
 
 
 def _dedupe(cases):
-    seen, out = {}, []
+    """Each shape once: the first keeps its name and joins the sweeps of its duplicates."""
+    out = {}
     for c in cases:
         key = replace(c, name="", sweep="")
-        if key in seen:
-            continue
-        seen[key] = c
-        out.append(c)
-    return out
+        if key in out:
+            kept = out[key]
+            if c.sweep not in kept.sweeps:
+                out[key] = replace(kept, sweep=f"{kept.sweep},{c.sweep}")
+        else:
+            out[key] = c
+    return list(out.values())
 
 
 def grid(device: str = "cpu") -> list[Case]:

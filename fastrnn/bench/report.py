@@ -1,0 +1,256 @@
+"""Tables and plots from results files: the terminal table, benchmarks/REPORT.md and
+benchmarks/plots/*.png (speedup vs batch size and vs hidden size, per hardware).
+
+Every `benchmarks/results/*.json` present goes in, so hardware can be compared side by side.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from fastrnn.bench.runner import TORCH_NN
+
+MODES = ("fwd", "fwdbwd")
+
+
+def load(results_dir: Path) -> list[dict]:
+    docs = []
+    for p in sorted(Path(results_dir).glob("*.json")):
+        try:
+            doc = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "cases" in doc:
+            doc["_path"] = p.name
+            docs.append(doc)
+    return docs
+
+
+def fmt_time(s: Optional[float]) -> str:
+    if s is None:
+        return "—"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.3g} s"
+
+
+def fmt_bytes(b: Optional[int]) -> str:
+    if b is None:
+        return "—"
+    for unit, k in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if b >= k:
+            return f"{b / k:.3g} {unit}"
+    return f"{b} B"
+
+
+def _sci(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.1e}"
+
+
+def backends_of(doc: dict) -> list[str]:
+    """Implementations with results in `doc`: torch first, then the run's order, then others."""
+    seen = {n for c in doc["cases"] for n in c["results"]}
+    order = [TORCH_NN] + list(doc.get("settings", {}).get("backends", []))
+    names = [n for n in order if n in seen]
+    return names + sorted(seen - set(names))
+
+
+def geomean_speedups(doc: dict) -> dict:
+    out = {}
+    for name in backends_of(doc):
+        xs = [c["results"][name]["speedup"] for c in doc["cases"]
+              if name in c["results"] and c["results"][name].get("speedup")]
+        if xs:
+            out[name] = (math.exp(sum(math.log(x) for x in xs) / len(xs)), len(xs))
+    return out
+
+
+def case_table(doc: dict) -> str:
+    """Markdown: one row per case, one column per implementation, median time and speedup."""
+    names = backends_of(doc)
+    lines = ["| case | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for c in doc["cases"]:
+        cells = []
+        for n in names:
+            r = c["results"].get(n)
+            if r is None:
+                cells.append("skip" if n in c.get("skipped", {}) else "—")
+            elif n == TORCH_NN or r.get("speedup") is None:
+                cells.append(fmt_time(r["median_s"]))
+            else:
+                cells.append(f"{fmt_time(r['median_s'])} ×{r['speedup']:.2f}")
+        lines.append(f"| {c['id']} | " + " | ".join(cells) + " |")
+    g = geomean_speedups(doc)
+    lines.append("| **geomean speedup** | " + " | ".join(
+        (f"×{g[n][0]:.2f} ({g[n][1]} cases)" if n in g else "—") for n in names) + " |")
+    return "\n".join(lines)
+
+
+def detail_table(doc: dict) -> str:
+    lines = ["| case | impl | median | IQR | min–max | GFLOP/s | % peak | peak mem | max err | grad err (rel) "
+             "| packed/padded | first call |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in doc["cases"]:
+        for n, r in c["results"].items():
+            pf = r.get("peak_frac")
+            ratio = r.get("packed_vs_padded")
+            lines.append(" | ".join([
+                f"| {c['id']}", n, fmt_time(r["median_s"]),
+                f"{fmt_time(r['q1_s'])}–{fmt_time(r['q3_s'])}",
+                f"{fmt_time(r['min_s'])}–{fmt_time(r['max_s'])}",
+                f"{r['gflops']:.3g}", "—" if pf is None else f"{100 * pf:.1f}%",
+                fmt_bytes(r.get("peak_mem_bytes")), _sci(r.get("max_abs_err")), _sci(r.get("max_rel_err_grad")),
+                "—" if ratio is None else f"{ratio:.2f}", fmt_time(r.get("first_call_s"))]) + " |")
+    return "\n".join(lines)
+
+
+def skipped_notes(doc: dict) -> list[str]:
+    """One line per (implementation, reason), with how many cases it covers."""
+    seen = {}
+    for c in doc["cases"]:
+        for n, why in c.get("skipped", {}).items():
+            seen.setdefault((n, why), []).append(c["id"])
+    return [f"- `{n}` skipped in {len(ids)} case(s): {why}" for (n, why), ids in sorted(seen.items())]
+
+
+def env_lines(doc: dict) -> list[str]:
+    e, s = doc["env"], doc.get("settings", {})
+    peak = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in e.get("matmul_peak_gflops", {}).items())
+    out = [
+        f"- device: {e.get('device')} — {e.get('device_name')}; CPU {e.get('cpu_model')}, "
+        f"{e.get('cores')} cores, torch threads {e.get('torch_threads')}",
+        f"- versions: torch {e.get('torch')}, Triton {e.get('triton')}, Numba {e.get('numba')}, "
+        f"CUDA {e.get('cuda')}, cuDNN {e.get('cudnn')}, onnxruntime {e.get('onnxruntime')}, "
+        f"Python {e.get('python')}",
+        f"- fastrnn {e.get('fastrnn')} at {e.get('git_revision')}, run {e.get('date')}; "
+        f"available backends: {', '.join(e.get('available_backends', []))}",
+        f"- matrix peak (torch.mm {e.get('matmul_peak_size')}³, median): {peak}",
+        f"- settings: repeats ≥ {s.get('repeats')}, min time {s.get('min_time')} s per case, "
+        f"{len(doc['cases'])} cases{' (quick subset)' if s.get('quick') else ''}, wall {s.get('wall_s', 0):.0f} s",
+    ]
+    la = [x for x in (e.get("loadavg_start"), e.get("loadavg_end")) if x is not None]
+    if e.get("device") == "cpu" and la and max(la) > (e.get("cores") or 1):
+        out.append(f"- **warning: the machine was busy** (load average {max(la):.1f} on {e.get('cores')} "
+                   "cores): CPU times are inflated and noisy, multi-threaded code the most.")
+    loads = {k: v for k, v in (e.get("backend_load_s") or {}).items() if v is not None}
+    if loads:
+        out.append("- backend load time (import, extension, eager JIT): "
+                   + ", ".join(f"{k} {fmt_time(v)}" for k, v in loads.items()))
+    fc = e.get("first_call_s") or {}
+    if fc:
+        parts = []
+        for b, per in fc.items():
+            parts.append(f"{b}: " + ", ".join(
+                f"{cell} {fmt_time(v) if isinstance(v, (int, float)) else v}" for cell, v in per.items()))
+        out.append("- first call in the process (compile/JIT/load), tiny training step: " + "; ".join(parts))
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _sweep_points(doc: dict, sweep: str, x: str, dtype: str = "f32"):
+    """{(cell, mode): {backend: {extra: [(x, speedup)]}}} for the cases of one sweep."""
+    out = {}
+    for c in doc["cases"]:
+        if sweep not in (c.get("sweep") or "").split(",") or c["dtype"] != dtype:
+            continue
+        extra = f"B={c['B']}" if sweep == "hidden" else ""
+        for n, r in c["results"].items():
+            if n == TORCH_NN or not r.get("speedup"):
+                continue
+            out.setdefault((c["cell"], c["mode"]), {}).setdefault(n, {}).setdefault(extra, []).append(
+                (c[x], r["speedup"]))
+    return out
+
+
+def plot_sweep(doc: dict, sweep: str, x: str, xlabel: str, path: Path, dtype: str = "f32") -> Optional[Path]:
+    pts = _sweep_points(doc, sweep, x, dtype)
+    if not pts:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullLocator, ScalarFormatter
+
+    cells = [c for c in ("lstm", "gru", "rnn") if any(k[0] == c for k in pts)]
+    modes = [m for m in MODES if any(k[1] == m for k in pts)]
+    names = [n for n in backends_of(doc) if any(n in v for v in pts.values())]
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(len(modes), len(cells), figsize=(4.2 * len(cells), 3.4 * len(modes)),
+                             squeeze=False)
+    for i, mode in enumerate(modes):
+        for j, cell in enumerate(cells):
+            ax = axes[i][j]
+            ax.axhline(1.0, color="grey", lw=1, label="torch")
+            for n, per in pts.get((cell, mode), {}).items():
+                for k, (extra, xy) in enumerate(sorted(per.items())):
+                    xy = sorted(xy)
+                    ax.plot([q[0] for q in xy], [q[1] for q in xy], styles[k % len(styles)], marker="o",
+                            color=colors[n], label=f"{n} {extra}".strip())
+            xs = sorted({p[0] for per in pts.get((cell, mode), {}).values() for xy in per.values() for p in xy})
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log", base=2)
+            ax.set_xticks(xs or [1])
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+            ax.set_title(f"{cell} {mode}")
+            ax.grid(True, alpha=0.3)
+            if i == len(modes) - 1:
+                ax.set_xlabel(xlabel)
+            if j == 0:
+                ax.set_ylabel("speedup vs torch (×)")
+            if pts.get((cell, mode)):
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no cases of this sweep", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"{doc['hardware_id']}: speedup vs {xlabel} ({dtype})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- REPORT.md
+
+def write(results_dir: Path, out_md: Path, plots_dir: Path) -> tuple[Path, list[Path]]:
+    docs = load(results_dir)
+    plots = []
+    parts = ["# fastrnn benchmark report", "",
+             "Generated by `python -m fastrnn.bench report` from every file in "
+             f"`{Path(results_dir).name}/`. Times are medians; ×N is torch's median over the "
+             "implementation's (above 1 is faster than torch's own module). Performance figures only: "
+             "nothing here is asserted.", ""]
+    if not docs:
+        parts.append("No results files found.")
+    for doc in docs:
+        hw = doc["hardware_id"]
+        parts += [f"## {hw}", "", f"From `{doc['_path']}`.", ""] + env_lines(doc) + ["", case_table(doc), ""]
+        notes = skipped_notes(doc)
+        if notes:
+            parts += ["Not timed:", ""] + notes + [""]
+        dtypes = sorted({c["dtype"] for c in doc["cases"]}, key=lambda d: (d != "f32", d))
+        for dt in dtypes:
+            for sweep, x, label in (("batch", "B", "batch size"), ("hidden", "H", "hidden size")):
+                name = f"{hw}-speedup-vs-{label.split()[0]}" + ("" if dt == "f32" else f"-{dt}") + ".png"
+                p = plot_sweep(doc, sweep, x, label, Path(plots_dir) / name, dt)
+                if p is not None:
+                    plots.append(p)
+                    md_dir = Path(out_md).resolve().parent
+                    rel = p.resolve().relative_to(md_dir) if p.resolve().is_relative_to(md_dir) else p
+                    parts += [f"![{hw} speedup vs {label}, {dt}]({rel})", ""]
+        parts += ["<details><summary>Details: spread, GFLOP/s, fraction of the matrix peak, memory, "
+                  "error vs torch, packed/padded, first call</summary>", "", detail_table(doc), "", "</details>", ""]
+        cud = [(c["id"], c["cudnn"]) for c in doc["cases"] if c.get("cudnn")]
+        if cud:
+            parts += ["cuDNN algorithm torch used (from profiler kernel names):", ""]
+            parts += [f"- {cid}: {d['algo']} ({', '.join(d['kernels'][:3])})" for cid, d in cud] + [""]
+    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_md).write_text("\n".join(parts))
+    return Path(out_md), plots

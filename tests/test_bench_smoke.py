@@ -1,0 +1,102 @@
+"""The benchmark suite's code path on one tiny case: runner, results file, report, CLI.
+
+Times are not judged beyond being positive; only that every field is there and sane.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fastrnn.bench import cases as C
+from fastrnn.bench import report, runner
+from fastrnn.bench.__main__ import main
+
+TINY = [C.Case("lstm", T=5, B=2, H=8, mode="fwdbwd", sweep="batch"),
+        C.Case("lstm", T=5, B=4, H=8, I=6, mode="fwd", sweep="batch")]
+
+
+@pytest.fixture(scope="module")
+def doc():
+    names = runner.default_backends("cpu") + ["reference"]
+    return runner.run(TINY, "cpu", names, repeats=2, min_time=0.0, warmup=1, peak_n=128, progress=False)
+
+
+def test_results_document(doc, tmp_path):
+    env = doc["env"]
+    for key in ("device", "cpu_model", "cores", "torch", "triton", "numba", "onnxruntime", "cuda", "cudnn",
+                "git_revision", "date", "first_call_s", "available_backends"):
+        assert key in env, key
+    assert doc["hardware_id"] == env["hardware_id"] and doc["hardware_id"].startswith("cpu-")
+    assert env["matmul_peak_gflops"]["f32"] > 0
+    assert [c["id"] for c in doc["cases"]] == [c.id for c in TINY]
+
+    fastrnn_names = [b for b in doc["settings"]["backends"] if b not in runner.PEERS]
+    for c in doc["cases"]:
+        assert c["flops"] > 0
+        res = c["results"]
+        assert res[runner.TORCH_NN]["speedup"] == 1.0
+        for name in fastrnn_names:
+            assert name in res, f"{name} did not run: {c['skipped'].get(name)}"
+        assert set(doc["settings"]["backends"]) <= set(res) | set(c["skipped"])
+        for name, r in res.items():
+            assert 0 < r["min_s"] <= r["q1_s"] <= r["median_s"] <= r["q3_s"] <= r["max_s"], name
+            assert r["n"] >= 2 and r["first_call_s"] > 0
+            assert r["gflops"] > 0 and r["speedup"] > 0 and 0 < r["peak_frac"]
+            assert r["peak_mem_bytes"] is None or r["peak_mem_bytes"] >= 0
+            if name != runner.TORCH_NN:
+                assert r["max_abs_err"] < 1e-4, name
+                if c["mode"] == "fwdbwd":
+                    assert r["max_rel_err_grad"] < 1e-4, name
+
+    path = runner.save(doc, tmp_path / "results" / "x.json")
+    assert json.loads(path.read_text())["cases"][0]["results"][runner.TORCH_NN]["median_s"] > 0
+
+
+def test_report(doc, tmp_path):
+    runner.save(doc, tmp_path / "results" / f"{doc['hardware_id']}.json")
+    md, plots = report.write(tmp_path / "results", tmp_path / "REPORT.md", tmp_path / "plots")
+    text = md.read_text()
+    assert doc["hardware_id"] in text and "geomean speedup" in text
+    assert all(c.id in text for c in TINY)
+    assert plots and all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
+    g = report.geomean_speedups(doc)
+    assert math.isclose(g[runner.TORCH_NN][0], 1.0)
+
+
+def test_cli(doc, tmp_path, capsys):
+    assert main(["--quick", "--list"]) == 0
+    assert "fastrnns-default-fwd" in capsys.readouterr().out
+    runner.save(doc, tmp_path / "r" / "a.json")
+    assert main(["report", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "R.md"),
+                 "--plots", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "R.md").is_file()
+
+
+def test_grid():
+    full = C.grid("cpu")
+    assert len({c.id for c in full}) == len(full)
+    assert {c.cell for c in full} == set(C.CELLS) and not any(c.gpu_only for c in full)
+    assert any(c.H == 2048 for c in C.grid("cuda")) and not any(c.H == 2048 for c in full)
+    assert [c.id for c in C.quick("cpu")] == list(C.QUICK)
+    packed = next(c for c in full if c.packed == "unsorted")
+    ls = C.lengths(packed)
+    assert max(ls) == packed.T and min(ls) >= packed.T // 4 and ls != sorted(ls, reverse=True)
+    assert C.flops(C.Case("lstm", T=1, B=1, H=1)) == 2 * (1 + 1) * 4
+
+
+@pytest.mark.gpu
+def test_runner_cuda():
+    """The CUDA path: events, max_memory_allocated, cuDNN kernel names, bf16."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    tiny = [C.Case("lstm", T=5, B=2, H=8, mode="fwdbwd"), C.Case("gru", T=5, B=2, H=8, dtype="bf16")]
+    doc = runner.run(tiny, "cuda", repeats=2, min_time=0.0, warmup=1, peak_n=512, progress=False)
+    assert doc["env"]["cudnn"] and set(doc["env"]["matmul_peak_gflops"]) == {"f32", "bf16"}
+    for c in doc["cases"]:
+        assert c["results"][runner.TORCH_NN]["median_s"] > 0
+        assert c["cudnn"]["algo"] in ("standard", "persistent", "unknown") and c["cudnn"]["kernels"]
+        for name, r in c["results"].items():
+            assert r["peak_mem_bytes"] > 0 and r["gflops"] > 0, name

@@ -320,6 +320,8 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = G * H, nT = d.T;
   auto opt = x.options();
   const bool is_gru = Cell::kId == 1;
+  // ATen needs no GIL: other Python threads run while this layer does (GEMMs included).
+  pybind11::gil_scoped_release no_gil;
 
   // Input projection of all steps and both directions: one GEMM with the biases folded
   // in.  GRU keeps b_hn out of it because n = tanh(gi_n + r * (W_hn h + b_hn)).
@@ -366,7 +368,6 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
   T* gh_p = gh.data_ptr<T>();
   const auto fwd = fwd_kernel<T>(Cell::kId, train, !d.proj);
   {
-    pybind11::gil_scoped_release no_gil;
     for (int64_t k = 0; k < D; ++k) {
       const bool rev = k == 1;
       const StepGemm<T> rec(true, GH, Hout, w_hh[k].data_ptr<T>(), Hout, B);
@@ -431,6 +432,7 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   auto opt = x.options();
   const Tensor& save = saved[0];
   const Tensor& hprev = saved[1];
+  pybind11::gil_scoped_release no_gil;
 
   Tensor dgi = at::empty({N, D * GH}, opt);
   Tensor dgh = is_gru ? at::empty({N, D * GH}, opt) : dgi;
@@ -442,7 +444,6 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   const auto bwd_dout = bwd_kernel<T>(Cell::kId, true);
   const auto bwd_plain = bwd_kernel<T>(Cell::kId, false);
   {
-    pybind11::gil_scoped_release no_gil;
     for (int64_t k = 0; k < D; ++k) {
       const bool rev = k == 1;
       const StepGemm<T> rec(false, Hout, GH, w_hh[k].data_ptr<T>(), Hout, B);

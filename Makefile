@@ -9,7 +9,7 @@ export MAX_JOBS ?= 2
 EXPECT_BACKENDS ?= cpp,numba
 PYTEST ?= $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup test bench test-gpu wheel clean
+.PHONY: setup test bench test-gpu fuzz sanitize clean
 
 setup: $(VENV)/.setup-done
 
@@ -38,4 +38,25 @@ test-gpu:
 	.venv-gpu/bin/python -m pytest -q -p no:cacheprovider tests -m "gpu or not gpu" --ignore=tests/test_triton.py
 
 clean:
-	rm -rf build dist *.egg-info fastrnn/_ext*.so
+	rm -rf build build-asan dist *.egg-info fastrnn/_ext*.so
+
+# Long property-based run against torch.nn (CI runs a bounded, seeded subset).
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	FASTRNN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) tests/test_fuzz.py
+
+# The C++ extension under AddressSanitizer + UBSan: built into build-asan/site (a copy of the
+# package, so the normal build is untouched) and run against every cpp test.
+ASAN_SITE := build-asan/site
+sanitize: setup
+	rm -rf build-asan && mkdir -p $(ASAN_SITE)
+	cp -r fastrnn $(ASAN_SITE)/ && rm -f $(ASAN_SITE)/fastrnn/_ext*.so && cp -r kernels $(ASAN_SITE)/fastrnn/kernels
+	cmake -S . -B build-asan/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFASTRNN_SANITIZE=ON \
+		-DPython_EXECUTABLE=$(abspath $(PY)) -DFASTRNN_OUTPUT_DIR=$(abspath $(ASAN_SITE)/fastrnn) >/dev/null
+	cmake --build build-asan/cmake --parallel $(MAX_JOBS)
+	PYTHONPATH=$(abspath $(ASAN_SITE)) $(PY) -c "import fastrnn._ext as e; assert 'build-asan' in e.__file__, e.__file__"
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	PYTHONPATH=$(abspath $(ASAN_SITE)) FASTRNN_EXPECT_BACKENDS=cpp \
+		$(PYTEST) tests -k "cpp or expected_backends_are_built" -p no:randomly
+	@echo "sanitize: the cpp tests ran clean under ASan+UBSan"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from fastrnn.backends.native import onednn_lstm_applies
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -121,8 +122,7 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     26 / 75; float64 92 / 324 vs 81 / 258; bfloat16 296 / 1936 vs 26 / 76.  GRU and RNN
     have no oneDNN path in torch, and we measured faster on every case tried.
     """
-    if (call.cell == "lstm" and call.dtype == torch.float32 and not call.proj_size and not call.packed
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+    if onednn_lstm_applies(call):
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
     return True, ""
 

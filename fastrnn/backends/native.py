@@ -34,6 +34,16 @@ def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
     return out, res[1], None
 
 
+def onednn_lstm_applies(call) -> bool:
+    """Whether torch runs this layer call through oneDNN's fused LSTM primitive (float32 LSTM
+    without projection on padded CPU input): its JIT GEMMs with pre-packed weights beat our
+    CPU loops there (measurements in fastrnn.backends.cpp._prefer), so auto leaves those
+    calls to torch whichever CPU backend is asked first."""
+    return (call.device == "cpu" and call.cell == "lstm" and call.dtype == torch.float32
+            and not call.proj_size and not call.packed
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
 def _load():
     import sys
     return sys.modules[__name__]

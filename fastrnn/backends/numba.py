@@ -32,6 +32,7 @@ import sys
 import torch
 from torch.autograd.function import once_differentiable
 
+from fastrnn.backends.native import onednn_lstm_applies
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
 
 _DTYPES = frozenset((torch.float32, torch.float64))  # what the kernels compile for
@@ -334,6 +335,8 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     """auto's veto: hand the call to torch where torch measured faster (table above)."""
     if call.dtype in _HALF:
         return False, "half types would run upcast to float32; torch runs them natively"
+    if onednn_lstm_applies(call):  # quiet-machine quick grid: numba 0.64-0.79x torch there
+        return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
     G = {"lstm": 4, "gru": 3}.get(call.cell, 1)
     flops = 2.0 * call.batch * (call.proj_size or call.hidden_size) * G * call.hidden_size
     if flops > _TORCH_ABOVE_FLOPS[bool(call.needs_grad)]:

@@ -449,6 +449,8 @@ def build(name: str, setup: Setup, padded: bool = False) -> Impl:
         impl = haste_impl(setup)
     elif name == "flashrnn":
         impl = flashrnn_impl(setup)
+    elif name == "auto":  # what users get: each layer call goes to the backend auto picks
+        impl = module_impl(name, setup.twin(name), setup, padded)
     else:
         from fastrnn import backends
         ok, why = backends.get(name).availability()
@@ -461,11 +463,12 @@ def build(name: str, setup: Setup, padded: bool = False) -> Impl:
 
 
 def default_backends(device: str) -> list[str]:
-    """fastrnn's backends this install can run on `device`, minus the baseline and the
-    Python-loop oracle (and Triton's CPU interpreter), then the peers for the device."""
+    """`auto` (what users get), then fastrnn's backends this install can run on `device`,
+    minus the baseline and the Python-loop oracle (and Triton's CPU interpreter), then the
+    peers for the device."""
     names = [b for b in fastrnn.available_backends(device)
              if b not in ("reference", "torch") and not (device == "cpu" and b == "triton")]
-    return names + (["onnxruntime"] if device == "cpu" else ["flashrnn", "haste"])
+    return ["auto"] + names + (["onnxruntime"] if device == "cpu" else ["flashrnn", "haste"])
 
 
 # ----------------------------------------------------------------------------- one case

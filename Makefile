@@ -54,9 +54,8 @@ sanitize: setup
 	cmake -S . -B build-asan/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFASTRNN_SANITIZE=ON \
 		-DPython_EXECUTABLE=$(abspath $(PY)) -DFASTRNN_OUTPUT_DIR=$(abspath $(ASAN_SITE)/fastrnn) >/dev/null
 	cmake --build build-asan/cmake --parallel $(MAX_JOBS)
-	PYTHONPATH=$(abspath $(ASAN_SITE)) $(PY) -c "import fastrnn._ext as e; assert 'build-asan' in e.__file__, e.__file__"
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	PYTHONPATH=$(abspath $(ASAN_SITE)) FASTRNN_EXPECT_BACKENDS=cpp \
-		$(PYTEST) tests -k "cpp or expected_backends_are_built" -p no:randomly
+		$(PY) tools/pytest_without_editable.py -q -p no:cacheprovider tests -k "cpp or expected_backends_are_built"
 	@echo "sanitize: the cpp tests ran clean under ASan+UBSan"

@@ -59,11 +59,14 @@ static inline To bits_as(From v) {
 template <typename T>
 static inline T fexp(T x) {
   using E = ExpTraits<T>;
-  using I = typename E::I;
+  // Exponent bits are built in unsigned arithmetic: a NaN input skips the clamps below and
+  // yields an arbitrary k (the result is NaN through p anyway), and signed overflow or a
+  // shift of a negative value would be undefined behaviour (found by `make sanitize`).
+  using U = std::make_unsigned_t<typename E::I>;
   x = x < E::lo ? E::lo : x;
   x = x > E::hi ? E::hi : x;
   const T kd = x * T(1.44269504088896340736) + E::magic;       // round(x / ln2) + magic
-  const I k = bits_as<I>(kd) - bits_as<I>(E::magic);
+  const U k = bits_as<U>(kd) - bits_as<U>(E::magic);
   const T n = kd - E::magic;
   const T r = (x - n * E::ln2_hi) - n * E::ln2_lo;              // |r| <= ln2/2
   T p;
@@ -92,7 +95,7 @@ static inline T fexp(T x) {
     p = p * r + T(1);
     p = p * r + T(1);
   }
-  const T scale = bits_as<T>(static_cast<I>((k + E::bias) << E::mant));
+  const T scale = bits_as<T>(static_cast<U>((k + static_cast<U>(E::bias)) << E::mant));
   return p * scale;
 }
 

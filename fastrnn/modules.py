@@ -24,12 +24,39 @@ def _check_backend_name(backend: str) -> str:
     return backend
 
 
-def _autocast(device_type: str, tensors):
-    """Cast to the autocast dtype when autocast is on for this device, like torch's RNN ops."""
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
+_AUTOCAST_POLICY: dict = {}
+
+
+def _autocast_dtype(torch_cls, device_type: str):
+    """The dtype torch's own `torch_cls` computes in under the active autocast, or None.
+
+    torch's policy differs by device and module (on CPU, LSTM and RNN run in the autocast
+    dtype while GRU and the LSTM/GRU cells stay float32), so we ask torch once per
+    (module, device, autocast dtype) with a 1x1 probe instead of copying its op lists.
+    """
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
     dt = torch.get_autocast_dtype(device_type)
-    return [None if t is None or not t.is_floating_point() else t.to(dt) for t in tensors]
+    key = (torch_cls, device_type, dt)
+    if key not in _AUTOCAST_POLICY:
+        probe = torch_cls(1, 1).to(device_type)
+        x = torch.zeros((1, 1, 1) if issubclass(torch_cls, nn.RNNBase) else (1, 1), device=device_type)
+        try:
+            with torch.no_grad():
+                out = probe(x)
+            out_dtype = (out[0] if isinstance(out, tuple) else out).dtype
+        except RuntimeError:  # e.g. oneDNN has no bf16 LSTM on this CPU: torch meant to cast
+            out_dtype = dt
+        _AUTOCAST_POLICY[key] = None if out_dtype == torch.float32 else out_dtype
+    return _AUTOCAST_POLICY[key]
+
+
+def _autocast(torch_cls, device_type: str, tensors):
+    """Cast float32 tensors as torch's autocast would for this module (float64 never is)."""
+    dt = _autocast_dtype(torch_cls, device_type)
+    if dt is None:
+        return tensors
+    return [t.to(dt) if t is not None and t.dtype == torch.float32 else t for t in tensors]
 
 
 class _RNNMixin:
@@ -115,7 +142,7 @@ class _RNNMixin:
                                                   None if c0 is None else c0[layer * D:(layer + 1) * D], ws)
         if problem:
             return _torch_error_or_raise(super().forward, orig_input, orig_hx, problem)
-        x, h0, c0, *flat = _autocast(x.device.type, [x, h0, c0] + list(flat))
+        x, h0, c0, *flat = _autocast(_torch_class(self), x.device.type, [x, h0, c0] + list(flat))
         out, hn, cn = functional.rnn(
             cell, x, batch_sizes, h0, c0, self._layer_weights(flat),
             dropout=self.dropout, training=self.training, backend=self.backend)
@@ -149,6 +176,11 @@ def _torch_error_or_raise(torch_forward, input, hx, problem: str):
     if problem.startswith("inconsistent"):
         return result
     raise RuntimeError(problem)
+
+
+def _torch_class(module):
+    """The torch.nn class a fastrnn module stands in for."""
+    return next(c for c in type(module).__mro__ if c.__module__.startswith("torch.nn"))
 
 
 def _consistent(tensors) -> bool:
@@ -222,7 +254,7 @@ class _CellMixin:
             for s in (h0, c0) if s is not None) and _consistent([x, h0, c0, *w]))
         if not ok:
             return super().forward(input, hx)  # torch raises its own error here
-        x, h0, c0, *w = _autocast(x.device.type, [x, h0, c0, *w])
+        x, h0, c0, *w = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *w])
         _, hn, cn = functional.rnn_layer(cell, x, None, h0.unsqueeze(0),
                                          None if c0 is None else c0.unsqueeze(0), [(*w, None)], self.backend)
         if is_lstm:

@@ -199,3 +199,22 @@ def test_autocast_cpu_runs_in_autocast_dtype(backend):
             out_r = ref.to(torch.bfloat16)(x.to(torch.bfloat16))[0]
     assert out_f.dtype == out_r.dtype == torch.bfloat16
     assert (out_f.float() - out_r.float()).abs().max() < 5e-2
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_autocast_output_dtype_follows_torch_per_module(name, dtype, backend):
+    """torch's CPU autocast casts some RNN modules and not others, and never float64."""
+    ref = getattr(nn, name)(4, 5, dtype=dtype)
+    fast = getattr(fastrnn, name)(4, 5, dtype=dtype, backend=backend)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn((3, 2, 4) if "Cell" not in name else (2, 4), dtype=dtype)
+    first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = first(fast(x)).dtype
+        try:
+            want = first(ref(x)).dtype
+        except RuntimeError:  # oneDNN has no bf16 LSTM primitive on this CPU; torch meant bf16
+            want = torch.bfloat16
+    assert got == want

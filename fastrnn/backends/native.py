@@ -5,6 +5,8 @@ auto is never slower than torch.nn. Same op signature as `reference.rnn_layer`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import _VF
 
@@ -14,6 +16,14 @@ _FN = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn_tanh": _VF.rnn_tanh, "rnn_relu": _
 
 
 def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
+    # The modules already applied torch's autocast policy for the module being replaced;
+    # the _VF op must not apply it again (it would cast e.g. an LSTMCell's layer to bf16).
+    with torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") \
+            else contextlib.nullcontext():
+        return _rnn_layer(cell, x, batch_sizes, h0, c0, weights)
+
+
+def _rnn_layer(cell, x, batch_sizes, h0, c0, weights):
     has_bias = weights[0][2] is not None
     flat = []
     for w_ih, w_hh, b_ih, b_hh, w_hr in weights:

@@ -19,15 +19,19 @@ Threads. numba's `np.dot` calls SciPy's bundled OpenBLAS. OpenBLAS worker thread
 busy-wait after each call and fight torch's OpenMP threads for the cores: on 2
 cores, a 100-step loop of 2-thread OpenBLAS GEMMs made the next torch GEMM 2x
 slower, and torch ops right before the loop made small per-step GEMMs 100x slower.
-The loop therefore runs OpenBLAS single-threaded for the calling thread only
-(`openblas_set_num_threads_local`, restored afterwards; no global side effect).
+The loop therefore runs OpenBLAS single-threaded. In SciPy's pthreads OpenBLAS the
+`openblas_set_num_threads_local` setter changes the process-wide count, so concurrent
+layer calls share one setting: the first to enter sets it, the last to leave restores it
+(`_loop_blas_threads`). Meanwhile other SciPy BLAS calls in the process run single-threaded.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
 import sys
+import threading
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -41,6 +45,29 @@ _K = None            # the kernel module, set by _load()
 _np = None
 _blas_local = None   # openblas_set_num_threads_local, when SciPy's BLAS is OpenBLAS
 _LOOP_THREADS = int(os.environ.get("FASTRNN_NUMBA_BLAS_THREADS", "1"))
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0      # layer calls inside their time loop right now
+_BLAS_SAVED = None   # the thread count to restore when the last one leaves
+
+
+@contextlib.contextmanager
+def _loop_blas_threads():
+    """OpenBLAS at _LOOP_THREADS threads while any time loop runs (see the module docstring)."""
+    global _BLAS_USERS, _BLAS_SAVED
+    if _blas_local is None:
+        yield
+        return
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            _BLAS_SAVED = _blas_local(_LOOP_THREADS)
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                _blas_local(_BLAS_SAVED)
 
 
 # ---------------------------------------------------------------- validation
@@ -135,14 +162,10 @@ def _forward(cell, x, batch_sizes, h0, c0, weights, save):
     ms = torch.empty(D, R, H, dtype=dt) if proj else torch.empty(D, 1, 1, dtype=dt)
     one = np.float32(1) if dt == torch.float32 else np.float64(1)
     # 2. the time loop
-    prev = _blas_local(_LOOP_THREADS) if _blas_local is not None else None
-    try:
+    with _loop_blas_threads():
         _K.rnn_fwd(_K.CELL_IDS[cell], gi.numpy(), bhn.numpy(), *whh, *whr, proj,
                    sizes, offsets, out.numpy(), hn.numpy(), cn.numpy(), gates.numpy(), cs.numpy(),
                    hprev.numpy(), ms.numpy(), save, one)
-    finally:
-        if prev is not None:
-            _blas_local(prev)
     cn_out = cn if c0 is not None else None
     saved = (gates, cs, hprev, ms, sizes, offsets) if save else None
     return out, hn, cn_out, saved
@@ -203,14 +226,10 @@ class _Layer(torch.autograd.Function):
         dhs = torch.empty(D, N, P, dtype=dt) if proj else torch.empty(D, 1, 1, dtype=dt)
         c0a = c0 if is_lstm else torch.empty(D, 1, 1, dtype=dt)
         one = np.float32(1) if dt == torch.float32 else np.float64(1)
-        prev = _blas_local(_LOOP_THREADS) if _blas_local is not None else None
-        try:
+        with _loop_blas_threads():
             _K.rnn_bwd(_K.CELL_IDS[cell], _np_(dout), gates.numpy(), cs.numpy(), hprev.numpy(),
                        ms.numpy(), _np_(c0a), *whh, *whr, proj, sizes, offsets,
                        dh0.numpy(), dc0.numpy(), dgi.numpy(), dgh.numpy(), dhs.numpy(), one)
-        finally:
-            if prev is not None:
-                _blas_local(prev)
         need = ctx.needs_input_grad  # (cell, batch_sizes, x, h0, c0, *flat)
         dx = None
         if need[2]:

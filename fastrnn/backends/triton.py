@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections import OrderedDict
+import functools
 from functools import lru_cache
 from typing import List, NamedTuple, Optional
 
@@ -72,9 +74,10 @@ def _check(call):
 def _prefer(call):
     if call.device != "cuda":
         return False, "auto never picks the Triton interpreter for CPU tensors"
-    if call.dtype == torch.float64:
-        return False, "float64 is not measured against cuDNN yet; auto leaves it to torch"
-    return True, ""
+    # No GPU measurement exists yet (no device was lent to the sessions that wrote these
+    # kernels). auto must never be slower than cuDNN, so until a GPU session fits the dispatch
+    # table from measurements, auto hands CUDA calls to torch; backend="triton" runs them.
+    return False, "not yet measured against cuDNN on a GPU; auto leaves CUDA calls to torch"
 
 
 BACKEND = Backend(name="triton", devices=frozenset(("cuda", "cpu")), dtypes=ALL_DTYPES,
@@ -123,6 +126,7 @@ def _plan(sizes: tuple, B: int, D: int, device: str) -> _Plan:
 # CUDA graphs: the per-step launch loops are captured once per shape and replayed.
 
 _GRAPHS: OrderedDict = OrderedDict()
+_GRAPH_LOCK = threading.RLock()
 _SEEN: OrderedDict = OrderedDict()
 _POISON = os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("FASTRNN_TRITON_POISON") == "1"
 
@@ -140,9 +144,11 @@ def _graphs_wanted(first) -> bool:
 
 
 def _capture_cuda(fn, static_in):
-    """Capture fn(*static_in) in a CUDA graph; returns (replay, static outputs)."""
+    """Capture fn(*static_in) in a CUDA graph; returns (replay, static outputs).
+    thread_local: an unsafe CUDA call from another thread (a pin-memory worker, say) must
+    not invalidate this capture."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         static_out = fn(*static_in)
     return graph.replay, static_out
 
@@ -158,7 +164,16 @@ def _run_graphed(key, fn, inputs):
     first = next(t for t in inputs if t is not None)
     if not _graphs_wanted(first):
         return fn(*inputs)
-    key = (key, first.device.index, tuple(None if t is None else (t.shape, t.dtype) for t in inputs))
+    # A graph's static buffers serve one call at a time: graphs are kept per stream, and the
+    # copy-in / replay / clone-out of one call is never interleaved with another thread's.
+    stream = torch.cuda.current_stream(first.device).cuda_stream if first.is_cuda else 0
+    key = (key, first.device.index, stream,
+           tuple(None if t is None else (t.shape, t.dtype) for t in inputs))
+    with _GRAPH_LOCK:
+        return _run_graphed_locked(key, fn, inputs)
+
+
+def _run_graphed_locked(key, fn, inputs):
     entry = _GRAPHS.get(key)
     if entry is None and _SEEN.get(key, 0) < 1:
         # Capture on the second call of a shape: variable-length packed batches change shape on
@@ -344,6 +359,19 @@ def _split(flat):
             for d in range(len(flat) // 5)]
 
 
+def _on_input_device(fn):
+    """Triton launches on the current CUDA device and stream: make that the tensors' device
+    (a model on cuda:1 with cuda:0 current would otherwise launch on the wrong device)."""
+    @functools.wraps(fn)
+    def wrapper(cell, batch_sizes, x, *args):
+        if x.is_cuda:
+            with torch.cuda.device(x.device):
+                return fn(cell, batch_sizes, x, *args)
+        return fn(cell, batch_sizes, x, *args)
+    return wrapper
+
+
+@_on_input_device
 def layer_forward(cell, batch_sizes, x, h0, c0, flat, store_s):
     """Forward of one layer. Returns [out, hn, cn, (S, C, R) per direction]; an empty tensor
     stands for an absent one (cn of non-LSTM cells, S without grad, C without cell state,
@@ -374,6 +402,7 @@ def layer_forward(cell, batch_sizes, x, h0, c0, flat, store_s):
     return [out, hn, cn] + [x.new_empty(0) if t is None else t for t in res[3:]]
 
 
+@_on_input_device
 def layer_backward(cell, batch_sizes, x, h0, c0, flat, fwd_out, dout, dhn, dcn, need_dx):
     """Backward of `layer_forward`: [dx, dh0, dc0, d(flat)...]; empty tensors for absent ones."""
     weights = _split(flat)

@@ -30,13 +30,18 @@ def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c
         # torch returns empty outputs that are still connected to the inputs for autograd
         out = x.new_zeros(0, len(weights) * h0.size(2)) + x.sum() * 0
         return out, h0.clone(), None if c0 is None else c0.clone()
+    call = _layer_call(cell, x, x.size(1), batch_sizes, h0, c0, weights)
+    return backends.select(backend, call).impl.rnn_layer(cell, x, batch_sizes, h0, c0, weights)
+
+
+def _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights) -> LayerCall:
     B = h0.size(1)
-    w_ih, w_hh, _, _, w_hr = weights[0]
-    call = LayerCall(
+    w_hh, w_hr = weights[0][1], weights[0][4]
+    return LayerCall(
         cell=cell,
         device=x.device.type,
         dtype=x.dtype,
-        input_size=x.size(1),
+        input_size=input_size,
         hidden_size=w_hh.size(0) // _gates(cell),
         proj_size=0 if w_hr is None else w_hr.size(0),
         batch=B,
@@ -47,7 +52,6 @@ def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c
             x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
             or any(w is not None and w.requires_grad for ws in weights for w in ws)),
     )
-    return backends.select(backend, call).impl.rnn_layer(cell, x, batch_sizes, h0, c0, weights)
 
 
 def check_layer_args(cell, x, batch_sizes, h0, c0, weights) -> Optional[str]:
@@ -108,6 +112,10 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
     Returns out [N, D*Hout], hn [L*D, B, Hout], cn [L*D, B, H] | None.
     """
     D = len(layer_weights[0])
+    if len(layer_weights) > 1 and x.size(0) and _torch_runs_every_layer(cell, x, batch_sizes, hx, cx,
+                                                                        layer_weights, backend):
+        return backends.get("torch").impl.rnn_stack(cell, x, batch_sizes, hx, cx, layer_weights,
+                                                     dropout, training)
     hns, cns = [], []
     for layer, weights in enumerate(layer_weights):
         sl = slice(layer * D, (layer + 1) * D)
@@ -119,3 +127,18 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
     hn = hns[0] if len(hns) == 1 else torch.cat(hns)
     cn = None if cx is None else (cns[0] if len(cns) == 1 else torch.cat(cns))
     return x, hn, cn
+
+
+def _torch_runs_every_layer(cell, x, batch_sizes, hx, cx, layer_weights, backend) -> bool:
+    """Whether the backend choice is torch for every layer; then one torch call runs the stack."""
+    D = len(layer_weights[0])
+    for layer, weights in enumerate(layer_weights):
+        sl = slice(layer * D, (layer + 1) * D)
+        h0, c0 = hx[sl], None if cx is None else cx[sl]
+        in_size = x.size(1) if layer == 0 else D * hx.size(2)
+        problem = check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0, c0, weights)
+        if problem:
+            raise RuntimeError(problem)
+        if backends.select(backend, _layer_call(cell, x, in_size, batch_sizes, h0, c0, weights)).name != "torch":
+            return False
+    return True

@@ -89,3 +89,21 @@ def test_expected_backends_are_built():
     expected = [b for b in os.environ.get("FASTRNN_EXPECT_BACKENDS", "").split(",") if b]
     missing = {b: backends.get(b).availability()[1] for b in expected if b not in fastrnn.available_backends("cpu")}
     assert not missing, f"backends expected but not available: {missing}"
+
+
+def test_stack_goes_to_torch_in_one_call_when_every_layer_would(monkeypatch):
+    """When torch runs every layer, the stack is one torch call: torch's own path, to the kernel."""
+    impl = backends.get("torch").impl
+    calls = []
+    real_stack, real_layer = impl.rnn_stack, impl.rnn_layer
+    monkeypatch.setattr(impl, "rnn_stack", lambda *a: calls.append("stack") or real_stack(*a))
+    monkeypatch.setattr(impl, "rnn_layer", lambda *a: calls.append("layer") or real_layer(*a))
+    ref = torch.nn.LSTM(4, 6, num_layers=3, bidirectional=True, dropout=0.3)
+    m = fastrnn.LSTM(4, 6, num_layers=3, bidirectional=True, dropout=0.3, backend="torch")
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 4)
+    torch.manual_seed(1)
+    expected = ref(x)[0]
+    torch.manual_seed(1)
+    assert torch.equal(m(x)[0], expected)
+    assert calls == ["stack"]

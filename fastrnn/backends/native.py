@@ -10,7 +10,7 @@ import contextlib
 import torch
 from torch import _VF
 
-from fastrnn.backends import ALL_DTYPES, Backend
+from fastrnn.backends import ALL_DTYPES, Backend, this_module
 
 _FN = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu}
 
@@ -56,14 +56,9 @@ def onednn_lstm_applies(call) -> bool:
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
-def _load():
-    import sys
-    return sys.modules[__name__]
-
-
 BACKEND = Backend(
     name="torch",
     devices=frozenset(("cpu", "cuda")),
     dtypes=ALL_DTYPES,
-    load=_load,
+    load=this_module(__name__),
 )

@@ -170,6 +170,22 @@ def _cell_fwd(gp, sp, m, x0, x1, x2, x3, c_prev, h_prev,
 
 
 @triton.jit
+def _load_gate_blocks(wp, gate, wmask, CELL: tl.constexpr):
+    """The G gate blocks of W_hh (G = 4, 3, 1 by CELL) as register tiles, one `gate` stride
+    apart; unused ones alias the first so every cell returns four."""
+    w0 = tl.load(wp, mask=wmask, other=0.0)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if CELL <= 1:
+        w1 = tl.load(wp + gate, mask=wmask, other=0.0)
+        w2 = tl.load(wp + 2 * gate, mask=wmask, other=0.0)
+    if CELL == 0:
+        w3 = tl.load(wp + 3 * gate, mask=wmask, other=0.0)
+    return w0, w1, w2, w3
+
+
+@triton.jit
 def _fwd_seq_kernel(GI, s_gi, H0, s_h0, C0, s_c0, W, s_w, BHH, OUT, s_o, CO, s_co, S, s_s,
                     HN, s_hn, CN, s_cn, BS, OFF, T, B,
                     H: tl.constexpr, CELL: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_S: tl.constexpr,
@@ -187,16 +203,7 @@ def _fwd_seq_kernel(GI, s_gi, H0, s_h0, C0, s_c0, W, s_w, BHH, OUT, s_o, CO, s_c
     hmask = offs_h < H
     wmask = (offs_h[:, None] < H) & (cols < H)
     wp = W + offs_h.to(tl.int64)[None, :] * s_w + offs_h[:, None]  # W^T: element (k, j) = W[j, k]
-    gate = H * s_w
-    w0 = tl.load(wp, mask=wmask, other=0.0)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if CELL <= 1:
-        w1 = tl.load(wp + gate, mask=wmask, other=0.0)
-        w2 = tl.load(wp + 2 * gate, mask=wmask, other=0.0)
-    if CELL == 0:
-        w3 = tl.load(wp + 3 * gate, mask=wmask, other=0.0)
+    w0, w1, w2, w3 = _load_gate_blocks(wp, H * s_w, wmask, CELL)
     b0 = tl.zeros([BLOCK_H], ACC)
     b1 = b0
     b2 = b0
@@ -366,16 +373,7 @@ def _bwd_seq_kernel(DY, s_dy, DHN, s_dhn, DCN, s_dcn, W, s_w, S, s_s, C, s_c, C0
     cols = offs_h[None, :]
     wmask = (offs_h[:, None] < H) & (cols < H)
     wp = W + offs_h.to(tl.int64)[:, None] * s_w + cols  # gate block g: element (k, j) = W[g*H + k, j]
-    gate = H * s_w
-    w0 = tl.load(wp, mask=wmask, other=0.0)
-    w1 = w0
-    w2 = w0
-    w3 = w0
-    if CELL <= 1:
-        w1 = tl.load(wp + gate, mask=wmask, other=0.0)
-        w2 = tl.load(wp + 2 * gate, mask=wmask, other=0.0)
-    if CELL == 0:
-        w3 = tl.load(wp + 3 * gate, mask=wmask, other=0.0)
+    w0, w1, w2, w3 = _load_gate_blocks(wp, H * s_w, wmask, CELL)
     wt = W.dtype.element_ty
 
     bm = (rows < B) & (cols < H)

@@ -54,6 +54,9 @@ def _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights) -> LayerCall:
     )
 
 
+_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
 def check_layer_args(cell, x, batch_sizes, h0, c0, weights) -> Optional[str]:
     """What is wrong with a layer call's shapes, or None. Runs before any backend touches memory.
 
@@ -62,6 +65,13 @@ def check_layer_args(cell, x, batch_sizes, h0, c0, weights) -> Optional[str]:
     if len(x_shape) != 2 or h0.dim() != 3:
         return f"expected x [N, I] and h0 [D, B, Hout], got {list(x_shape)} and {list(h0.shape)}"
     rows, in_size = x_shape
+    if isinstance(x, Tensor):
+        named = [("h0", h0), ("c0", c0)] + [(f"{n} of direction {d}", w) for d, ws in enumerate(weights)
+                                           for n, w in zip(_WEIGHT_NAMES, ws)]
+        for name, t in named:
+            if t is not None and (t.dtype != x.dtype or t.device != x.device):
+                return (f"all tensors must have the dtype and device of the input ({x.dtype}, {x.device}); "
+                        f"{name} has {t.dtype} on {t.device}")
     D, B, hout = h0.shape
     if len(weights) != D or D not in (1, 2):
         return f"expected {D} weight tuples (one per direction, 1 or 2), got {len(weights)}"

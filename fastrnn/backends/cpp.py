@@ -54,14 +54,18 @@ class _Layer(torch.autograd.Function):
             [w[3] for w in ws], [w[4] for w in ws], True)
         ctx.cell, ctx.batch_sizes, ctx.D = cell, batch_sizes, D
         ctx.has = [[w is not None for w in ws_d] for ws_d in ws]
-        ctx.saved = saved  # intermediates (gate activations, c_{t-1}, tanh(c_t), h_{t-1})
-        ctx.save_for_backward(x, h0, c0, *[w for ws_d in ws for w in (ws_d[0], ws_d[1], ws_d[4])])
+        # Intermediates (gate activations, c_{t-1}, tanh(c_t), h_{t-1}) go through
+        # save_for_backward too, so saved-tensor hooks (checkpointing, CPU offload) see them.
+        ctx.n_saved = len(saved)
+        ctx.save_for_backward(*saved, x, h0, c0, *[w for ws_d in ws for w in (ws_d[0], ws_d[1], ws_d[4])])
         return out, hn, cn
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dhn, dcn):
-        x, h0, c0, *w = ctx.saved_tensors
+        tensors = ctx.saved_tensors
+        saved = list(tensors[:ctx.n_saved])
+        x, h0, c0, *w = tensors[ctx.n_saved:]
         D = ctx.D
         w_ih, w_hh, w_hr = w[0::3], w[1::3], w[2::3]
         need = ctx.needs_input_grad  # (cell, batch_sizes, x, h0, c0, *flat)
@@ -72,7 +76,7 @@ class _Layer(torch.autograd.Function):
             dhn = torch.zeros_like(h0)
         if c0 is not None and dcn is None:
             dcn = torch.zeros_like(c0)
-        res = _ext.backward(ctx.cell, x, ctx.batch_sizes, h0, c0, list(w_ih), list(w_hh), list(w_hr), ctx.saved,
+        res = _ext.backward(ctx.cell, x, ctx.batch_sizes, h0, c0, list(w_ih), list(w_hh), list(w_hr), saved,
                             dout.contiguous(), dhn.contiguous(), _c(dcn), bool(need[2]), need_dw)
         dx, dh0, dc0 = res[0], res[1], res[2]
         grads = []

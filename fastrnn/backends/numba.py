@@ -78,9 +78,6 @@ def _validate(cell, x, batch_sizes, h0, c0, weights):
 
     if cell not in _K.CELL_IDS:
         raise ValueError(f"Unknown cell type {cell!r}; expected one of {sorted(_K.CELL_IDS)}")
-    problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights)
-    if problem:
-        raise ValueError(problem)
     tensors = [("x", x), ("h0", h0), ("c0", c0)] + [
         (f"{name} of direction {d}", w) for d, ws in enumerate(weights)
         for name, w in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), ws)]
@@ -94,6 +91,9 @@ def _validate(cell, x, batch_sizes, h0, c0, weights):
                                f"but {name} has {t.dtype}")
         if t.layout != torch.strided or t.is_sparse:
             raise RuntimeError(f"the numba backend needs dense tensors; {name} is {t.layout}")
+    problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights)  # after dtype/device: torch's types
+    if problem:
+        raise ValueError(problem)
     if x.dtype not in _DTYPES:
         raise RuntimeError(f"the numba backend supports float32 and float64, got {x.dtype}; "
                            f"use backend='torch' or 'reference' for half types")

@@ -122,7 +122,7 @@ def test_matches_reference_packed_bidirectional(cell, dtype):
         g = torch.Generator().manual_seed(1)
         loss = sum((o * torch.randn(o.shape, generator=g, dtype=dtype)).sum() for o in outs)
         res.append(outs + list(torch.autograd.grad(loss, ins)))
-    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5)
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     for i, (a, e) in enumerate(zip(res[1], res[0])):
         assert_close(a, e, f"tensor {i}", **tol)
 

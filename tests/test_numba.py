@@ -23,7 +23,7 @@ BACKEND = get("numba")
 pytestmark = pytest.mark.skipif(not BACKEND.availability()[0],
                                 reason=f"numba backend unavailable: {BACKEND.availability()[1]}")
 G = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
 
 def _case(cell, D, I, H, proj, sizes, B, bias, dtype, T=4):

@@ -9,7 +9,7 @@ export MAX_JOBS ?= 2
 EXPECT_BACKENDS ?= cpp,numba
 PYTEST ?= $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup test bench test-gpu fuzz sanitize clean
+.PHONY: setup test bench test-gpu fuzz sanitize clean wheel test-wheel check-cuda
 
 setup: $(VENV)/.setup-done
 
@@ -26,6 +26,8 @@ test: setup
 	FASTRNN_EXPECT_BACKENDS=$(EXPECT_BACKENDS) $(PYTEST) tests
 	@if $(PY) -c "import triton" 2>/dev/null && [ -f tests/test_triton.py ]; then \
 		TRITON_INTERPRET=1 $(PYTEST) tests/test_triton.py; fi
+	@$(MAKE) --no-print-directory check-cuda
+	@$(MAKE) --no-print-directory test-wheel
 
 bench: setup
 	$(PY) -m fastrnn.bench --quick
@@ -59,3 +61,30 @@ sanitize: setup
 	PYTHONPATH=$(abspath $(ASAN_SITE)) FASTRNN_EXPECT_BACKENDS=cpp \
 		$(PY) tools/pytest_without_editable.py -q -p no:cacheprovider tests -k "cpp or expected_backends_are_built"
 	@echo "sanitize: the cpp tests ran clean under ASan+UBSan"
+
+# Wheels.  Built with --no-build-isolation against the torch in $(VENV): the C++ extension links
+# libtorch, whose C++ ABI changes between torch releases, so it must be compiled against the
+# torch it will run with; pip's isolated build env would download some other torch (or none).
+# `make wheel CUDA=1` builds the CUDA wheel (needs nvcc and a CUDA torch; fails if it cannot).
+# WHEEL_SETUP= skips `setup` (e.g. on the GPU machine: VENV=.venv-gpu WHEEL_SETUP=).
+CUDA ?= 0
+DIST ?= dist
+WHEEL_VENV ?= build/wheel-venv
+WHEEL_SETUP ?= setup
+wheel: $(WHEEL_SETUP)
+	rm -rf $(DIST)/fastrnn-*.whl build/lib.*
+	FASTRNN_REQUIRE_EXT=1 FASTRNN_BUILD_CUDA=$(if $(filter 1,$(CUDA)),1,0) \
+		$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(DIST) .
+	@ls -l $(DIST)/fastrnn-*.whl
+
+# The wheel in a clean venv (torch $(TORCH_VERSION) + the wheel + test deps, nothing editable),
+# conformance tests run from a temp folder against the installed package.
+test-wheel: wheel
+	PYTHON=$(abspath $(PY)) WHEEL_VENV=$(WHEEL_VENV) TORCH_VERSION=$(TORCH_VERSION) \
+		EXPECT_BACKENDS=$(EXPECT_BACKENDS) tools/test_wheel.sh
+
+# Compiles the CUDA sources with nvcc (no GPU needed); skipped where the script or nvcc is missing.
+check-cuda:
+	@if [ ! -f tools/check_cuda.sh ]; then echo "check-cuda: skipped (tools/check_cuda.sh not present)"; \
+	elif ! command -v nvcc >/dev/null 2>&1; then echo "check-cuda: skipped (nvcc not on PATH)"; \
+	else PYTHON=$(abspath $(PY)) bash tools/check_cuda.sh; fi

@@ -290,16 +290,24 @@ using RNN_RELU = RNN<true>;
 // range [begin, end) of the bs x H active block, so callers can split it across threads.
 template <typename T> using FwdFn = void (*)(const FwdArgs<T>&, int64_t begin, int64_t end);
 template <typename T> using BwdFn = void (*)(const BwdArgs<T>&, int64_t begin, int64_t end);
+// C[m, :ncols] (+)= A[m, :K] P for m < M, P one packed K x 16 panel (step_gemm.cpp).
+using PanelGemmFn = void (*)(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C,
+                             int64_t ldc, int64_t ncols, bool accumulate);
 
 struct KernelTable {
   FwdFn<float> fwd_f[4][2][2];   // [cell][kSave][kOut]
   FwdFn<double> fwd_d[4][2][2];
   BwdFn<float> bwd_f[4][2];      // [cell][kDout]
   BwdFn<double> bwd_d[4][2];
+  PanelGemmFn panel_f;           // float32 recurrent product; nullptr where the ISA has no kernel
   const char* isa;
 };
 
 namespace isa_base { const KernelTable& kernels(); }
-namespace isa_avx2 { const KernelTable& kernels(); }
+namespace isa_avx2 {
+const KernelTable& kernels();
+void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
+                int64_t ncols, bool accumulate);
+}
 
 }  // namespace fastrnn

@@ -64,6 +64,11 @@ KernelTable make() {
   fill<RNN_TANH>(k);
   fill<RNN_RELU>(k);
   k.isa = FASTRNN_ISA_NAME;
+#ifdef FASTRNN_ISA_AVX2
+  k.panel_f = &panel_gemm;
+#else
+  k.panel_f = nullptr;
+#endif
   return k;
 }
 

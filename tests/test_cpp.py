@@ -129,7 +129,76 @@ def test_matches_reference_packed_bidirectional(cell, dtype):
 
 def test_isa_and_gemm_paths_report():
     assert _ext.isa() in ("avx2", "baseline")
-    assert _ext.gemm_path() in ("mkl-packed", "blas", "aten")
+    path = _ext.gemm_path()
+    assert path in ("mkl-packed", "blas", "aten") or path.startswith("panel-avx2"), path
+    assert path.startswith("panel-avx2") == (_ext.isa() == "avx2")
+
+
+def _layer_problem(cell, D, B, T, I, H, packed, dtype):
+    """Random weights/inputs for one layer; packed: descending lengths from T down to 1."""
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    if packed:
+        lengths = torch.linspace(T, 1, B).round().long()
+        batch_sizes = torch.tensor([int((lengths > t).sum()) for t in range(T)], dtype=torch.long)
+    else:
+        batch_sizes = None
+    N = int(batch_sizes.sum()) if packed else T * B
+    k = H ** -0.5  # torch's init scale: a well-conditioned problem, so float32 error stays ~1e-6
+    r = lambda *s, a=1.0: ((torch.rand(*s, dtype=torch.float64) * 2 - 1) * a).to(dtype)  # noqa: E731
+    x, h0 = r(N, I), r(D, B, H)
+    c0 = r(D, B, H) if cell == "lstm" else None
+    ws = [(r(G * H, I, a=k), r(G * H, H, a=k), r(G * H, a=k), r(G * H, a=k), None) for _ in range(D)]
+    return x, batch_sizes, h0, c0, ws
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("D,packed", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("loop", ["panel", "blas"])
+def test_float32_step_loops_match_float64_reference(cell, D, packed, loop, monkeypatch):
+    """Both float32 time loops (the panel GEMM with hidden units split across threads, where
+    AVX2 is present, and the BLAS loop) at sizes that take the threaded split, a ragged last
+    panel (H % 16 != 0) and every row-tile remainder: outputs, states and all gradients against
+    the float64 reference."""
+    from fastrnn import functional
+    monkeypatch.setenv("FASTRNN_STEP_GEMM", loop)  # read by the extension on every call
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check_float32_loops(cell, D, packed, functional)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_float32_loops(cell, D, packed, functional):
+    B, T, I, H = 19, 6, 20, 100
+    prob = _layer_problem(cell, D, B, T, I, H, packed, torch.float32)
+    leaves32 = [t.requires_grad_() for t in _flat(prob)]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves32]
+    res = []
+    for leaves, backend in ((leaves32, "cpp"), (leaves64, "reference")):
+        x, bs, h0, c0, ws = _unflat(prob, leaves)
+        out, hn, cn = functional.rnn_layer(cell, x, bs, h0, c0, ws, backend=backend)
+        outs = [out, hn] + ([cn] if cn is not None else [])
+        gen = torch.Generator().manual_seed(7)
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+        grads = torch.autograd.grad(loss, leaves)
+        res.append(outs + list(grads))
+    for i, (a, e) in enumerate(zip(*res)):
+        assert_close(a.double(), e, f"{cell} tensor {i}", rtol=1e-4, atol=1e-5)
+
+
+def _flat(prob):
+    x, _, h0, c0, ws = prob
+    return [x, h0] + ([c0] if c0 is not None else []) + [w for d in ws for w in d[:4]]
+
+
+def _unflat(prob, leaves):
+    _, bs, _, c0, ws = prob
+    it = iter(leaves)
+    x, h0 = next(it), next(it)
+    c = next(it) if c0 is not None else None
+    new_ws = [tuple(next(it) for _ in range(4)) + (None,) for _ in ws]
+    return x, bs, h0, c, new_ws
 
 
 def test_prefer_hands_oneDNN_lstm_to_torch():

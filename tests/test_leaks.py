@@ -43,6 +43,8 @@ def test_no_rss_growth_over_many_steps(backend):
     work(150)
     gc.collect()
     growth = _rss_mib() - before
+    print(f"\nleak check, {backend}: RSS {before:.1f} -> {before + growth:.1f} MiB over 150 iterations "
+          f"(900 forward+backward calls): growth {growth:+.2f} MiB")
     # One step allocates ~1 MiB of activations; a per-call leak of even 4 KiB shows up as
     # > 3 MiB over 900 calls, while allocator noise stays well below that.
     assert growth < 8, f"RSS grew by {growth:.1f} MiB over 150 iterations"

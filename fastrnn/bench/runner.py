@@ -80,10 +80,22 @@ def slugify(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", s).strip("-")
 
 
+def cpu_vector_isa() -> str:
+    """The widest vector ISA of this CPU: the same model name ("AMD EPYC") covers AVX2-only and
+    AVX-512 parts, whose results differ (torch's oneDNN kernels use AVX-512 where present)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return next((isa for isa in ("avx512f", "avx2") if isa in flags), "").replace("f", "")
+
+
 def hardware_id(device: str) -> str:
     if device == "cuda":
         return slugify(torch.cuda.get_device_name())
-    return "cpu-" + slugify(cpu_model()) + f"-{cpu_cores()}c"
+    isa = cpu_vector_isa()
+    return "cpu-" + slugify(cpu_model()) + (f"-{isa}" if isa else "") + f"-{cpu_cores()}c"
 
 
 def git_revision() -> Optional[str]:

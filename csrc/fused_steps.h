@@ -1,0 +1,164 @@
+// The float32 time loops built on the packed panel GEMM (step_gemm.cpp): one parallel region
+// per step in which each thread owns a range of 16-wide hidden-unit blocks and does both the
+// recurrent product for those units and their pointwise cell pass, so a step has one barrier
+// (the end of the region) instead of a threaded BLAS call plus a threaded pointwise pass.
+//
+//   forward, thread owning hidden units J:   gh[:, gates of J] = h_{t-1} W_hh[gates of J]^T
+//                                            cell(J) -> h_t[:, J] (into the other h buffer)
+//   backward, thread owning hidden units J:  dh[:, J] (+)= dG_{t+1} W_hh[:, J]
+//                                            cell grad(J) -> dG_t[:, gates of J]
+// Forward reads all of h_{t-1} while other threads write h_t, hence two h buffers.  Used for
+// float32 without proj_size when the CPU has AVX2+FMA; rnn.cpp keeps the BLAS loop otherwise.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cells.h"
+
+namespace fastrnn {
+
+constexpr int64_t kPanel = 16;
+
+inline int64_t blocks_of(int64_t H) { return (H + kPanel - 1) / kPanel; }
+
+// W_hh [G*H, K] (row-major) as the right operand of h W_hh^T: panel (jb, g) holds the 16 columns
+// of gate g for hidden units 16jb.., as K rows of 16 (zero past H).  Layout [nb][G][K][16].
+inline at::Tensor pack_gate_panels(const float* W, int64_t G, int64_t H, int64_t K) {
+  const int64_t nb = blocks_of(H);
+  at::Tensor out = at::zeros({nb, G, K, kPanel}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  for (int64_t jb = 0; jb < nb; ++jb)
+    for (int64_t g = 0; g < G; ++g) {
+      float* panel = o + (jb * G + g) * K * kPanel;
+      for (int64_t c = 0; c < kPanel && jb * kPanel + c < H; ++c) {
+        const float* row = W + (g * H + jb * kPanel + c) * K;
+        for (int64_t k = 0; k < K; ++k) panel[k * kPanel + c] = row[k];
+      }
+    }
+  return out;
+}
+
+// W [K, N] (row-major) as the right operand of A W: panel jb holds columns 16jb.. as K rows of
+// 16 (zero past N).  Layout [nb][K][16].
+inline at::Tensor pack_col_panels(const float* W, int64_t K, int64_t N) {
+  const int64_t nb = blocks_of(N);
+  at::Tensor out = at::zeros({nb, K, kPanel}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  for (int64_t jb = 0; jb < nb; ++jb) {
+    const int64_t w = std::min(kPanel, N - jb * kPanel);
+    for (int64_t k = 0; k < K; ++k) std::memcpy(o + (jb * K + k) * kPanel, W + k * N + jb * kPanel, sizeof(float) * w);
+  }
+  return out;
+}
+
+// Run body(block_begin, block_end) over the nb hidden blocks: on the pool when the step has
+// enough multiply-adds to pay for waking it, else on this thread.
+template <typename F>
+inline void over_blocks(int64_t nb, bool parallel, const F& body) {
+  if (parallel)
+    at::parallel_for(0, nb, 1, body);
+  else
+    body(0, nb);
+}
+
+// Whether a step of `macs` multiply-adds is split across threads.  Measured on the 2-core EPYC
+// (see the note in rnn.cpp for the BLAS loop's limit): waking the pool costs a few microseconds.
+constexpr int64_t kParallelStepMacs = 150000;
+
+inline bool worth_splitting(int64_t macs) { return macs >= kParallelStepMacs && at::get_num_threads() > 1; }
+
+struct StepSpan {
+  int64_t bs, row0;  // active rows and their first row in the packed x / out
+};
+
+// Forward of one direction.  `a` is prepared by the caller (leading dims, c, bhn, H); this
+// sets gi/gh/h/out/save per step.  h_state [B, H] holds h0 on entry and h_n on exit.
+template <class Cell>
+void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, const std::vector<StepSpan>& steps,
+                   float* h_state, int64_t B, const float* w_hh, float* gi, int64_t ldgi, float* out, int64_t ldout,
+                   float* save, float* hprev, float* gh_buf, bool split) {
+  constexpr int64_t G = Cell::G, S = Cell::S;
+  const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
+  at::Tensor wp = pack_gate_panels(w_hh, G, H, H);
+  const float* P = wp.data_ptr<float>();
+  at::Tensor spare = at::empty({B, H}, at::kFloat);
+  float* hbuf[2] = {h_state, spare.data_ptr<float>()};
+  int cur = 0;
+  const bool train = save != nullptr;
+  for (const StepSpan& st : steps) {
+    const float* hc = hbuf[cur];
+    float* hn = hbuf[cur ^ 1];
+    auto body = [&](int64_t b0, int64_t b1) {
+      const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H), w = j1 - j0;
+      if (w <= 0) return;
+      // Rows past bs keep their state (packed input: they ended, or start later in reverse).
+      for (int64_t b = 0; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
+      if (train)
+        for (int64_t b = 0; b < st.bs; ++b)
+          std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
+      for (int64_t jb = b0; jb < b1; ++jb)
+        for (int64_t g = 0; g < G; ++g)
+          kt.panel_f(st.bs, H, hc, H, P + (jb * G + g) * H * kPanel, gh_buf + g * H + jb * kPanel, GH,
+                     std::min(kPanel, H - jb * kPanel), false);
+      FwdArgs<float> s = a;
+      s.gi = gi + st.row0 * ldgi;
+      s.gh = gh_buf;
+      s.ldgh = GH;
+      s.h = hn;
+      s.ldh = H;
+      s.out = out + st.row0 * ldout;
+      s.save = train ? save + st.row0 * S * H : nullptr;
+      for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
+    };
+    over_blocks(nb, split && worth_splitting(st.bs * GH * H), body);
+    cur ^= 1;
+  }
+  if (cur == 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
+}
+
+// Backward of one direction, steps in the forward's order (this walks them in reverse).
+// dh [B, H] holds dL/dh_n on entry and dL/dh_0 on exit; `a` as in rnn.cpp's BLAS loop.
+template <class Cell>
+void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, const std::vector<StepSpan>& steps,
+                    float* dh, const float* w_hh, const float* save, const float* hprev, const float* dout,
+                    float* dgi, float* dgh, int64_t ldg, bool split) {
+  constexpr int64_t G = Cell::G, S = Cell::S;
+  constexpr bool kAcc = Cell::kId == 1;  // gru's pass leaves the direct term dh_t * z in dh
+  const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
+  at::Tensor wp = pack_col_panels(w_hh, GH, H);
+  const float* P = wp.data_ptr<float>();
+  const StepSpan* pending = nullptr;  // the step whose dG still has to flow into dh
+  auto flow = [&](const StepSpan& p, int64_t b0, int64_t b1) {
+    for (int64_t jb = b0; jb < b1; ++jb)
+      kt.panel_f(p.bs, GH, dgh + p.row0 * ldg, ldg, P + jb * GH * kPanel, dh + jb * kPanel, H,
+                 std::min(kPanel, H - jb * kPanel), kAcc);
+  };
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+    const StepSpan& st = *it;
+    auto body = [&](int64_t b0, int64_t b1) {
+      const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
+      if (j1 <= j0) return;
+      if (pending) flow(*pending, b0, b1);
+      BwdArgs<float> s = a;
+      s.dh = dh;
+      s.lddh = H;
+      s.save = save + st.row0 * S * H;
+      s.hprev = hprev + st.row0 * H;
+      s.dgi = dgi + st.row0 * ldg;
+      s.dgh = dgh + st.row0 * ldg;
+      s.dout = dout + st.row0 * a.lddout;
+      for (int64_t b = 0; b < st.bs; ++b) bwd(s, b * H + j0, b * H + j1);
+    };
+    over_blocks(nb, split && worth_splitting(st.bs * GH * H), body);
+    pending = &st;
+  }
+  if (pending)
+    over_blocks(nb, split && worth_splitting(pending->bs * GH * H),
+                [&](int64_t b0, int64_t b1) { flow(*pending, b0, b1); });
+}
+
+}  // namespace fastrnn

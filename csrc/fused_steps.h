@@ -15,6 +15,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "cells.h"
@@ -65,11 +67,18 @@ inline void over_blocks(int64_t nb, bool parallel, const F& body) {
     body(0, nb);
 }
 
-// Whether a step of `macs` multiply-adds is split across threads.  Measured on the 2-core EPYC
-// (see the note in rnn.cpp for the BLAS loop's limit): waking the pool costs a few microseconds.
+// Steps of fewer multiply-adds than this run on one thread: waking the pool costs a few
+// microseconds.  Measured on the 2-core EPYC (see the note in rnn.cpp for the BLAS loop's
+// limit); FASTRNN_PARALLEL_STEP_MACS overrides it (read once per layer call, for measuring).
 constexpr int64_t kParallelStepMacs = 150000;
 
-inline bool worth_splitting(int64_t macs) { return macs >= kParallelStepMacs && at::get_num_threads() > 1; }
+// The smallest step (in multiply-adds) split across threads in this call; past any real step
+// when there is one thread.
+inline int64_t parallel_step_macs() {
+  if (at::get_num_threads() <= 1) return INT64_MAX;
+  const char* env = std::getenv("FASTRNN_PARALLEL_STEP_MACS");
+  return env ? std::atoll(env) : kParallelStepMacs;
+}
 
 struct StepSpan {
   int64_t bs, row0;  // active rows and their first row in the packed x / out
@@ -85,6 +94,7 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
   at::Tensor wp = pack_gate_panels(w_hh, G, H, H);
   const float* P = wp.data_ptr<float>();
+  const int64_t min_split = parallel_step_macs();
   at::Tensor spare = at::empty({B, H}, at::kFloat);
   float* hbuf[2] = {h_state, spare.data_ptr<float>()};
   int cur = 0;
@@ -114,7 +124,7 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
       s.save = train ? save + st.row0 * S * H : nullptr;
       for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
     };
-    over_blocks(nb, split && worth_splitting(st.bs * GH * H), body);
+    over_blocks(nb, split && st.bs * GH * H >= min_split, body);
     cur ^= 1;
   }
   if (cur == 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
@@ -131,6 +141,7 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
   at::Tensor wp = pack_col_panels(w_hh, GH, H);
   const float* P = wp.data_ptr<float>();
+  const int64_t min_split = parallel_step_macs();
   const StepSpan* pending = nullptr;  // the step whose dG still has to flow into dh
   auto flow = [&](const StepSpan& p, int64_t b0, int64_t b1) {
     for (int64_t jb = b0; jb < b1; ++jb)
@@ -153,11 +164,11 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
       s.dout = dout + st.row0 * a.lddout;
       for (int64_t b = 0; b < st.bs; ++b) bwd(s, b * H + j0, b * H + j1);
     };
-    over_blocks(nb, split && worth_splitting(st.bs * GH * H), body);
+    over_blocks(nb, split && st.bs * GH * H >= min_split, body);
     pending = &st;
   }
   if (pending)
-    over_blocks(nb, split && worth_splitting(pending->bs * GH * H),
+    over_blocks(nb, split && pending->bs * GH * H >= min_split,
                 [&](int64_t b0, int64_t b1) { flow(*pending, b0, b1); });
 }
 

@@ -31,6 +31,7 @@
 
 #include "cells.h"
 #include "fused_steps.h"
+#include "layer_grads.h"
 
 namespace fastrnn {
 namespace {
@@ -588,32 +589,10 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
     run_directions(D, fused, direction);
   }
 
-  // Weight gradients: one GEMM each over all steps (and both directions for W_ih).
+  // dx and the weight gradients: one GEMM each over all steps (layer_grads.h).
   std::vector<OptTensor> res;
-  Tensor dx;
-  if (need_dx) {
-    Tensor wcat = D == 1 ? w_ih[0] : at::cat({w_ih[0], w_ih[1]}, 0);
-    dx = at::mm(dgi, wcat);
-  }
-  res.push_back(need_dx ? OptTensor(dx) : OptTensor());
-  res.push_back(dh);
-  res.push_back(Cell::has_c ? OptTensor(dc) : OptTensor());
-  if (need_dw) {
-    Tensor dwih = at::mm(dgi.t(), x);  // [D*GH, I]
-    for (int64_t k = 0; k < D; ++k) {
-      Tensor dgi_k = dgi.narrow(1, k * GH, GH);
-      Tensor dgh_k = dgh.narrow(1, k * GH, GH);
-      res.push_back(dwih.narrow(0, k * GH, GH));
-      res.push_back(at::mm(dgh_k.t(), hprev[k]));
-      Tensor dbi = dgi_k.sum(0);
-      res.push_back(dbi);
-      res.push_back(is_gru ? dgh_k.sum(0) : dbi.clone());  // distinct tensors: each becomes a .grad
-      if (d.proj)
-        res.push_back(at::mm(dHt[k].t(), saved[2][k]));
-      else
-        res.push_back(OptTensor());
-    }
-  }
+  append_layer_grads(res, x, w_ih, dgi, dgh, hprev, dh, Cell::has_c ? OptTensor(dc) : OptTensor(), dHt,
+                     d.proj ? saved[2] : Tensor(), D, GH, is_gru, need_dx, need_dw);
   return res;
 }
 

@@ -57,6 +57,23 @@ def _problem(cell, T, B, I, H, D=1, proj=0, bias=True, sizes=None, dtype=torch.f
     return x, bs, h0, c0, weights
 
 
+def _on(t, dtype, device):
+    return None if t is None else t.detach().to(device=device, dtype=dtype).requires_grad_()
+
+
+def _cast(problem, dtype, device):
+    """A _problem() on another device/dtype, every tensor a fresh leaf that requires grad."""
+    x, bs, h0, c0, weights = problem
+    return (_on(x, dtype, device), bs, _on(h0, dtype, device), _on(c0, dtype, device),
+            [tuple(_on(w, dtype, device) for w in ws) for ws in weights])
+
+
+def _rel(a, e):
+    """‖a − e‖ / ‖e‖ in float64 on the CPU (the GPU tests' error measure)."""
+    a, e = a.detach().double().cpu(), e.detach().double().cpu()
+    return ((a - e).norm() / e.norm().clamp_min(1e-300)).item()
+
+
 def _leaves(x, h0, c0, weights):
     return [t for t in (x, h0, c0, *[w for ws in weights for w in ws]) if t is not None]
 

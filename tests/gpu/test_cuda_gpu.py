@@ -16,7 +16,7 @@ import importlib.util
 import pytest
 import torch
 
-from test_triton import CELLS, _leaves, _names, _problem, _run
+from test_triton import CELLS, _cast, _leaves, _names, _problem, _rel, _run
 
 import fastrnn
 from fastrnn import backends
@@ -50,21 +50,6 @@ def _poison_allocator():
     blocks = [torch.full((1 << 18,), -1, dtype=torch.int32, device="cuda") for _ in range(32)]  # 1 MiB each
     blocks.append(torch.full((1 << 27,), -1, dtype=torch.int32, device="cuda"))                 # 512 MiB
     del blocks
-
-
-def _on(t, dtype, device):
-    return None if t is None else t.detach().to(device=device, dtype=dtype).requires_grad_()
-
-
-def _cast(problem, dtype, device):
-    x, bs, h0, c0, weights = problem
-    return (_on(x, dtype, device), bs, _on(h0, dtype, device), _on(c0, dtype, device),
-            [tuple(_on(w, dtype, device) for w in ws) for ws in weights])
-
-
-def _rel(a, e):
-    a, e = a.detach().double(), e.detach().double().to(a.device)
-    return ((a - e).norm() / e.norm().clamp_min(1e-300)).item()
 
 
 def _check(cell, T, B, I, H, D, proj=0, sizes=None, dtype=torch.float32, bias=True, ref_device="cpu"):

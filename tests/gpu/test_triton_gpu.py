@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from test_triton import CELLS, _names, _problem, _run
+from test_triton import CELLS, _cast, _names, _problem, _rel, _run
 
 from fastrnn import backends
 from fastrnn.backends import reference
@@ -33,21 +33,6 @@ def _cuda(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     yield
-
-
-def _on(t, dtype, device="cuda"):
-    return None if t is None else t.detach().to(device=device, dtype=dtype).requires_grad_()
-
-
-def _cast(problem, dtype, device):
-    x, bs, h0, c0, weights = problem
-    return (_on(x, dtype, device), bs, _on(h0, dtype, device), _on(c0, dtype, device),
-            [tuple(_on(w, dtype, device) for w in ws) for ws in weights])
-
-
-def _rel(a, e):
-    a, e = a.detach().double().cpu(), e.detach().double().cpu()
-    return ((a - e).norm() / e.norm().clamp_min(1e-300)).item()
 
 
 def _check(cell, T, B, I, H, D, proj=0, sizes=None, dtype=torch.float32):

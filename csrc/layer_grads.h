@@ -1,0 +1,46 @@
+// The end of a layer's backward, shared by the CPU (csrc/rnn.cpp) and CUDA (csrc/cuda/rnn.cpp)
+// host code: after the reverse time loop has left dL/d(pre-activation) of every step in dgi
+// (input side) and dgh (recurrent side; the same tensor but for GRU), the input gradient and
+// every weight gradient is one GEMM (or one reduction) over all steps.  Only ATen calls, so the
+// same code serves both devices.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace fastrnn {
+
+// Appends to `res`: dx (or None), dh0, dc0 (or None), then, when need_dw, per direction
+// dw_ih, dw_hh, db_ih, db_hh, dw_hr (None without proj).
+//   x [N, I]; dgi, dgh [N, D*GH]; hprev [D, N, Hout]; w_ih[k] [GH, I]
+//   proj: dht [D, N, Hout] (dL/dh_t of every step) and r [D, N, H] (the projected r_t)
+inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, const at::Tensor& x,
+                               const std::vector<at::Tensor>& w_ih, const at::Tensor& dgi, const at::Tensor& dgh,
+                               const at::Tensor& hprev, const at::Tensor& dh0, const c10::optional<at::Tensor>& dc0,
+                               const at::Tensor& dht, const at::Tensor& r, int64_t D, int64_t GH, bool is_gru,
+                               bool need_dx, bool need_dw) {
+  using OptTensor = c10::optional<at::Tensor>;
+  if (need_dx) {
+    const at::Tensor wcat = D == 1 ? w_ih[0] : at::cat({w_ih[0], w_ih[1]}, 0);
+    res.push_back(at::mm(dgi, wcat));
+  } else {
+    res.push_back(OptTensor());
+  }
+  res.push_back(dh0);
+  res.push_back(dc0);
+  if (!need_dw) return;
+  const at::Tensor dwih = at::mm(dgi.t(), x);  // [D*GH, I]: both directions in one GEMM
+  for (int64_t k = 0; k < D; ++k) {
+    const at::Tensor dgi_k = dgi.narrow(1, k * GH, GH);
+    const at::Tensor dgh_k = dgh.narrow(1, k * GH, GH);
+    res.push_back(dwih.narrow(0, k * GH, GH));
+    res.push_back(at::mm(dgh_k.t(), hprev[k]));
+    const at::Tensor dbi = dgi_k.sum(0);
+    res.push_back(dbi);
+    res.push_back(is_gru ? dgh_k.sum(0) : dbi.clone());  // distinct tensors: each becomes a .grad
+    res.push_back(dht.defined() ? OptTensor(at::mm(dht[k].t(), r[k])) : OptTensor());
+  }
+}
+
+}  // namespace fastrnn

@@ -35,6 +35,7 @@
 
 #include "cells.h"
 #include "fused_steps.h"
+#include "layer_checks.h"
 #include "layer_grads.h"
 
 namespace fastrnn {
@@ -217,8 +218,8 @@ struct StepThreads {
 // A training call touches hundreds of MiB of fresh memory (GRU T=100 B=256 H=256: ~350 MiB),
 // and buffers that size come from (and go back to) the kernel on every call, so each call paid
 // a minor page fault per 4 KiB: 88k faults per fwd+bwd there, vs 29k for torch's many small
-// per-step tensors that malloc recycles.  On 2 MiB pages: 9k faults, and 558 -> 407 ms per
-// fwd+bwd (torch 431-518 ms; 2-core AMD EPYC Zen4 VM, THP in "madvise" mode).  Only buffers
+// per-step tensors that malloc recycles.  On 2 MiB pages: 164 faults, and 594 -> 399 ms wall
+// per fwd+bwd (torch 443 ms; 2-core AMD EPYC Zen4 VM, THP in "madvise" mode).  Only buffers
 // that stay inside fastrnn (or go to autograd's saved tensors) come from here; outputs handed
 // to the user stay ordinary, resizable tensors.  Where THP is off the advice is ignored and the
 // pages are ordinary.  FASTRNN_HUGE_PAGES=0 turns it off (plain at::empty).
@@ -230,9 +231,7 @@ constexpr size_t kHugePage = size_t(2) << 20;
 constexpr int64_t kHugeMinBytes = int64_t(32) << 20;
 
 Tensor scratch(at::IntArrayRef sizes, const at::TensorOptions& opt) {
-  int64_t n = 1;
-  for (int64_t s : sizes) n *= s;
-  const int64_t bytes = n * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opt.dtype())));
+  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(opt.dtype().itemsize());
 #ifdef __linux__
   static const bool enabled = [] {
     const char* env = std::getenv("FASTRNN_HUGE_PAGES");
@@ -317,116 +316,26 @@ std::vector<StepSpan> step_spans(const std::vector<int64_t>& sizes, const std::v
 
 // ---------------------------------------------------------------------------------------
 // Validation (before any memory is touched).
-int gates_of(const std::string& cell) {
-  if (cell == "lstm") return 4;
-  if (cell == "gru") return 3;
-  if (cell == "rnn_tanh" || cell == "rnn_relu") return 1;
-  TORCH_CHECK_VALUE(false, "fastrnn._ext: unknown cell type '", cell,
-                    "'; expected 'lstm', 'gru', 'rnn_tanh' or 'rnn_relu'");
-  return 0;
+constexpr const char* kWhere = "fastrnn._ext";
+using checks::given;
+using Dims = checks::LayerDims;
+
+void check_tensor(const Tensor& t, const std::string& name, const Tensor& x, c10::ScalarType dt, int64_t dim) {
+  checks::check_tensor(kWhere, t, name, x, dt, dim);
 }
 
-void check_tensor(const Tensor& t, const char* name, c10::ScalarType dt, int64_t dim) {
-  TORCH_CHECK(t.defined(), "fastrnn._ext: ", name, " is undefined");
-  TORCH_CHECK(t.device().is_cpu(), "fastrnn._ext: ", name, " must be a CPU tensor, got device ",
-              t.device());
-  TORCH_CHECK(t.scalar_type() == dt, "fastrnn._ext: ", name, " must have dtype ", dt, " (the dtype of x), got ",
-              t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, "fastrnn._ext: ", name, " must be ", dim, "-D, got ", t.dim(), "-D with shape ",
-              t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "fastrnn._ext: ", name, " must be contiguous");
+void check_shape(const Tensor& t, const std::string& name, at::IntArrayRef want) {
+  checks::check_shape(kWhere, t, name, want);
 }
-
-void check_shape(const Tensor& t, const char* name, at::IntArrayRef want) {
-  TORCH_CHECK(t.sizes() == want, "fastrnn._ext: ", name, " has the wrong shape. Expected ", want, ", got ",
-              t.sizes());
-}
-
-struct Dims {
-  int G = 0, cell = 0;
-  int64_t N = 0, I = 0, D = 0, B = 0, H = 0, Hout = 0, T = 0;
-  bool proj = false, packed = false;
-  std::vector<int64_t> sizes, offs;  // per step: active rows and first row
-};
 
 Dims check_layer(const std::string& cell, const Tensor& x, const OptTensor& batch_sizes, const Tensor& h0,
                  const OptTensor& c0, const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
                  const std::vector<OptTensor>& w_hr) {
-  Dims d;
-  d.G = gates_of(cell);
-  d.cell = cell == "lstm" ? 0 : cell == "gru" ? 1 : cell == "rnn_tanh" ? 2 : 3;
-  TORCH_CHECK(x.defined() && x.dim() == 2, "fastrnn._ext: x must be 2-D [N, I]");
+  checks::check_x_2d(kWhere, x);
+  TORCH_CHECK(x.device().is_cpu(), kWhere, ": x must be a CPU tensor, got device ", x.device());
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "fastrnn._ext: the cpp kernels run float32 and float64, got ",
-              dt);
-  check_tensor(x, "x", dt, 2);
-  check_tensor(h0, "h0", dt, 3);
-  d.N = x.size(0);
-  d.I = x.size(1);
-  d.D = h0.size(0);
-  d.B = h0.size(1);
-  d.Hout = h0.size(2);
-  TORCH_CHECK(d.D == 1 || d.D == 2, "fastrnn._ext: h0.size(0) is the number of directions, 1 or 2; got ", d.D);
-  TORCH_CHECK((int64_t)w_ih.size() == d.D && (int64_t)w_hh.size() == d.D && (int64_t)w_hr.size() == d.D,
-              "fastrnn._ext: expected one w_ih, w_hh and w_hr entry per direction (", d.D, "), got ", w_ih.size(),
-              ", ", w_hh.size(), ", ", w_hr.size());
-  check_tensor(w_hh[0], "w_hh[0]", dt, 2);
-  TORCH_CHECK(w_hh[0].size(0) % d.G == 0, "fastrnn._ext: w_hh.size(0) must be a multiple of ", d.G, " for ",
-              cell, ", got ", w_hh[0].size(0));
-  d.H = w_hh[0].size(0) / d.G;
-  d.proj = w_hr[0].has_value() && w_hr[0]->defined();
-  TORCH_CHECK(!d.proj || d.cell == 0, "fastrnn._ext: w_hr (proj_size) exists for lstm only");
-  if (!d.proj)
-    TORCH_CHECK(d.Hout == d.H, "fastrnn._ext: h0.size(2) must equal hidden_size. Expected ", d.H, ", got ",
-                d.Hout);
-  for (int64_t k = 0; k < d.D; ++k) {
-    const std::string s = std::to_string(k);
-    check_tensor(w_ih[k], ("w_ih[" + s + "]").c_str(), dt, 2);
-    check_shape(w_ih[k], ("w_ih[" + s + "]").c_str(), {d.G * d.H, d.I});
-    check_tensor(w_hh[k], ("w_hh[" + s + "]").c_str(), dt, 2);
-    check_shape(w_hh[k], ("w_hh[" + s + "]").c_str(), {d.G * d.H, d.Hout});
-    const bool p = w_hr[k].has_value() && w_hr[k]->defined();
-    TORCH_CHECK(p == d.proj, "fastrnn._ext: w_hr must be given for every direction or for none");
-    if (p) {
-      check_tensor(*w_hr[k], ("w_hr[" + s + "]").c_str(), dt, 2);
-      check_shape(*w_hr[k], ("w_hr[" + s + "]").c_str(), {d.Hout, d.H});
-    }
-  }
-  const bool has_c = c0.has_value() && c0->defined();
-  TORCH_CHECK(has_c == (d.cell == 0), "fastrnn._ext: c0 must be given for lstm and only for lstm");
-  if (has_c) {
-    check_tensor(*c0, "c0", dt, 3);
-    check_shape(*c0, "c0", {d.D, d.B, d.H});
-  }
-  if (batch_sizes.has_value() && batch_sizes->defined()) {
-    const Tensor& bs = *batch_sizes;
-    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1,
-                "fastrnn._ext: batch_sizes must be a 1-D int64 CPU tensor, got ", bs.scalar_type(), " ",
-                bs.dim(), "-D on ", bs.device());
-    Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.data_ptr<int64_t>();
-    d.packed = true;
-    d.T = bs.numel();
-    int64_t total = 0, prev = d.B;
-    for (int64_t t = 0; t < d.T; ++t) {
-      TORCH_CHECK(p[t] >= 1 && p[t] <= prev, "fastrnn._ext: batch_sizes must be positive, non-increasing and at "
-                  "most h0.size(1) = ", d.B, "; got ", bs);
-      prev = p[t];
-      d.sizes.push_back(p[t]);
-      d.offs.push_back(total);
-      total += p[t];
-    }
-    TORCH_CHECK(total == d.N, "fastrnn._ext: batch_sizes must sum to x.size(0). Expected ", d.N, ", got ", total);
-  } else {
-    TORCH_CHECK(d.B > 0 ? d.N % d.B == 0 : d.N == 0, "fastrnn._ext: x.size(0) must be a multiple of the batch "
-                "size h0.size(1) = ", d.B, ", got ", d.N);
-    d.T = d.B > 0 ? d.N / d.B : 0;
-    for (int64_t t = 0; t < d.T; ++t) {
-      d.sizes.push_back(d.B);
-      d.offs.push_back(t * d.B);
-    }
-  }
-  return d;
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, kWhere, ": the cpp kernels run float32 and float64, got ", dt);
+  return checks::check_layer(kWhere, cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -450,8 +359,8 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
   std::vector<Tensor> bias_parts;
   std::vector<Tensor> bhn(D);
   for (int64_t k = 0; k < D; ++k) {
-    const bool bi = b_ih[k].has_value() && b_ih[k]->defined();
-    const bool bh = b_hh[k].has_value() && b_hh[k]->defined();
+    const bool bi = given(b_ih[k]);
+    const bool bh = given(b_hh[k]);
     Tensor b = at::zeros({GH}, opt);
     if (bi) b.add_(*b_ih[k]);
     if (bh) {
@@ -671,8 +580,8 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward(
               "fastrnn._ext: expected one b_ih and b_hh entry (a tensor or None) per direction");
   for (int64_t k = 0; k < d.D; ++k) {
     for (const auto* b : {&b_ih[k], &b_hh[k]}) {
-      if (b->has_value() && (*b)->defined()) {
-        check_tensor(**b, "bias", x.scalar_type(), 1);
+      if (given(*b)) {
+        check_tensor(**b, "bias", x, x.scalar_type(), 1);
         check_shape(**b, "bias", {d.G * d.H});
       }
     }
@@ -692,22 +601,22 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
   int S = d.cell == 0 ? LSTM::S : d.cell == 1 ? GRU::S : 1;
   TORCH_CHECK(saved.size() == (d.proj ? 3u : 2u), "fastrnn._ext: saved must hold ", d.proj ? 3 : 2,
               " tensors from forward(train=True), got ", saved.size());
-  check_tensor(saved[0], "saved[0]", dt, 3);
+  check_tensor(saved[0], "saved[0]", x, dt, 3);
   check_shape(saved[0], "saved[0]", {d.D, d.N, S * d.H});
-  check_tensor(saved[1], "saved[1]", dt, 3);
+  check_tensor(saved[1], "saved[1]", x, dt, 3);
   check_shape(saved[1], "saved[1]", {d.D, d.N, d.Hout});
   if (d.proj) {
-    check_tensor(saved[2], "saved[2]", dt, 3);
+    check_tensor(saved[2], "saved[2]", x, dt, 3);
     check_shape(saved[2], "saved[2]", {d.D, d.N, d.H});
   }
-  check_tensor(dout, "dout", dt, 2);
+  check_tensor(dout, "dout", x, dt, 2);
   check_shape(dout, "dout", {d.N, d.D * d.Hout});
-  check_tensor(dhn, "dhn", dt, 3);
+  check_tensor(dhn, "dhn", x, dt, 3);
   check_shape(dhn, "dhn", {d.D, d.B, d.Hout});
-  const bool has_dc = dcn.has_value() && dcn->defined();
-  TORCH_CHECK(has_dc == (d.cell == 0), "fastrnn._ext: dcn must be given for lstm and only for lstm");
+  const bool has_dc = given(dcn);
+  TORCH_CHECK(has_dc == (d.cell == checks::kLSTM), kWhere, ": dcn must be given for lstm and only for lstm");
   if (has_dc) {
-    check_tensor(*dcn, "dcn", dt, 3);
+    check_tensor(*dcn, "dcn", x, dt, 3);
     check_shape(*dcn, "dcn", {d.D, d.B, d.H});
   }
   return dispatch(d.cell, dt, [&](auto c, auto t) {
@@ -719,8 +628,8 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
 std::string isa() { return kernels().isa; }
 std::string gemm_path() {
   // "panel-avx2+<path>": small float32 steps on the panel kernel, the rest on <path>
-  if (kernels().panel_f != nullptr) return std::string("panel-avx2+") + (blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten");
-  return blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten";
+  const std::string blas_path = blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten";
+  return kernels().panel_f != nullptr ? "panel-avx2+" + blas_path : blas_path;
 }
 
 }  // namespace

@@ -42,6 +42,8 @@ def test_valid_call_runs():
     (dict(x=torch.randn(12, 7, dtype=torch.float64)), "w_ih\\[0\\] has the wrong shape"),
     (dict(x=torch.randn(11, 5, dtype=torch.float64)), "multiple of the batch"),
     (dict(x=torch.randn(12, dtype=torch.float64)), "2-D"),
+    (dict(x=torch.randn(12, 5, dtype=torch.float64, device="meta")), "x must be a CPU tensor"),
+    (dict(h0=torch.randn(1, 3, 6, dtype=torch.float64, device="meta")), "h0 must be on x's device"),
     (dict(h0=torch.randn(1, 3, 4, dtype=torch.float64)), "hidden_size"),
     (dict(h0=torch.randn(3, 3, 6, dtype=torch.float64)), "directions"),
     (dict(c0=None), "c0 must be given"),

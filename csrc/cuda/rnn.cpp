@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "../layer_checks.h"
 #include "../layer_grads.h"
 #include "launch.h"
 
@@ -69,16 +70,6 @@ void check_launch(const char* err, const char* what) {
 
 // ---------------------------------------------------------------------------------------
 // Validation (before any memory is touched).
-int cell_id(const std::string& cell) {
-  if (cell == "lstm") return kLSTM;
-  if (cell == "gru") return kGRU;
-  if (cell == "rnn_tanh") return kRNNTanh;
-  if (cell == "rnn_relu") return kRNNRelu;
-  TORCH_CHECK_VALUE(false, kWhere, ": unknown cell type '", cell,
-                    "'; expected 'lstm', 'gru', 'rnn_tanh' or 'rnn_relu'");
-  return 0;
-}
-
 int dtype_id(c10::ScalarType dt) {
   switch (dt) {
     case at::kFloat: return kFloat32;
@@ -94,103 +85,31 @@ int dtype_id(c10::ScalarType dt) {
 // The type of the cell state, its gradient and the saved activations.
 c10::ScalarType acc_type(c10::ScalarType dt) { return dt == at::kDouble ? at::kDouble : at::kFloat; }
 
+using checks::given;
+
 void check_tensor(const Tensor& t, const std::string& name, const Tensor& x, c10::ScalarType dt, int64_t dim) {
-  TORCH_CHECK(t.defined(), kWhere, ": ", name, " is undefined");
-  TORCH_CHECK(on_device(t) && t.device() == x.device(), kWhere, ": ", name, " must be on x's device ",
-              x.device(), ", got ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == dt, kWhere, ": ", name, " must have dtype ", dt, ", got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, kWhere, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D with shape ",
-              t.sizes());
-  TORCH_CHECK(t.is_contiguous(), kWhere, ": ", name, " must be contiguous");
+  checks::check_tensor(kWhere, t, name, x, dt, dim);
 }
 
 void check_shape(const Tensor& t, const std::string& name, at::IntArrayRef want) {
-  TORCH_CHECK(t.sizes() == want, kWhere, ": ", name, " has the wrong shape. Expected ", want, ", got ", t.sizes());
+  checks::check_shape(kWhere, t, name, want);
 }
 
-bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
-
-struct Dims {
-  int cell = 0, G = 0, S = 0, dtype = 0;
-  int64_t N = 0, I = 0, D = 0, B = 0, H = 0, Hout = 0, T = 0;
-  bool proj = false;
-  std::vector<int64_t> sizes, offs;  // per step: active rows and first row
+// The shared checks (layer_checks.h) plus what this backend adds: the kernels' dtype id and the
+// number of values saved per hidden unit.
+struct Dims : checks::LayerDims {
+  int S = 0, dtype = 0;
 };
 
 Dims check_layer(const std::string& cell, const Tensor& x, const OptTensor& batch_sizes, const Tensor& h0,
                  const OptTensor& c0, const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
                  const std::vector<OptTensor>& w_hr) {
-  Dims d;
-  d.cell = cell_id(cell);
-  d.G = gates_of(d.cell);
-  d.S = saved_per_unit(d.cell);
-  TORCH_CHECK(x.defined() && x.dim() == 2, kWhere, ": x must be 2-D [N, I]");
+  checks::check_x_2d(kWhere, x);
   TORCH_CHECK(on_device(x), kWhere, ": x must be ", kDeviceWord, " tensor, got device ", x.device());
-  const auto dt = x.scalar_type();
-  d.dtype = dtype_id(dt);
-  check_tensor(x, "x", x, dt, 2);
-  check_tensor(h0, "h0", x, dt, 3);
-  d.N = x.size(0);
-  d.I = x.size(1);
-  d.D = h0.size(0);
-  d.B = h0.size(1);
-  d.Hout = h0.size(2);
-  TORCH_CHECK(d.D == 1 || d.D == 2, kWhere, ": h0.size(0) is the number of directions, 1 or 2; got ", d.D);
-  TORCH_CHECK((int64_t)w_ih.size() == d.D && (int64_t)w_hh.size() == d.D && (int64_t)w_hr.size() == d.D, kWhere,
-              ": expected one w_ih, w_hh and w_hr entry per direction (", d.D, "), got ", w_ih.size(), ", ",
-              w_hh.size(), ", ", w_hr.size());
-  check_tensor(w_hh[0], "w_hh[0]", x, dt, 2);
-  TORCH_CHECK(w_hh[0].size(0) % d.G == 0 && w_hh[0].size(0) > 0, kWhere, ": w_hh.size(0) must be a positive multiple of ",
-              d.G, " for ", cell, ", got ", w_hh[0].size(0));
-  d.H = w_hh[0].size(0) / d.G;
-  d.proj = given(w_hr[0]);
-  TORCH_CHECK(!d.proj || d.cell == kLSTM, kWhere, ": w_hr (proj_size) exists for lstm only");
-  if (!d.proj)
-    TORCH_CHECK(d.Hout == d.H, kWhere, ": h0.size(2) must equal hidden_size. Expected ", d.H, ", got ", d.Hout);
-  for (int64_t k = 0; k < d.D; ++k) {
-    const std::string s = "[" + std::to_string(k) + "]";
-    check_tensor(w_ih[k], "w_ih" + s, x, dt, 2);
-    check_shape(w_ih[k], "w_ih" + s, {d.G * d.H, d.I});
-    check_tensor(w_hh[k], "w_hh" + s, x, dt, 2);
-    check_shape(w_hh[k], "w_hh" + s, {d.G * d.H, d.Hout});
-    TORCH_CHECK(given(w_hr[k]) == d.proj, kWhere, ": w_hr must be given for every direction or for none");
-    if (d.proj) {
-      check_tensor(*w_hr[k], "w_hr" + s, x, dt, 2);
-      check_shape(*w_hr[k], "w_hr" + s, {d.Hout, d.H});
-    }
-  }
-  TORCH_CHECK(given(c0) == (d.cell == kLSTM), kWhere, ": c0 must be given for lstm and only for lstm");
-  if (given(c0)) {
-    check_tensor(*c0, "c0", x, dt, 3);
-    check_shape(*c0, "c0", {d.D, d.B, d.H});
-  }
-  if (given(batch_sizes)) {
-    const Tensor& bs = *batch_sizes;
-    TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1, kWhere,
-                ": batch_sizes must be a 1-D int64 CPU tensor, got ", bs.scalar_type(), " ", bs.dim(), "-D on ",
-                bs.device());
-    Tensor bsc = bs.contiguous();
-    const int64_t* p = bsc.data_ptr<int64_t>();
-    d.T = bs.numel();
-    int64_t total = 0, prev = d.B;
-    for (int64_t t = 0; t < d.T; ++t) {
-      TORCH_CHECK(p[t] >= 1 && p[t] <= prev, kWhere, ": batch_sizes must be positive, non-increasing and at most "
-                  "h0.size(1) = ", d.B, "; got ", bs);
-      prev = p[t];
-      d.sizes.push_back(p[t]);
-      d.offs.push_back(total);
-      total += p[t];
-    }
-    TORCH_CHECK(total == d.N, kWhere, ": batch_sizes must sum to x.size(0). Expected ", d.N, ", got ", total);
-  } else {
-    TORCH_CHECK(d.B > 0 ? d.N % d.B == 0 : d.N == 0, kWhere, ": x.size(0) must be a multiple of the batch size "
-                "h0.size(1) = ", d.B, ", got ", d.N);
-    d.T = d.B > 0 ? d.N / d.B : 0;
-    for (int64_t t = 0; t < d.T; ++t) {
-      d.sizes.push_back(d.B);
-      d.offs.push_back(t * d.B);
-    }
-  }
+  Dims d;
+  d.dtype = dtype_id(x.scalar_type());
+  static_cast<checks::LayerDims&>(d) = checks::check_layer(kWhere, cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
+  d.S = saved_per_unit(d.cell);
   return d;
 }
 

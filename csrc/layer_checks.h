@@ -131,5 +131,32 @@ inline LayerDims check_layer(const char* where, const std::string& cell, const T
   return d;
 }
 
+// The backward call's own arguments: the forward's saved tensors ({save [D, N, S*H] of dtype
+// save_dt, h_{t-1} [D, N, Hout], r_t [D, N, H] with proj}) and the incoming gradients.
+inline void check_backward(const char* where, const LayerDims& d, const Tensor& x, int64_t S, c10::ScalarType save_dt,
+                           const std::vector<Tensor>& saved, const Tensor& dout, const Tensor& dhn,
+                           const OptTensor& dcn) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(saved.size() == (d.proj ? 3u : 2u), where, ": saved must hold ", d.proj ? 3 : 2,
+              " tensors from forward(train=True), got ", saved.size());
+  check_tensor(where, saved[0], "saved[0]", x, save_dt, 3);
+  check_shape(where, saved[0], "saved[0]", {d.D, d.N, S * d.H});
+  check_tensor(where, saved[1], "saved[1]", x, dt, 3);
+  check_shape(where, saved[1], "saved[1]", {d.D, d.N, d.Hout});
+  if (d.proj) {
+    check_tensor(where, saved[2], "saved[2]", x, dt, 3);
+    check_shape(where, saved[2], "saved[2]", {d.D, d.N, d.H});
+  }
+  check_tensor(where, dout, "dout", x, dt, 2);
+  check_shape(where, dout, "dout", {d.N, d.D * d.Hout});
+  check_tensor(where, dhn, "dhn", x, dt, 3);
+  check_shape(where, dhn, "dhn", {d.D, d.B, d.Hout});
+  TORCH_CHECK(given(dcn) == (d.cell == kLSTM), where, ": dcn must be given for lstm and only for lstm");
+  if (given(dcn)) {
+    check_tensor(where, *dcn, "dcn", x, dt, 3);
+    check_shape(where, *dcn, "dcn", {d.D, d.B, d.H});
+  }
+}
+
 }  // namespace checks
 }  // namespace fastrnn

@@ -599,26 +599,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
   Dims d = check_layer(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
   const auto dt = x.scalar_type();
   int S = d.cell == 0 ? LSTM::S : d.cell == 1 ? GRU::S : 1;
-  TORCH_CHECK(saved.size() == (d.proj ? 3u : 2u), "fastrnn._ext: saved must hold ", d.proj ? 3 : 2,
-              " tensors from forward(train=True), got ", saved.size());
-  check_tensor(saved[0], "saved[0]", x, dt, 3);
-  check_shape(saved[0], "saved[0]", {d.D, d.N, S * d.H});
-  check_tensor(saved[1], "saved[1]", x, dt, 3);
-  check_shape(saved[1], "saved[1]", {d.D, d.N, d.Hout});
-  if (d.proj) {
-    check_tensor(saved[2], "saved[2]", x, dt, 3);
-    check_shape(saved[2], "saved[2]", {d.D, d.N, d.H});
-  }
-  check_tensor(dout, "dout", x, dt, 2);
-  check_shape(dout, "dout", {d.N, d.D * d.Hout});
-  check_tensor(dhn, "dhn", x, dt, 3);
-  check_shape(dhn, "dhn", {d.D, d.B, d.Hout});
-  const bool has_dc = given(dcn);
-  TORCH_CHECK(has_dc == (d.cell == checks::kLSTM), kWhere, ": dcn must be given for lstm and only for lstm");
-  if (has_dc) {
-    check_tensor(*dcn, "dcn", x, dt, 3);
-    check_shape(*dcn, "dcn", {d.D, d.B, d.H});
-  }
+  checks::check_backward(kWhere, d, x, S, dt, saved, dout, dhn, dcn);
   return dispatch(d.cell, dt, [&](auto c, auto t) {
     return backward_impl<decltype(c), decltype(t)>(d, x, w_ih, w_hh, w_hr, saved, dout, dhn, dcn, need_dx,
                                                    need_dw);

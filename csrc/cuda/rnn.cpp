@@ -277,25 +277,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
                                 const OptTensor& dcn, bool need_dx, bool need_dw) {
   const Dims d = check_layer(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
   const auto dt = x.scalar_type(), adt = acc_type(dt);
-  TORCH_CHECK(saved.size() == (d.proj ? 3u : 2u), kWhere, ": saved must hold ", d.proj ? 3 : 2,
-              " tensors from forward(train=True), got ", saved.size());
-  check_tensor(saved[0], "saved[0]", x, adt, 3);
-  check_shape(saved[0], "saved[0]", {d.D, d.N, d.S * d.H});
-  check_tensor(saved[1], "saved[1]", x, dt, 3);
-  check_shape(saved[1], "saved[1]", {d.D, d.N, d.Hout});
-  if (d.proj) {
-    check_tensor(saved[2], "saved[2]", x, dt, 3);
-    check_shape(saved[2], "saved[2]", {d.D, d.N, d.H});
-  }
-  check_tensor(dout, "dout", x, dt, 2);
-  check_shape(dout, "dout", {d.N, d.D * d.Hout});
-  check_tensor(dhn, "dhn", x, dt, 3);
-  check_shape(dhn, "dhn", {d.D, d.B, d.Hout});
-  TORCH_CHECK(given(dcn) == (d.cell == kLSTM), kWhere, ": dcn must be given for lstm and only for lstm");
-  if (given(dcn)) {
-    check_tensor(*dcn, "dcn", x, dt, 3);
-    check_shape(*dcn, "dcn", {d.D, d.B, d.H});
-  }
+  checks::check_backward(kWhere, d, x, d.S, adt, saved, dout, dhn, dcn);
 
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = d.G * d.H, S = d.S, nT = d.T;
   const bool is_gru = d.cell == kGRU, has_c = d.cell == kLSTM;

@@ -309,5 +309,9 @@ const KernelTable& kernels();
 void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
                 int64_t ncols, bool accumulate);
 }
+namespace isa_avx512 {  // step_gemm_avx512.cpp: the same contract with zmm tiles
+void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
+                int64_t ncols, bool accumulate);
+}
 
 }  // namespace fastrnn

@@ -45,16 +45,30 @@ using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
 
 // ---------------------------------------------------------------------------------------
-// Kernel table: AVX2+FMA where the CPU has it, baseline x86-64 otherwise.
+// Kernel table: AVX2+FMA where the CPU has it, baseline x86-64 otherwise; on CPUs with AVX-512F
+// the AVX2 table with the AVX-512 panel GEMM.  FASTRNN_ISA=avx2|baseline caps the choice (read
+// once, at the first call: tests run it in a fresh interpreter).
+KernelTable with_avx512_gemm(KernelTable k) {
+  k.panel_f = &isa_avx512::panel_gemm;
+  k.isa = "avx512";
+  return k;
+}
+
 const KernelTable& kernels() {
   static const KernelTable* k = [] {
-    const char* env = std::getenv("FASTRNN_ISA");
-    bool avx2 = false;
+    const std::string cap = std::getenv("FASTRNN_ISA") ? std::getenv("FASTRNN_ISA") : "";
+    bool avx2 = false, avx512 = false;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    avx512 = avx2 && __builtin_cpu_supports("avx512f");
 #endif
-    if (env && std::string(env) == "baseline") avx2 = false;
+    if (cap == "baseline") avx2 = avx512 = false;
+    if (cap == "avx2") avx512 = false;
+    if (avx512) {
+      static const KernelTable t = with_avx512_gemm(isa_avx2::kernels());
+      return &t;
+    }
     return avx2 ? &isa_avx2::kernels() : &isa_base::kernels();
   }();
   return *k;
@@ -271,22 +285,22 @@ void run_pointwise(Fn fn, const Args& a, int64_t elems, int64_t grain) {
 }
 
 // The float32 loops of fused_steps.h (own panel GEMM, one parallel region per step) run where
-// the CPU has AVX2+FMA, there is no proj_size and a step is small enough that its cost is
-// latency (barriers, BLAS call overhead) more than GEMM throughput; bigger steps are proper
-// GEMMs and the BLAS loop wins (MKL's cache blocking over the batch rows).  Measured on the
-// 2-core AMD EPYC Zen4 (2 threads, both loops side by side in one process, T=100, fwd ratio to
-// torch panel / blas): B=1 GRU H256 2.62 / 1.76, B=4 LSTM H1024 0.79 / 0.30, B=16 GRU H256
-// 1.11 / 1.03, B=32 RNN H256 (2.1M multiply-adds a step) 1.28 / 1.02, B=32 GRU H256 (6.3M)
-// 0.99 / 1.12, B=64 GRU H256 0.92 / 1.09, B=64 LSTM H512 0.60 / 0.70.
+// the CPU has AVX2+FMA, there is no proj_size and the batch has at most 64 rows; bigger batches
+// are proper GEMMs where MKL's cache blocking over the rows holds up.  Measured on the 2-core
+// AMD EPYC Zen4 (2 threads, both loops side by side in one process, T=100, ratio to torch
+// panel / blas, fwd | fwd+bwd): GRU B1 H256 3.68 / 1.84 | 6.59 / 3.96, LSTM B16 H256 0.84 / 0.62
+// | 0.86 / 0.69, GRU B64 H512 1.24 / 1.09 | 1.22 / 1.12, LSTM B64 H512 0.85 / 0.76 | 1.06 / 0.97,
+// RNN B64 H1024 1.28 / 1.14 | 1.22 / 1.11; at B=256: GRU H256 1.17 / 1.11 | 1.15 / 1.15,
+// RNN H256 0.94 / 1.25 | 1.04 / 1.06.
 // FASTRNN_STEP_GEMM=blas|panel forces one loop; read per call, so one process can time both.
-constexpr int64_t kFusedMaxRows = 16, kFusedMaxRowsSmallStep = 32, kFusedSmallStepMacs = 3000000;
+constexpr int64_t kFusedMaxRows = 64;
 
-bool use_fused_steps(bool proj, int64_t rows, int64_t step_macs) {
+bool use_fused_steps(bool proj, int64_t rows) {
   if (proj || kernels().panel_f == nullptr) return false;
   const char* force = std::getenv("FASTRNN_STEP_GEMM");
   if (force && std::string(force) == "blas") return false;
   if (force && std::string(force) == "panel") return true;
-  return rows <= kFusedMaxRows || (rows <= kFusedMaxRowsSmallStep && step_macs <= kFusedSmallStepMacs);
+  return rows <= kFusedMaxRows;
 }
 
 // Both directions of a fused layer at once, one per thread, when there are two threads to
@@ -396,7 +410,7 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
   T* out_p = out.data_ptr<T>();
   T* gh_p = gh.data_ptr<T>();
   const auto fwd = fwd_kernel<T>(Cell::kId, train, !d.proj);
-  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, B * GH * Hout);
+  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B);
   {
     StepThreads step_threads(B * GH * Hout);
     auto direction = [&](int64_t k, bool split) {
@@ -483,7 +497,7 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
 
   const auto bwd_dout = bwd_kernel<T>(Cell::kId, true);
   const auto bwd_plain = bwd_kernel<T>(Cell::kId, false);
-  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, B * GH * Hout);
+  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B);
   {
     StepThreads step_threads(B * GH * Hout);
     auto direction = [&](int64_t k, bool split) {
@@ -608,9 +622,9 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
 
 std::string isa() { return kernels().isa; }
 std::string gemm_path() {
-  // "panel-avx2+<path>": small float32 steps on the panel kernel, the rest on <path>
+  // "panel-<isa>+<path>": float32 steps up to 64 rows on the panel kernel, the rest on <path>
   const std::string blas_path = blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten";
-  return kernels().panel_f != nullptr ? "panel-avx2+" + blas_path : blas_path;
+  return kernels().panel_f != nullptr ? "panel-" + std::string(kernels().isa) + "+" + blas_path : blas_path;
 }
 
 }  // namespace

@@ -130,10 +130,30 @@ def test_matches_reference_packed_bidirectional(cell, dtype):
 
 
 def test_isa_and_gemm_paths_report():
-    assert _ext.isa() in ("avx2", "baseline")
+    assert _ext.isa() in ("avx512", "avx2", "baseline")
     path = _ext.gemm_path()
-    assert path in ("mkl-packed", "blas", "aten") or path.startswith("panel-avx2"), path
-    assert path.startswith("panel-avx2") == (_ext.isa() == "avx2")
+    assert path in ("mkl-packed", "blas", "aten") or path.startswith("panel-avx"), path
+    assert path.startswith("panel-") == (_ext.isa() != "baseline")
+    if _ext.isa() != "baseline":
+        assert path.startswith(f"panel-{_ext.isa()}+")
+
+
+def test_avx2_panel_kernel_where_avx512_is_picked():
+    """On an AVX-512 CPU the default tests run the AVX-512 panel GEMM; this runs the float32
+    loop check again with the AVX2 kernel (FASTRNN_ISA is read once, so in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+    if _ext.isa() != "avx512":
+        pytest.skip("the AVX2 panel kernel is the default here and covered by the other tests")
+    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_cpp; from fastrnn import functional, _ext;"
+            "assert _ext.isa() == 'avx2', _ext.isa(); torch.set_num_threads(2);"
+            "[test_cpp._check_float32_loops(c, D, p, functional) for c in ('lstm', 'gru', 'rnn_relu')"
+            " for D, p in ((1, False), (2, True))]; print('ok')")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTRNN_ISA": "avx2", "FASTRNN_STEP_GEMM": "panel"},
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
 def _layer_problem(cell, D, B, T, I, H, packed, dtype):
@@ -171,8 +191,22 @@ def test_float32_step_loops_match_float64_reference(cell, D, packed, loop, monke
         torch.set_num_threads(threads)
 
 
-def _check_float32_loops(cell, D, packed, functional):
-    B, T, I, H = 19, 6, 20, 100
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("loop", ["panel", "blas"])
+def test_threaded_passes_at_large_batch(cell, loop, monkeypatch):
+    """A batch large enough that the BLAS loop's pointwise passes split across threads
+    (bs x H past their grain) and the panel loop covers 8-row tiles and every remainder."""
+    from fastrnn import functional
+    monkeypatch.setenv("FASTRNN_STEP_GEMM", loop)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check_float32_loops(cell, 2, True, functional, B=71, T=3, I=8, H=232)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_float32_loops(cell, D, packed, functional, B=19, T=6, I=20, H=100):
     prob = _layer_problem(cell, D, B, T, I, H, packed, torch.float32)
     leaves32 = [t.requires_grad_() for t in _flat(prob)]
     leaves64 = [t.detach().double().requires_grad_() for t in leaves32]

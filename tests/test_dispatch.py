@@ -107,3 +107,38 @@ def test_stack_goes_to_torch_in_one_call_when_every_layer_would(monkeypatch):
     torch.manual_seed(1)
     assert torch.equal(m(x)[0], expected)
     assert calls == ["stack"]
+
+
+def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
+    """auto's veto (float32 LSTM, padded, no proj, oneDNN on) covers every layer, so the module
+    runs torch's own forward before any of our input handling; a named backend, the env override,
+    packed input, another dtype or autocast still go through fastrnn's layers."""
+    from fastrnn.backends.native import onednn_lstm_applies_to
+    if not onednn_lstm_applies_to("lstm", "cpu", torch.float32, 0, False):
+        pytest.skip("torch has no oneDNN LSTM here")
+    from fastrnn import functional
+    seen = []
+    real = functional.rnn
+    monkeypatch.setattr(functional, "rnn", lambda *a, **k: seen.append(k["backend"]) or real(*a, **k))
+    ref = torch.nn.LSTM(4, 6, num_layers=2, dropout=0.3)
+    m = fastrnn.LSTM(4, 6, num_layers=2, dropout=0.3)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 4)
+    torch.manual_seed(3)
+    expected = ref(x)
+    torch.manual_seed(3)
+    got = m(x)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1][1], expected[1][1])
+    assert seen == []
+    with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
+        m(torch.randn(5, 2, 3))  # torch's own message, raised by torch's forward
+    m.backend = "cpp" if "cpp" in fastrnn.available_backends("cpu") else "reference"
+    m(x)
+    m.backend = "auto"
+    monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+    m(x)
+    monkeypatch.delenv("FASTRNN_BACKEND")
+    m.double()(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m.float()(x)
+    assert len(seen) == 4

@@ -51,8 +51,11 @@ def onednn_lstm_applies(call) -> bool:
     without projection on padded CPU input): its JIT GEMMs with pre-packed weights beat our
     CPU loops there (measurements in fastrnn.backends.cpp._prefer), so auto leaves those
     calls to torch whichever CPU backend is asked first."""
-    return (call.device == "cpu" and call.cell == "lstm" and call.dtype == torch.float32
-            and not call.proj_size and not call.packed
+    return onednn_lstm_applies_to(call.cell, call.device, call.dtype, call.proj_size, call.packed)
+
+
+def onednn_lstm_applies_to(cell: str, device: str, dtype: torch.dtype, proj_size: int, packed: bool) -> bool:
+    return (device == "cpu" and cell == "lstm" and dtype == torch.float32 and not proj_size and not packed
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 

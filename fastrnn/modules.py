@@ -165,17 +165,27 @@ class _RNNMixin:
         return out, self.permute_hidden(hidden, unsorted_indices)
 
     def _auto_picks_torch_lstm(self, input) -> bool:
-        """Whether auto would hand every layer of this call to torch's oneDNN LSTM (the veto in
-        fastrnn.backends.native.onednn_lstm_applies).  Then torch's own forward runs the call
-        as it stands, skipping our checks and per-layer dispatch: same result and errors, and
-        ~90 us less per call (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 85 us, torch 85)."""
+        """Whether auto hands this whole call to torch (its oneDNN LSTM: the veto in
+        fastrnn.backends.cpp._prefer).  Then torch's own forward runs the call as it stands,
+        skipping our checks and per-layer dispatch: same result and errors, ~90 us less per
+        call (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 100 us, torch 85).  The veto reads
+        only the cell, device, dtype, proj_size, packing, batch and hidden size, so the first
+        layer's pick is every layer's."""
         if self.mode != "LSTM" or self.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
             return False
-        if not isinstance(input, torch.Tensor) or torch.is_autocast_enabled("cpu"):
+        if type(input) is not torch.Tensor or input.dim() not in (2, 3) or torch.is_autocast_enabled("cpu"):
             return False
         w = self._flat_weights[0] if self._flat_weights else None
-        return (w is not None and w.dtype == input.dtype and w.device == input.device
-                and onednn_lstm_applies_to("lstm", input.device.type, input.dtype, self.proj_size, packed=False))
+        if (w is None or w.dtype != input.dtype or w.device != input.device
+                or not onednn_lstm_applies_to("lstm", input.device.type, input.dtype, self.proj_size, packed=False)):
+            return False
+        batched = input.dim() == 3
+        B = input.size(0 if self.batch_first else 1) if batched else 1
+        T = input.size(1 if self.batch_first else 0) if batched else input.size(0)
+        call = backends.LayerCall(cell="lstm", device=input.device.type, dtype=input.dtype,
+                                  input_size=self.input_size, hidden_size=self.hidden_size, proj_size=0, batch=B,
+                                  steps=T, directions=2 if self.bidirectional else 1, packed=False, needs_grad=False)
+        return backends.select("auto", call).name == "torch"
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -142,3 +142,24 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.float()(x)
     assert len(seen) == 4
+
+
+def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
+    """Where our loop measured faster than oneDNN (<= 4 rows, hidden >= 1024) auto keeps cpp, in
+    select and in the module's shortcut alike."""
+    if "cpp" not in fastrnn.available_backends("cpu"):
+        pytest.skip("cpp backend not built")
+    from fastrnn import functional
+    assert backends.select("auto", _call(batch=4, hidden_size=1024)).name == "cpp"
+    from fastrnn.backends.native import onednn_lstm_applies_to
+    onednn = onednn_lstm_applies_to("lstm", "cpu", torch.float32, 0, False)
+    assert backends.select("auto", _call(batch=8, hidden_size=1024)).name == ("torch" if onednn else "cpp")
+    seen = []
+    real = functional.rnn
+    monkeypatch.setattr(functional, "rnn", lambda *a, **k: seen.append(k["backend"]) or real(*a, **k))
+    m = fastrnn.LSTM(8, 1024, batch_first=True)
+    ref = torch.nn.LSTM(8, 1024, batch_first=True)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-4, atol=1e-5)
+    assert seen == ["auto"]

@@ -59,15 +59,16 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     """Auto's veto: hand the call to torch where torch measured faster.
 
     torch runs float32 LSTM without projection on padded input through oneDNN's fused
-    LSTM primitive (its own JIT GEMMs with pre-packed weights), which beat our loop over
-    MKL's sgemm on the 2-core AMD EPYC (torch 2.13, 1 thread, min of 9, fwd / fwd+bwd):
-    T100 B64 H512 377 / 1122 ms vs ours 397 / 1143; T200 B8 H256 24 / 70 vs 32 / 85;
-    T100 B1 H128 0.92 / 2.7 vs 1.06 / 3.4.  Every other LSTM call takes torch's native
-    path, which we beat: packed T100 B16 H256 33 / 162 vs 17 / 69 ms; proj 34 / 76 vs
-    26 / 75; float64 92 / 324 vs 81 / 258; bfloat16 296 / 1936 vs 26 / 76.  GRU and RNN
-    have no oneDNN path in torch, and we measured faster on every case tried.
+    LSTM primitive (JIT GEMMs with pre-packed weights), which beats our panel loop there on
+    the 2-core AMD EPYC Zen4 (T=100, 2 threads, one process, ratio torch time / ours, fwd |
+    fwd+bwd): B1 H256 1.00 | 1.06, B4 H256 0.93 | 0.97, B16 H256 0.84 | 0.89, B64 H512 0.69 |
+    0.73, B256 H256 0.65 | 0.62.  Except at a few rows and a wide layer, where a step is bound
+    by streaming W_hh and our loop wins: B4 H1024 1.39 | 1.22; T=50: B1 H1024 0.94 | 1.90,
+    B2 H1024 1.12 | 1.40, B8 H1024 0.92 | 0.95.  Every other LSTM call takes torch's native
+    path, which we beat (packed, proj_size, float64, half types).  GRU and RNN have no oneDNN
+    path in torch.
     """
-    if onednn_lstm_applies(call):
+    if onednn_lstm_applies(call) and not (call.batch <= 4 and call.hidden_size >= 1024):
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
     return True, ""
 

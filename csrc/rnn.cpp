@@ -295,8 +295,10 @@ void run_pointwise(Fn fn, const Args& a, int64_t elems, int64_t grain) {
 // FASTRNN_STEP_GEMM=blas|panel forces one loop; read per call, so one process can time both.
 constexpr int64_t kFusedMaxRows = 64;
 
-bool use_fused_steps(bool proj, int64_t rows) {
-  if (proj || kernels().panel_f == nullptr) return false;
+// A single step (a cell, or T = 1) takes the BLAS loop without packing: packing W_hh would cost as
+// much as the one product that reads it.
+bool use_fused_steps(bool proj, int64_t rows, int64_t steps) {
+  if (proj || kernels().panel_f == nullptr || steps <= 1) return false;
   const char* force = std::getenv("FASTRNN_STEP_GEMM");
   if (force && std::string(force) == "blas") return false;
   if (force && std::string(force) == "panel") return true;
@@ -366,33 +368,37 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
   // ATen needs no GIL: other Python threads run while this layer does (GEMMs included).
   pybind11::gil_scoped_release no_gil;
 
-  // Input projection of all steps and both directions: one GEMM with the biases folded
-  // in.  GRU keeps b_hn out of it because n = tanh(gi_n + r * (W_hn h + b_hn)).
-  Tensor wcat = D == 1 ? w_ih[0] : at::cat({w_ih[0], w_ih[1]}, 0);
+  // Input projection of all steps and both directions, biases folded in: gi rows start as the
+  // summed biases, then one BLAS GEMM per direction adds x W_ih^T into its column block (no
+  // concatenated copy of the weights, no ATen op per bias: a layer call of one step is a few
+  // microseconds of work).  GRU keeps b_hn out of it: n = tanh(gi_n + r * (W_hn h + b_hn)).
+  std::vector<const T*> bhn(D, nullptr);
   bool has_bias = false;
-  std::vector<Tensor> bias_parts;
-  std::vector<Tensor> bhn(D);
+  std::vector<T> bias(D * GH, T(0));
   for (int64_t k = 0; k < D; ++k) {
-    const bool bi = given(b_ih[k]);
-    const bool bh = given(b_hh[k]);
-    Tensor b = at::zeros({GH}, opt);
-    if (bi) b.add_(*b_ih[k]);
-    if (bh) {
-      if (is_gru) {
-        b.narrow(0, 0, 2 * H).add_(b_hh[k]->narrow(0, 0, 2 * H));
-        bhn[k] = b_hh[k]->narrow(0, 2 * H, H).contiguous();
-      } else {
-        b.add_(*b_hh[k]);
-      }
+    T* bk = bias.data() + k * GH;
+    if (given(b_ih[k])) {
+      const T* p = b_ih[k]->data_ptr<T>();
+      for (int64_t j = 0; j < GH; ++j) bk[j] += p[j];
+      has_bias = true;
     }
-    has_bias = has_bias || bi || bh;
-    bias_parts.push_back(b);
+    if (given(b_hh[k])) {
+      const T* p = b_hh[k]->data_ptr<T>();
+      const int64_t folded = is_gru ? 2 * H : GH;
+      for (int64_t j = 0; j < folded; ++j) bk[j] += p[j];
+      if (is_gru) bhn[k] = p + 2 * H;
+      has_bias = true;
+    }
   }
   Tensor gi = scratch({N, D * GH}, opt);
+  T* gi_p = gi.data_ptr<T>();
   if (has_bias)
-    at::addmm_out(gi, D == 1 ? bias_parts[0] : at::cat(bias_parts, 0), x, wcat.t());
-  else
-    at::mm_out(gi, x, wcat.t());
+    at::parallel_for(0, N, 1024, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) std::memcpy(gi_p + r * D * GH, bias.data(), sizeof(T) * D * GH);
+    });
+  for (int64_t k = 0; k < D; ++k)
+    gemm<T>(false, true, N, GH, d.I, x.data_ptr<T>(), d.I, w_ih[k].data_ptr<T>(), d.I, has_bias ? T(1) : T(0),
+            gi_p + k * GH, D * GH);
 
   Tensor out = at::empty({N, D * Hout}, opt);
   Tensor hn = h0.clone();  // the state is updated in place: rows that ended keep their last h
@@ -406,16 +412,15 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
   Tensor gh = at::empty({D, B, GH}, opt);  // per direction: the fused loop may run both at once
   Tensor rbuf = (d.proj && !train) ? at::empty({B, H}, opt) : Tensor();
 
-  T* gi_p = gi.data_ptr<T>();
   T* out_p = out.data_ptr<T>();
   T* gh_p = gh.data_ptr<T>();
   const auto fwd = fwd_kernel<T>(Cell::kId, train, !d.proj);
-  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B);
+  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, nT);
   {
     StepThreads step_threads(B * GH * Hout);
     auto direction = [&](int64_t k, bool split) {
       const bool rev = k == 1;
-      const StepGemm<T> rec(true, GH, Hout, w_hh[k].data_ptr<T>(), Hout, fused ? 0 : B);  // 0: no packing
+      const StepGemm<T> rec(true, GH, Hout, w_hh[k].data_ptr<T>(), Hout, fused || nT <= 1 ? 0 : B);  // 0: no packing
       T* hs = hn.data_ptr<T>() + k * B * Hout;
       T* cs = Cell::has_c ? cn.data_ptr<T>() + k * B * H : nullptr;
       const StepGemm<T> prj(true, Hout, H, d.proj ? w_hr[k]->data_ptr<T>() : nullptr, H, d.proj ? B : 0);
@@ -426,7 +431,7 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
       a.ldgi = D * GH;
       a.gh = gh_p;
       a.ldgh = GH;
-      a.bhn = bhn[k].defined() ? bhn[k].data_ptr<T>() : nullptr;
+      a.bhn = bhn[k];
       a.c = cs;
       a.ldc = H;
       a.ldout = D * Hout;
@@ -497,12 +502,12 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
 
   const auto bwd_dout = bwd_kernel<T>(Cell::kId, true);
   const auto bwd_plain = bwd_kernel<T>(Cell::kId, false);
-  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B);
+  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, nT);
   {
     StepThreads step_threads(B * GH * Hout);
     auto direction = [&](int64_t k, bool split) {
       const bool rev = k == 1;
-      const StepGemm<T> rec(false, Hout, GH, w_hh[k].data_ptr<T>(), Hout, fused ? 0 : B);  // 0: no packing
+      const StepGemm<T> rec(false, Hout, GH, w_hh[k].data_ptr<T>(), Hout, fused || nT <= 1 ? 0 : B);  // 0: no packing
       T* dhs = dh.data_ptr<T>() + k * B * Hout;
       T* dcs = Cell::has_c ? dc.data_ptr<T>() + k * B * H : nullptr;
       const StepGemm<T> prj(false, H, Hout, d.proj ? w_hr[k]->data_ptr<T>() : nullptr, H, d.proj ? B : 0);

@@ -165,27 +165,14 @@ class _RNNMixin:
         return out, self.permute_hidden(hidden, unsorted_indices)
 
     def _auto_picks_torch_lstm(self, input) -> bool:
-        """Whether auto hands this whole call to torch (its oneDNN LSTM: the veto in
-        fastrnn.backends.cpp._prefer).  Then torch's own forward runs the call as it stands,
-        skipping our checks and per-layer dispatch: same result and errors, ~90 us less per
-        call (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 100 us, torch 85).  The veto reads
-        only the cell, device, dtype, proj_size, packing, batch and hidden size, so the first
-        layer's pick is every layer's."""
-        if self.mode != "LSTM" or self.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
-            return False
-        if type(input) is not torch.Tensor or input.dim() not in (2, 3) or torch.is_autocast_enabled("cpu"):
-            return False
-        w = self._flat_weights[0] if self._flat_weights else None
-        if (w is None or w.dtype != input.dtype or w.device != input.device
-                or not onednn_lstm_applies_to("lstm", input.device.type, input.dtype, self.proj_size, packed=False)):
+        if self.mode != "LSTM" or type(input) is not torch.Tensor or input.dim() not in (2, 3):
             return False
         batched = input.dim() == 3
         B = input.size(0 if self.batch_first else 1) if batched else 1
         T = input.size(1 if self.batch_first else 0) if batched else input.size(0)
-        call = backends.LayerCall(cell="lstm", device=input.device.type, dtype=input.dtype,
-                                  input_size=self.input_size, hidden_size=self.hidden_size, proj_size=0, batch=B,
-                                  steps=T, directions=2 if self.bidirectional else 1, packed=False, needs_grad=False)
-        return backends.select("auto", call).name == "torch"
+        w = self._flat_weights[0] if self._flat_weights else None
+        return w is not None and _auto_picks_torch_lstm(self, w, input, B, T, 2 if self.bidirectional else 1,
+                                                        self.proj_size)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -194,6 +181,26 @@ class _RNNMixin:
     def __setstate__(self, d):
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
+
+
+def _auto_picks_torch_lstm(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
+    """Whether auto hands this whole LSTM / LSTMCell call to torch (its oneDNN LSTM: the veto in
+    fastrnn.backends.cpp._prefer).  Then torch's own forward runs the call as it stands,
+    skipping our checks and per-layer dispatch: same result and errors, ~90 us less per call
+    (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 100 us, torch 85).  The veto reads only the
+    cell, device, dtype, proj_size, packing, batch and hidden size, so the first layer's pick is
+    every layer's."""
+    if module.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    if (weight.dtype != input.dtype or weight.device != input.device
+            or not onednn_lstm_applies_to("lstm", input.device.type, input.dtype, proj_size, packed=False)):
+        return False
+    call = backends.LayerCall(cell="lstm", device=input.device.type, dtype=input.dtype,
+                              input_size=module.input_size, hidden_size=module.hidden_size, proj_size=proj_size,
+                              batch=batch, steps=steps, directions=directions, packed=False, needs_grad=False)
+    return backends.select("auto", call).name == "torch"
 
 
 def _torch_error_or_raise(torch_forward, input, hx, problem: str):
@@ -258,6 +265,9 @@ class _CellMixin:
     def forward(self, input, hx=None):
         cls = type(self).__name__
         is_lstm = self._cell_name == "lstm"
+        if (is_lstm and type(input) is torch.Tensor and input.dim() in (1, 2)
+                and _auto_picks_torch_lstm(self, self.weight_ih, input, input.size(0) if input.dim() == 2 else 1, 1, 1, 0)):
+            return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{cls}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:

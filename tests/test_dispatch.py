@@ -142,6 +142,16 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.float()(x)
     assert len(seen) == 4
+    # LSTMCell takes the same shortcut: torch's own cell, not a one-step layer of ours
+    layers = []
+    real_layer = functional.rnn_layer
+    monkeypatch.setattr(functional, "rnn_layer", lambda *a, **k: layers.append(1) or real_layer(*a, **k))
+    cell, ref_cell = fastrnn.LSTMCell(4, 6), torch.nn.LSTMCell(4, 6)
+    ref_cell.load_state_dict(cell.state_dict())
+    got, want = cell(x[0]), ref_cell(x[0])
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and layers == []
+    cell.double()(x[0].double())
+    assert layers == [1]
 
 
 def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):

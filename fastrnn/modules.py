@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import backends, functional
-from fastrnn.backends.native import onednn_lstm_applies_to
+from fastrnn.backends.native import one_step_to_torch, onednn_lstm_applies_to
 from fastrnn.cells import MODE_TO_CELL
 
 
@@ -265,8 +265,7 @@ class _CellMixin:
     def forward(self, input, hx=None):
         cls = type(self).__name__
         is_lstm = self._cell_name == "lstm"
-        if (is_lstm and type(input) is torch.Tensor and input.dim() in (1, 2)
-                and _auto_picks_torch_lstm(self, self.weight_ih, input, input.size(0) if input.dim() == 2 else 1, 1, 1, 0)):
+        if self._auto_picks_torch(input):
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{cls}: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -299,6 +298,19 @@ class _CellMixin:
             h1, c1 = hn[0], cn[0]
             return (h1, c1) if is_batched else (h1.squeeze(0), c1.squeeze(0))
         return hn[0] if is_batched else hn[0].squeeze(0)
+
+    def _auto_picks_torch(self, input) -> bool:
+        """auto runs a single step in torch where fastrnn.backends.native.torch_runs_one_step_faster
+        says so (CPU, float32/float64): then torch's own cell runs the call as it stands, without
+        our checks and dispatch (the same result, errors and speed as torch)."""
+        if self.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
+            return False
+        if type(input) is not torch.Tensor or torch.is_autocast_enabled("cpu"):
+            return False
+        w = self.weight_ih
+        if w.dtype != input.dtype or w.device != input.device:
+            return False
+        return one_step_to_torch(input.device.type, 1, input.dtype)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

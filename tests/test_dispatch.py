@@ -142,7 +142,8 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.float()(x)
     assert len(seen) == 4
-    # LSTMCell takes the same shortcut: torch's own cell, not a one-step layer of ours
+    # A float32/float64 cell is one step: auto runs torch's own cell (backends.native.
+    # one_step_to_torch), not a one-step layer of ours; half types still come to us
     layers = []
     real_layer = functional.rnn_layer
     monkeypatch.setattr(functional, "rnn_layer", lambda *a, **k: layers.append(1) or real_layer(*a, **k))
@@ -151,6 +152,9 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     got, want = cell(x[0]), ref_cell(x[0])
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and layers == []
     cell.double()(x[0].double())
+    fastrnn.GRUCell(4, 6)(x[0])
+    assert layers == []
+    cell.bfloat16()(x[0].bfloat16())
     assert layers == [1]
 
 

@@ -17,7 +17,7 @@ import torch
 
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
 from fastrnn.backends._compiled import layer_function, run_layer
-from fastrnn.backends.native import onednn_lstm_applies
+from fastrnn.backends.native import onednn_lstm_applies, torch_runs_one_step_faster
 
 _HALF = (torch.float16, torch.bfloat16)
 _ext = None
@@ -68,6 +68,8 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     path, which we beat (packed, proj_size, float64, half types).  GRU and RNN have no oneDNN
     path in torch.
     """
+    if torch_runs_one_step_faster(call):
+        return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
     if onednn_lstm_applies(call) and not (call.batch <= 4 and call.hidden_size >= 1024):
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
     return True, ""

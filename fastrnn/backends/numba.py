@@ -36,7 +36,7 @@ import threading
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastrnn.backends.native import onednn_lstm_applies
+from fastrnn.backends.native import onednn_lstm_applies, torch_runs_one_step_faster
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
 
 _DTYPES = frozenset((torch.float32, torch.float64))  # what the kernels compile for
@@ -354,6 +354,8 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     """auto's veto: hand the call to torch where torch measured faster (table above)."""
     if call.dtype in _HALF:
         return False, "half types would run upcast to float32; torch runs them natively"
+    if torch_runs_one_step_faster(call):
+        return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
     if onednn_lstm_applies(call):  # quiet-machine quick grid: numba 0.64-0.79x torch there
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
     G = {"lstm": 4, "gru": 3}.get(call.cell, 1)

@@ -30,7 +30,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cells.h"
@@ -626,6 +629,19 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
 }
 
 std::string isa() { return kernels().isa; }
+
+// How many distinct threads one at::parallel_for over `n` unit items runs on: torch's thread
+// count when the extension was built with OpenMP, 1 when the pragma compiled away (a build
+// without -fopenmp ran every split loop on one thread for three sessions; tests check this).
+int64_t parallel_threads(int64_t n) {
+  std::mutex m;
+  std::set<std::thread::id> seen;
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> g(m);
+    seen.insert(std::this_thread::get_id());
+  });
+  return static_cast<int64_t>(seen.size());
+}
 std::string gemm_path() {
   // "panel-<isa>+<path>": float32 steps up to 64 rows on the panel kernel, the rest on <path>
   const std::string blas_path = blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten";
@@ -648,4 +664,6 @@ PYBIND11_MODULE(_ext, m) {
         pybind11::arg("need_dw"));
   m.def("isa", &fastrnn::isa, "The instruction set the pointwise kernels were picked for");
   m.def("gemm_path", &fastrnn::gemm_path, "How per-step GEMMs run: mkl-packed, blas or aten");
+  m.def("parallel_threads", &fastrnn::parallel_threads, pybind11::arg("n") = 64,
+        "Distinct threads one at::parallel_for over n items ran on (1: built without OpenMP)");
 }

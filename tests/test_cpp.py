@@ -138,6 +138,19 @@ def test_isa_and_gemm_paths_report():
         assert path.startswith(f"panel-{_ext.isa()}+")
 
 
+def test_split_loops_run_on_torch_threads():
+    """The extension's at::parallel_for really forks (it compiles to a serial loop without
+    -fopenmp, which went unnoticed for three sessions: results are the same, only slower)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _ext.parallel_threads(64) == 2
+        torch.set_num_threads(1)
+        assert _ext.parallel_threads(64) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_avx2_panel_kernel_where_avx512_is_picked():
     """On an AVX-512 CPU the default tests run the AVX-512 panel GEMM; this runs the float32
     loop check again with the AVX2 kernel (FASTRNN_ISA is read once, so in a fresh interpreter)."""

@@ -69,6 +69,28 @@ inline at::Tensor pack_col_panels(const float* W, int64_t K, int64_t N) {
   return out;
 }
 
+// The input projection gi[:, gate columns] (+)= x W_ih^T of all steps on the panel kernel, W_ih
+// [G*H, K] packed into gate panels once.  Work items are (row block, panel) pairs in row-block-
+// major order, so each thread's contiguous share keeps its x rows in L2 while the panels stream.
+// For large products: rnn.cpp's use_panel_input_gemm has the measurements.
+inline void panel_input_projection(const KernelTable& kt, int64_t N, int64_t K, const float* x, const float* w_ih,
+                                   int64_t G, int64_t H, float* gi, int64_t ldgi, bool accumulate) {
+  if (N == 0 || K == 0) return;
+  const int64_t nb = blocks_of(H), panels = nb * G;
+  constexpr int64_t kRows = 256;
+  const int64_t row_blocks = (N + kRows - 1) / kRows;
+  at::Tensor wp = pack_gate_panels(w_ih, G, H, K);
+  const float* P = wp.data_ptr<float>();
+  at::parallel_for(0, row_blocks * panels, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t rb = i / panels, p = i - rb * panels, jb = p / G, g = p - jb * G;
+      const int64_t r0 = rb * kRows, rows = std::min(kRows, N - r0);
+      kt.panel_f(rows, K, x + r0 * K, K, P + p * K * kPanel, gi + r0 * ldgi + g * H + jb * kPanel, ldgi,
+                 std::min(kPanel, H - jb * kPanel), accumulate);
+    }
+  });
+}
+
 // Run body(block_begin, block_end) over the nb hidden blocks: on the pool when the step has
 // enough multiply-adds to pay for waking it, else on this thread.
 template <typename F>

@@ -164,7 +164,8 @@ def test_avx2_panel_kernel_where_avx512_is_picked():
             "[test_cpp._check_float32_loops(c, D, p, functional) for c in ('lstm', 'gru', 'rnn_relu')"
             " for D, p in ((1, False), (2, True))]; print('ok')")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTRNN_ISA": "avx2", "FASTRNN_STEP_GEMM": "panel"},
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTRNN_ISA": "avx2", "FASTRNN_STEP_GEMM": "panel",
+                            "FASTRNN_INPUT_GEMM": "panel"},
                        capture_output=True, text=True, cwd=root)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
@@ -196,6 +197,7 @@ def test_float32_step_loops_match_float64_reference(cell, D, packed, loop, monke
     the float64 reference."""
     from fastrnn import functional
     monkeypatch.setenv("FASTRNN_STEP_GEMM", loop)  # read by the extension on every call
+    monkeypatch.setenv("FASTRNN_INPUT_GEMM", loop)  # the input projection on the same kernel
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -208,13 +210,28 @@ def test_float32_step_loops_match_float64_reference(cell, D, packed, loop, monke
 @pytest.mark.parametrize("loop", ["panel", "blas"])
 def test_threaded_passes_at_large_batch(cell, loop, monkeypatch):
     """A batch large enough that the BLAS loop's pointwise passes split across threads
-    (bs x H past their grain) and the panel loop covers 8-row tiles and every remainder."""
+    (bs x H past their grain), the panel loop covers 8-row tiles and every remainder, and the
+    panel input projection several 256-row blocks."""
     from fastrnn import functional
     monkeypatch.setenv("FASTRNN_STEP_GEMM", loop)
+    monkeypatch.setenv("FASTRNN_INPUT_GEMM", loop)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         _check_float32_loops(cell, 2, True, functional, B=71, T=3, I=8, H=232)
+        # forward over > 256 rows, so the panel input projection runs several row blocks (the
+        # gradients at this size are summed over so many rows that float32 rounding, torch's own
+        # included, exceeds the per-element tolerance on elements that nearly cancel)
+        prob = _layer_problem(cell, 2, 71, 9, 24, 232, True, torch.float32)
+        x, bs, h0, c0, ws = prob
+        got = functional.rnn_layer(cell, x, bs, h0, c0, ws, backend="cpp")
+        d = lambda t: None if t is None else t.double()  # noqa: E731
+        want = functional.rnn_layer(cell, d(x), bs, d(h0), d(c0), [tuple(d(w) for w in w5) for w5 in ws],
+                                    backend="reference")
+        assert x.size(0) > 256
+        for i, (a, e) in enumerate(zip(got, want)):
+            if a is not None:
+                assert_close(a.double(), e, f"{cell} forward tensor {i}", rtol=1e-4, atol=1e-5)
     finally:
         torch.set_num_threads(threads)
 

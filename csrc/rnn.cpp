@@ -23,9 +23,6 @@
 #include <ATen/Parallel.h>
 
 #include <dlfcn.h>
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 #include <cstdint>
 #include <cstdlib>
@@ -40,6 +37,7 @@
 #include "fused_steps.h"
 #include "layer_checks.h"
 #include "layer_grads.h"
+#include "scratch.h"
 
 namespace fastrnn {
 namespace {
@@ -230,48 +228,6 @@ struct StepThreads {
   }
 };
 
-// ---------------------------------------------------------------------------------------
-// Large internal buffers (input projection, saved activations, gate gradients) on 2 MiB pages.
-// A training call touches hundreds of MiB of fresh memory (GRU T=100 B=256 H=256: ~350 MiB),
-// and buffers that size come from (and go back to) the kernel on every call, so each call paid
-// a minor page fault per 4 KiB: 88k faults per fwd+bwd there, vs 29k for torch's many small
-// per-step tensors that malloc recycles.  On 2 MiB pages: 164 faults, and 594 -> 399 ms wall
-// per fwd+bwd (torch 443 ms; 2-core AMD EPYC Zen4 VM, THP in "madvise" mode).  Only buffers
-// that stay inside fastrnn (or go to autograd's saved tensors) come from here; outputs handed
-// to the user stay ordinary, resizable tensors.  Where THP is off the advice is ignored and the
-// pages are ordinary.  FASTRNN_HUGE_PAGES=0 turns it off (plain at::empty).
-constexpr size_t kHugePage = size_t(2) << 20;
-// glibc recycles blocks below its mmap threshold (which grows to 32 MiB as large blocks are
-// freed) from its heap with no new faults; at or above it, every allocation is a fresh mapping.
-// Only those are taken over (smaller ones measured faster through malloc: RNN B=256 fwd 45 ms
-// via malloc vs 52 ms on fresh huge pages).
-constexpr int64_t kHugeMinBytes = int64_t(32) << 20;
-
-Tensor scratch(at::IntArrayRef sizes, const at::TensorOptions& opt) {
-  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(opt.dtype().itemsize());
-#ifdef __linux__
-  static const bool enabled = [] {
-    const char* env = std::getenv("FASTRNN_HUGE_PAGES");
-    return !(env && std::string(env) == "0");
-  }();
-  if (enabled && bytes >= kHugeMinBytes) {
-    // Straight from mmap, not malloc: glibc would keep such blocks in its heap once its mmap
-    // threshold has grown, and the 2 MiB alignment fragments that heap (RSS grew call after
-    // call).  Map 2 MiB extra, keep the aligned middle, unmap it whole on release.
-    const size_t len = (static_cast<size_t>(bytes) + kHugePage - 1) / kHugePage * kHugePage;
-    void* raw = mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw != MAP_FAILED) {
-      char* base = static_cast<char*>(raw);
-      char* p = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(base) + kHugePage - 1) & ~(kHugePage - 1));
-      if (p > base) munmap(base, size_t(p - base));
-      if (p + len < base + len + kHugePage) munmap(p + len, size_t(base + len + kHugePage - (p + len)));
-      madvise(p, len, MADV_HUGEPAGE);  // advice only: ignored where THP is off
-      return at::from_blob(p, sizes, [len](void* q) { munmap(q, len); }, opt);
-    }
-  }
-#endif
-  return at::empty(sizes, opt);
-}
 
 // ---------------------------------------------------------------------------------------
 // Pointwise passes are split across threads over the bs x H block, but only when a chunk
@@ -687,6 +643,8 @@ PYBIND11_MODULE(_ext, m) {
         pybind11::arg("need_dw"));
   m.def("isa", &fastrnn::isa, "The instruction set the pointwise kernels were picked for");
   m.def("gemm_path", &fastrnn::gemm_path, "How per-step GEMMs run: mkl-packed, blas or aten");
+  m.def("empty_scratch_cache", &fastrnn::empty_scratch_cache,
+        "Unmap the large scratch buffers kept between calls (csrc/scratch.h); returns the bytes released");
   m.def("parallel_threads", &fastrnn::parallel_threads, pybind11::arg("n") = 64,
         "Distinct threads one at::parallel_for over n items ran on (1: built without OpenMP)");
 }

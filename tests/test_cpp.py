@@ -294,3 +294,28 @@ def test_baseline_isa_and_aten_gemm_agree():
         outs.append(r.stdout.split())
     assert outs[1][:2] == ["baseline", "aten"]
     assert abs(float(outs[0][2]) - float(outs[1][2])) < 1e-10
+
+
+def test_large_scratch_buffers_are_kept_between_calls_and_released():
+    """Buffers of 32 MiB and more (here the 34 MiB input projection) are kept for the next call
+    (csrc/scratch.h), give the same results fresh or reused, and fastrnn.empty_cache() unmaps them."""
+    import os
+    import subprocess
+    import sys
+    import fastrnn
+    if sys.platform != "linux":
+        pytest.skip("the mmap'd scratch buffers are Linux only")
+    m = fastrnn.RNN(1, 16, backend="cpp")
+    x = torch.randn(512, 1100, 1)
+    fastrnn.empty_cache()
+    with torch.no_grad():
+        fresh = m(x)[0]
+        reused = m(x)[0]
+    assert torch.equal(fresh, reused)
+    assert fastrnn.empty_cache() >= 32 << 20
+    assert fastrnn.empty_cache() == 0
+    code = ("import torch, fastrnn; m = fastrnn.RNN(1, 16, backend='cpp');"
+            "torch.no_grad().__enter__(); m(torch.randn(512, 1100, 1)); print(fastrnn.empty_cache())")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTRNN_SCRATCH_CACHE_MB": "0"},
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.split()[-1] == "0"

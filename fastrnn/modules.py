@@ -188,8 +188,9 @@ def _auto_picks_torch_lstm(module, weight, input, batch: int, steps: int, direct
     fastrnn.backends.cpp._prefer).  Then torch's own forward runs the call as it stands,
     skipping our checks and per-layer dispatch: same result and errors, ~90 us less per call
     (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 100 us, torch 85).  The veto reads only the
-    cell, device, dtype, proj_size, packing, batch and hidden size, so the first layer's pick is
-    every layer's."""
+    cell, device, dtype, proj_size, packing, batch, hidden size and whether autograd records, so
+    the first layer's pick is every layer's (up to a stack whose layers differ in requires_grad,
+    where only the speed of the pick can differ, never the result)."""
     if module.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
         return False
     if torch.is_autocast_enabled("cpu"):
@@ -197,9 +198,11 @@ def _auto_picks_torch_lstm(module, weight, input, batch: int, steps: int, direct
     if (weight.dtype != input.dtype or weight.device != input.device
             or not onednn_lstm_applies_to("lstm", input.device.type, input.dtype, proj_size, packed=False)):
         return False
+    needs_grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
     call = backends.LayerCall(cell="lstm", device=input.device.type, dtype=input.dtype,
                               input_size=module.input_size, hidden_size=module.hidden_size, proj_size=proj_size,
-                              batch=batch, steps=steps, directions=directions, packed=False, needs_grad=False)
+                              batch=batch, steps=steps, directions=directions, packed=False,
+                              needs_grad=needs_grad)
     return backends.select("auto", call).name == "torch"
 
 

@@ -59,18 +59,20 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     """Auto's veto: hand the call to torch where torch measured faster.
 
     torch runs float32 LSTM without projection on padded input through oneDNN's fused
-    LSTM primitive (JIT GEMMs with pre-packed weights), which beats our panel loop there on
-    the 2-core AMD EPYC Zen4 (T=100, 2 threads, one process, ratio torch time / ours, fwd |
-    fwd+bwd): B1 H256 1.00 | 1.06, B4 H256 0.93 | 0.97, B16 H256 0.84 | 0.89, B64 H512 0.69 |
-    0.73, B256 H256 0.65 | 0.62.  Except at a few rows and a wide layer, where a step is bound
-    by streaming W_hh and our loop wins: B4 H1024 1.39 | 1.22; T=50: B1 H1024 0.94 | 1.90,
-    B2 H1024 1.12 | 1.40, B8 H1024 0.92 | 0.95.  Every other LSTM call takes torch's native
-    path, which we beat (packed, proj_size, float64, half types).  GRU and RNN have no oneDNN
-    path in torch.
+    LSTM primitive (JIT GEMMs with pre-packed weights), which beats our panel loop at most sizes
+    on the 2-core AMD EPYC Zen4 (T=100, 2 threads, one process, ratio torch time / ours, fwd |
+    fwd+bwd): B4 H256 0.96 | 0.96, B16 H256 0.86 | 0.87, B32 H256 0.84 | 0.89, B16 H512 0.88 |
+    0.92, B64 H512 0.97 | 1.09, B256 H256 0.82 | 1.09 (T=50: B64 H128/H512 fwd+bwd 0.85/0.84, so
+    large-batch training stays with oneDNN).  Our loop wins where a step is bound by streaming
+    W_hh: few rows and a wide layer, B4 H1024 1.39 | 1.23 (T=50: B1 H1024 0.94 | 1.90, B2 H1024
+    1.12 | 1.40, B8 H1024 0.92 | 0.95), and in training at one row, B1 fwd+bwd: H256 1.06-1.98
+    over three runs, T=50 H128 1.06, H512 1.08.  Every other LSTM call takes torch's native path,
+    which we beat (packed, proj_size, float64, half types).  GRU and RNN have no oneDNN path.
     """
     if torch_runs_one_step_faster(call):
         return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
-    if onednn_lstm_applies(call) and not (call.batch <= 4 and call.hidden_size >= 1024):
+    ours = (call.batch <= 4 and call.hidden_size >= 1024) or (call.needs_grad and call.batch == 1)
+    if onednn_lstm_applies(call) and not ours:
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
     return True, ""
 

@@ -1,7 +1,7 @@
 // The float32 time loops built on the packed panel GEMM (step_gemm.cpp): one parallel region
-// per step in which each thread owns a range of 16-wide hidden-unit blocks and does both the
-// recurrent product for those units and their pointwise cell pass, so a step has one barrier
-// (the end of the region) instead of a threaded BLAS call plus a threaded pointwise pass.
+// for the whole loop in which each thread owns a range of 16-wide hidden-unit blocks and does
+// both the recurrent product for those units and their pointwise cell pass, so a step ends at
+// one barrier instead of a threaded BLAS call plus a threaded pointwise pass.
 //
 //   forward, thread owning hidden units J:   gh[:, gates of J] = h_{t-1} W_hh[gates of J]^T
 //                                            cell(J) -> h_t[:, J] (into the other h buffer)
@@ -20,6 +20,10 @@
 #include <cstring>
 
 #include "cells.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace fastrnn {
 
@@ -91,16 +95,6 @@ inline void panel_input_projection(const KernelTable& kt, int64_t N, int64_t K, 
   });
 }
 
-// Run body(block_begin, block_end) over the nb hidden blocks: on the pool when the step has
-// enough multiply-adds to pay for waking it, else on this thread.
-template <typename F>
-inline void over_blocks(int64_t nb, bool parallel, const F& body) {
-  if (parallel)
-    at::parallel_for(0, nb, 1, body);
-  else
-    body(0, nb);
-}
-
 // Steps of fewer multiply-adds than this run on one thread: waking the pool costs a few
 // microseconds.  Measured on the 2-core AMD EPYC Zen4, T=100, fwd ms split / one thread:
 // RNN B1 H128 (16k) 0.25 / 0.19, GRU B1 H128 (49k) 0.40 / 0.39, RNN B1 H256 (66k) 0.43 / 0.45,
@@ -120,6 +114,38 @@ struct StepSpan {
   int64_t bs, row0;  // active rows and their first row in the packed x / out
 };
 
+// Runs step(s, b0, b1) for s = 0..n-1 in order, each over the hidden blocks [b0, b1): split
+// across the pool where split(s) says so, else on one thread, with every step finished before the
+// next starts.  One OpenMP parallel region covers the whole loop and its threads wait for each
+// other at a barrier between steps, instead of a region (at::parallel_for) per step: the fork and
+// join of a region cost more than a whole step at one row (GRU B=1 H=256: ~12 us a step).
+// Threads follow torch.set_num_threads; inside another parallel region this runs serially.
+template <typename Split, typename Step>
+void run_steps(int64_t n, int64_t nb, const Split& split, const Step& step) {
+  bool any = false;
+  for (int64_t s = 0; s < n && !any; ++s) any = split(s);
+  const int64_t team = std::min<int64_t>(at::get_num_threads(), nb);
+#ifdef _OPENMP
+  if (any && team > 1 && !at::in_parallel_region()) {
+#pragma omp parallel num_threads(static_cast<int>(team))
+    {
+      const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+      const int64_t chunk = (nb + nth - 1) / nth;
+      const int64_t b0 = std::min(nb, tid * chunk), b1 = std::min(nb, b0 + chunk);
+      for (int64_t s = 0; s < n; ++s) {
+        if (split(s))
+          step(s, b0, b1);
+        else if (tid == 0)
+          step(s, int64_t(0), nb);
+#pragma omp barrier
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t s = 0; s < n; ++s) step(s, int64_t(0), nb);
+}
+
 // Forward of one direction.  `a` is prepared by the caller (leading dims, c, bhn, H); this
 // sets gi/gh/h/out/save per step.  h_state [B, H] holds h0 on entry and h_n on exit.
 template <class Cell>
@@ -133,37 +159,35 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
   const int64_t min_split = parallel_step_macs();
   at::Tensor spare = at::empty({B, H}, at::kFloat);
   float* hbuf[2] = {h_state, spare.data_ptr<float>()};
-  int cur = 0;
   const bool train = save != nullptr;
-  for (const StepSpan& st : steps) {
-    const float* hc = hbuf[cur];
-    float* hn = hbuf[cur ^ 1];
-    auto body = [&](int64_t b0, int64_t b1) {
-      const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H), w = j1 - j0;
-      if (w <= 0) return;
-      // Rows past bs keep their state (packed input: they ended, or start later in reverse).
-      for (int64_t b = 0; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
-      if (train)
-        for (int64_t b = 0; b < st.bs; ++b)
-          std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
-      for (int64_t jb = b0; jb < b1; ++jb)
-        for (int64_t g = 0; g < G; ++g)
-          kt.panel_f(st.bs, H, hc, H, P + (jb * G + g) * H * kPanel, gh_buf + g * H + jb * kPanel, GH,
-                     std::min(kPanel, H - jb * kPanel), false);
-      FwdArgs<float> s = a;
-      s.gi = gi + st.row0 * ldgi;
-      s.gh = gh_buf;
-      s.ldgh = GH;
-      s.h = hn;
-      s.ldh = H;
-      s.out = out + st.row0 * ldout;
-      s.save = train ? save + st.row0 * S * H : nullptr;
-      for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
-    };
-    over_blocks(nb, split && st.bs * GH * H >= min_split, body);
-    cur ^= 1;
-  }
-  if (cur == 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
+  const int64_t n = static_cast<int64_t>(steps.size());
+  auto step = [&](int64_t si, int64_t b0, int64_t b1) {
+    const StepSpan& st = steps[si];
+    const float* hc = hbuf[si & 1];
+    float* hn = hbuf[(si & 1) ^ 1];
+    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H), w = j1 - j0;
+    if (w <= 0) return;
+    // Rows past bs keep their state (packed input: they ended, or start later in reverse).
+    for (int64_t b = 0; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
+    if (train)
+      for (int64_t b = 0; b < st.bs; ++b)
+        std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
+    for (int64_t jb = b0; jb < b1; ++jb)
+      for (int64_t g = 0; g < G; ++g)
+        kt.panel_f(st.bs, H, hc, H, P + (jb * G + g) * H * kPanel, gh_buf + g * H + jb * kPanel, GH,
+                   std::min(kPanel, H - jb * kPanel), false);
+    FwdArgs<float> s = a;
+    s.gi = gi + st.row0 * ldgi;
+    s.gh = gh_buf;
+    s.ldgh = GH;
+    s.h = hn;
+    s.ldh = H;
+    s.out = out + st.row0 * ldout;
+    s.save = train ? save + st.row0 * S * H : nullptr;
+    for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
+  };
+  run_steps(n, nb, [&](int64_t si) { return split && steps[si].bs * GH * H >= min_split; }, step);
+  if (n & 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
 }
 
 // Backward of one direction, steps in the forward's order (this walks them in reverse).
@@ -178,34 +202,34 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
   at::Tensor wp = pack_col_panels(w_hh, GH, H);
   const float* P = wp.data_ptr<float>();
   const int64_t min_split = parallel_step_macs();
-  const StepSpan* pending = nullptr;  // the step whose dG still has to flow into dh
   auto flow = [&](const StepSpan& p, int64_t b0, int64_t b1) {
     for (int64_t jb = b0; jb < b1; ++jb)
       kt.panel_f(p.bs, GH, dgh + p.row0 * ldg, ldg, P + jb * GH * kPanel, dh + jb * kPanel, H,
                  std::min(kPanel, H - jb * kPanel), kAcc);
   };
-  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-    const StepSpan& st = *it;
-    auto body = [&](int64_t b0, int64_t b1) {
-      const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
-      if (j1 <= j0) return;
-      if (pending) flow(*pending, b0, b1);
-      BwdArgs<float> s = a;
-      s.dh = dh;
-      s.lddh = H;
-      s.save = save + st.row0 * S * H;
-      s.hprev = hprev + st.row0 * H;
-      s.dgi = dgi + st.row0 * ldg;
-      s.dgh = dgh + st.row0 * ldg;
-      s.dout = dout + st.row0 * a.lddout;
-      for (int64_t b = 0; b < st.bs; ++b) bwd(s, b * H + j0, b * H + j1);
-    };
-    over_blocks(nb, split && st.bs * GH * H >= min_split, body);
-    pending = &st;
-  }
-  if (pending)
-    over_blocks(nb, split && pending->bs * GH * H >= min_split,
-                [&](int64_t b0, int64_t b1) { flow(*pending, b0, b1); });
+  // Step si (of the reversed steps) first lets the previous one's dG flow into dh, then runs its
+  // cell gradient; the extra step n only flows the last one.
+  const int64_t n = static_cast<int64_t>(steps.size());
+  auto rev = [&](int64_t si) -> const StepSpan& { return steps[static_cast<size_t>(n - 1 - si)]; };
+  auto step = [&](int64_t si, int64_t b0, int64_t b1) {
+    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
+    if (j1 <= j0) return;
+    if (si > 0) flow(rev(si - 1), b0, b1);
+    if (si == n) return;
+    const StepSpan& st = rev(si);
+    BwdArgs<float> s = a;
+    s.dh = dh;
+    s.lddh = H;
+    s.save = save + st.row0 * S * H;
+    s.hprev = hprev + st.row0 * H;
+    s.dgi = dgi + st.row0 * ldg;
+    s.dgh = dgh + st.row0 * ldg;
+    s.dout = dout + st.row0 * a.lddout;
+    for (int64_t b = 0; b < st.bs; ++b) bwd(s, b * H + j0, b * H + j1);
+  };
+  if (n == 0) return;
+  run_steps(n + 1, nb, [&](int64_t si) { return split && rev(si == n ? n - 1 : si).bs * GH * H >= min_split; },
+            step);
 }
 
 }  // namespace fastrnn

@@ -65,13 +65,14 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     0.92, B64 H512 0.97 | 1.09, B256 H256 0.82 | 1.09 (T=50: B64 H128/H512 fwd+bwd 0.85/0.84, so
     large-batch training stays with oneDNN).  Our loop wins where a step is bound by streaming
     W_hh: few rows and a wide layer, B4 H1024 1.39 | 1.23 (T=50: B1 H1024 0.94 | 1.90, B2 H1024
-    1.12 | 1.40, B8 H1024 0.92 | 0.95), and in training at one row, B1 fwd+bwd: H256 1.06-1.98
-    over three runs, T=50 H128 1.06, H512 1.08.  Every other LSTM call takes torch's native path,
+    1.12 | 1.40, B8 H1024 0.92 | 0.95), and in training at one or two rows, fwd+bwd: B1 H256
+    1.06-1.98 over three runs; T=50 (one loop region per call): B1 H128/H256/H512 1.47/1.30/1.09,
+    B2 1.22/1.12/1.16, but B4 1.11/1.03/0.95 and B8 0.87-0.97.  Every other LSTM call takes torch's native path,
     which we beat (packed, proj_size, float64, half types).  GRU and RNN have no oneDNN path.
     """
     if torch_runs_one_step_faster(call):
         return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
-    ours = (call.batch <= 4 and call.hidden_size >= 1024) or (call.needs_grad and call.batch == 1)
+    ours = (call.batch <= 4 and call.hidden_size >= 1024) or (call.needs_grad and call.batch <= 2)
     if onednn_lstm_applies(call) and not ours:
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
     return True, ""

@@ -171,8 +171,8 @@ class _RNNMixin:
         B = input.size(0 if self.batch_first else 1) if batched else 1
         T = input.size(1 if self.batch_first else 0) if batched else input.size(0)
         w = self._flat_weights[0] if self._flat_weights else None
-        return w is not None and _auto_picks_torch_lstm(self, w, input, B, T, 2 if self.bidirectional else 1,
-                                                        self.proj_size)
+        return w is not None and _auto_hands_lstm_to_torch(self, w, input, B, T, 2 if self.bidirectional else 1,
+                                                           self.proj_size)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -183,7 +183,7 @@ class _RNNMixin:
         self.__dict__.setdefault("backend", "auto")
 
 
-def _auto_picks_torch_lstm(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
+def _auto_hands_lstm_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
     """Whether auto hands this whole LSTM / LSTMCell call to torch (its oneDNN LSTM: the veto in
     fastrnn.backends.cpp._prefer).  Then torch's own forward runs the call as it stands,
     skipping our checks and per-layer dispatch: same result and errors, ~90 us less per call

@@ -138,10 +138,11 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     monkeypatch.setenv("FASTRNN_BACKEND", "reference")
     m(x)
     monkeypatch.delenv("FASTRNN_BACKEND")
+    m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 4, 2]))
     m.double()(x.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.float()(x)
-    assert len(seen) == 4
+    assert len(seen) == 5
     # A float32/float64 cell is one step: auto runs torch's own cell (backends.native.
     # one_step_to_torch), not a one-step layer of ours; half types still come to us
     layers = []

@@ -67,8 +67,9 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     W_hh: few rows and a wide layer, B4 H1024 1.39 | 1.23 (T=50: B1 H1024 0.94 | 1.90, B2 H1024
     1.12 | 1.40, B8 H1024 0.92 | 0.95), and in training at one or two rows, fwd+bwd: B1 H256
     1.06-1.98 over three runs; T=50 (one loop region per call): B1 H128/H256/H512 1.47/1.30/1.09,
-    B2 1.22/1.12/1.16, but B4 1.11/1.03/0.95 and B8 0.87-0.97.  Every other LSTM call takes torch's native path,
-    which we beat (packed, proj_size, float64, half types).  GRU and RNN have no oneDNN path.
+    B2 1.22/1.12/1.16, but B4 1.11/1.03/0.95 and B8 0.87-0.97.  Every other LSTM call takes
+    torch's native path, which we beat (packed, proj_size, float64, half types).  GRU and RNN
+    have no oneDNN path.
     """
     if torch_runs_one_step_faster(call):
         return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"

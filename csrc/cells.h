@@ -8,7 +8,7 @@
 //        and of the previous state out.
 // The time loop, the GEMMs, packing and directions (rnn.cpp) are written once against
 // this interface.  This header has no torch dependency: pointwise.cpp includes it and is
-// compiled once per ISA (baseline x86-64 and AVX2+FMA, picked at run time).
+// compiled once per ISA (baseline x86-64, AVX2+FMA and AVX-512, picked at run time).
 #pragma once
 
 #include <cstdint>
@@ -294,12 +294,29 @@ template <typename T> using BwdFn = void (*)(const BwdArgs<T>&, int64_t begin, i
 using PanelGemmFn = void (*)(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C,
                              int64_t ldc, int64_t ncols, bool accumulate);
 
+// The two-operand form, for a step that also does its input projection:
+// C[m, :ncols] (+)= bias[:ncols] + A1[m, :K1] P[:K1] + A2[m, :K2] P[K1:K1+K2], P one packed
+// (K1 + K2) x 16 panel, bias optional (nullptr: zero).
+struct PanelArgs {
+  int64_t M, K1;
+  const float* A1; int64_t lda1;
+  int64_t K2;
+  const float* A2; int64_t lda2;
+  const float* P;
+  const float* bias;
+  float* C; int64_t ldc;
+  int64_t ncols;
+  bool accumulate;
+};
+using PanelGemm2Fn = void (*)(const PanelArgs&);
+
 struct KernelTable {
   FwdFn<float> fwd_f[4][2][2];   // [cell][kSave][kOut]
   FwdFn<double> fwd_d[4][2][2];
   BwdFn<float> bwd_f[4][2];      // [cell][kDout]
   BwdFn<double> bwd_d[4][2];
   PanelGemmFn panel_f;           // float32 recurrent product; nullptr where the ISA has no kernel
+  PanelGemm2Fn panel2_f;         // the same with a second operand and a bias row
   const char* isa;
 };
 
@@ -308,10 +325,13 @@ namespace isa_avx2 {
 const KernelTable& kernels();
 void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
                 int64_t ncols, bool accumulate);
+void panel_gemm2(const PanelArgs& g);
 }
 namespace isa_avx512 {  // step_gemm_avx512.cpp: the same contract with zmm tiles
+const KernelTable& kernels();
 void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
                 int64_t ncols, bool accumulate);
+void panel_gemm2(const PanelArgs& g);
 }
 
 }  // namespace fastrnn

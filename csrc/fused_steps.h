@@ -33,26 +33,36 @@ inline int64_t blocks_of(int64_t H) { return (H + kPanel - 1) / kPanel; }
 
 // W_hh [G*H, K] (row-major) as the right operand of h W_hh^T: panel (jb, g) holds the 16 columns
 // of gate g for hidden units 16jb.., as K rows of 16 (zero past H).  Layout [nb][G][K][16].
+// With a second weight W2 [G*H, K2] (W_ih, for steps that also do their input projection) each
+// panel is K2 rows of W2 then K rows of W: [nb][G][K2 + K][16], the layout of panel_gemm2.
 // Packed once per layer call (not cached: a cache keyed on the weight could go stale through
 // `.data` writes that bump no version counter), so it is made cheap instead: no separate zero
 // fill, contiguous writes, 16 sequential row streams (measured: 30% less time per call than
 // zero-fill + column-wise writes at H=512, GRU, T=1).
-inline at::Tensor pack_gate_panels(const float* W, int64_t G, int64_t H, int64_t K) {
-  const int64_t nb = blocks_of(H);
-  at::Tensor out = at::empty({nb, G, K, kPanel}, at::kFloat);
+inline at::Tensor pack_gate_panels(const float* W, int64_t G, int64_t H, int64_t K, const float* W2 = nullptr,
+                                   int64_t K2 = 0) {
+  const int64_t nb = blocks_of(H), KP = K2 + K;
+  at::Tensor out = at::empty({nb, G, KP, kPanel}, at::kFloat);
   float* o = out.data_ptr<float>();
-  for (int64_t jb = 0; jb < nb; ++jb) {
-    const int64_t w = std::min(kPanel, H - jb * kPanel);
-    for (int64_t g = 0; g < G; ++g) {
-      float* panel = o + (jb * G + g) * K * kPanel;
-      const float* rows = W + (g * H + jb * kPanel) * K;
-      for (int64_t k = 0; k < K; ++k) {
-        float* dst = panel + k * kPanel;
-        for (int64_t c = 0; c < w; ++c) dst[c] = rows[c * K + k];
-        for (int64_t c = w; c < kPanel; ++c) dst[c] = 0.f;
-      }
+  auto pack = [](float* panel, const float* rows, int64_t k_rows, int64_t ld, int64_t w) {
+    for (int64_t k = 0; k < k_rows; ++k) {
+      float* dst = panel + k * kPanel;
+      for (int64_t c = 0; c < w; ++c) dst[c] = rows[c * ld + k];
+      for (int64_t c = w; c < kPanel; ++c) dst[c] = 0.f;
     }
-  }
+  };
+  // Split across threads from 1 MiB of panels: the pack runs before a loop whose threads would
+  // otherwise wait for it (LSTM H=256 with W_ih: 2 MiB, ~5% of a T=100 B=16 forward).
+  const int64_t panels = nb * G, grain = panels * KP * kPanel >= (int64_t(1) << 18) ? 1 : panels;
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t jb = p / G, g = p - jb * G, w = std::min(kPanel, H - jb * kPanel);
+      float* panel = o + p * KP * kPanel;
+      const int64_t row0 = g * H + jb * kPanel;
+      if (K2 > 0) pack(panel, W2 + row0 * K2, K2, K2, w);
+      pack(panel + K2 * kPanel, W + row0 * K, K, K, w);
+    }
+  });
   return out;
 }
 
@@ -146,16 +156,48 @@ void run_steps(int64_t n, int64_t nb, const Split& split, const Step& step) {
   for (int64_t s = 0; s < n; ++s) step(s, int64_t(0), nb);
 }
 
+// The input side of a forward loop that does each step's input projection itself
+// (rnn.cpp's use_step_input_gemm): x [N, I] (rows as the steps' row0), W_ih [G*H, I] and the
+// summed biases [G*H] that the BLAS path folds into gi (gru: without b_hn).
+struct StepInput {
+  const float* x = nullptr;
+  int64_t I = 0;
+  const float* w_ih = nullptr;
+  const float* bias = nullptr;  // nullptr: no biases
+};
+
 // Forward of one direction.  `a` is prepared by the caller (leading dims, c, bhn, H); this
 // sets gi/gh/h/out/save per step.  h_state [B, H] holds h0 on entry and h_n on exit.
+// Without `in.x`, gi [N, ldgi] holds every step's input projection (biases folded in).  With it,
+// each step computes its pre-activations as one product per gate panel, x_t W_ih^T + h W_hh^T +
+// bias accumulated in registers (panel_gemm2), into gh_buf: no gi pass over memory, and all the
+// multiply-adds on the panel kernel.  gru's n gate keeps the two halves apart (n = tanh(gi_n +
+// r * (W_hn h + b_hn))): its input half goes to a [B, G*H] step buffer whose r and z blocks stay
+// zero; the other cells read gi as one zero row (ldgi 0), so the cell passes are unchanged.
 template <class Cell>
 void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, const std::vector<StepSpan>& steps,
-                   float* h_state, int64_t B, const float* w_hh, float* gi, int64_t ldgi, float* out, int64_t ldout,
-                   float* save, float* hprev, float* gh_buf, bool split) {
+                   float* h_state, int64_t B, const float* w_hh, const StepInput& in, float* gi, int64_t ldgi,
+                   float* out, int64_t ldout, float* save, float* hprev, float* gh_buf, bool split) {
   constexpr int64_t G = Cell::G, S = Cell::S;
+  constexpr bool kReadsH = Cell::kId == 1;
+  constexpr int64_t kApartGate = Cell::kId == 1 ? 2 : -1;  // gru's n: input and hidden halves apart
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
-  at::Tensor wp = pack_gate_panels(w_hh, G, H, H);
+  const bool step_input = in.x != nullptr;
+  const int64_t I = step_input ? in.I : 0, KP = I + H;
+  at::Tensor wp = pack_gate_panels(w_hh, G, H, H, step_input ? in.w_ih : nullptr, I);
   const float* P = wp.data_ptr<float>();
+  at::Tensor bias_pad, gi_step;
+  if (step_input) {
+    // Biases per panel, zero past H, so a tile loads 16 whatever the last block's width.
+    bias_pad = at::zeros({G, nb * kPanel}, at::kFloat);
+    if (in.bias)
+      for (int64_t g = 0; g < G; ++g)
+        std::memcpy(bias_pad.data_ptr<float>() + g * nb * kPanel, in.bias + g * H, sizeof(float) * H);
+    gi_step = at::zeros({kApartGate >= 0 ? B : 1, GH}, at::kFloat);
+    gi = gi_step.data_ptr<float>();
+    ldgi = kApartGate >= 0 ? GH : 0;
+  }
+  const float* bias_p = step_input ? bias_pad.data_ptr<float>() : nullptr;
   const int64_t min_split = parallel_step_macs();
   at::Tensor spare = at::empty({B, H}, at::kFloat);
   float* hbuf[2] = {h_state, spare.data_ptr<float>()};
@@ -167,17 +209,30 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
     float* hn = hbuf[(si & 1) ^ 1];
     const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H), w = j1 - j0;
     if (w <= 0) return;
-    // Rows past bs keep their state (packed input: they ended, or start later in reverse).
-    for (int64_t b = 0; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
+    // Rows past bs keep their state (packed input: they ended, or start later in reverse); gru's
+    // cell pass reads h_{t-1} where it writes h_t, the others only write it.
+    for (int64_t b = kReadsH ? 0 : st.bs; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
     if (train)
       for (int64_t b = 0; b < st.bs; ++b)
         std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
     for (int64_t jb = b0; jb < b1; ++jb)
-      for (int64_t g = 0; g < G; ++g)
-        kt.panel_f(st.bs, H, hc, H, P + (jb * G + g) * H * kPanel, gh_buf + g * H + jb * kPanel, GH,
-                   std::min(kPanel, H - jb * kPanel), false);
+      for (int64_t g = 0; g < G; ++g) {
+        const float* panel = P + (jb * G + g) * KP * kPanel;
+        const int64_t ncols = std::min(kPanel, H - jb * kPanel), col = g * H + jb * kPanel;
+        if (!step_input) {
+          kt.panel_f(st.bs, H, hc, H, panel, gh_buf + col, GH, ncols, false);
+        } else if (g != kApartGate) {
+          kt.panel2_f(PanelArgs{st.bs, I, in.x + st.row0 * I, I, H, hc, H, panel,
+                                bias_p + g * nb * kPanel + jb * kPanel, gh_buf + col, GH, ncols, false});
+        } else {
+          kt.panel2_f(PanelArgs{st.bs, I, in.x + st.row0 * I, I, 0, hc, H, panel,
+                                bias_p + g * nb * kPanel + jb * kPanel, gi + col, GH, ncols, false});
+          kt.panel_f(st.bs, H, hc, H, panel + I * kPanel, gh_buf + col, GH, ncols, false);
+        }
+      }
     FwdArgs<float> s = a;
-    s.gi = gi + st.row0 * ldgi;
+    s.gi = step_input ? gi : gi + st.row0 * ldgi;
+    s.ldgi = ldgi;
     s.gh = gh_buf;
     s.ldgh = GH;
     s.h = hn;
@@ -186,7 +241,7 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
     s.save = train ? save + st.row0 * S * H : nullptr;
     for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
   };
-  run_steps(n, nb, [&](int64_t si) { return split && steps[si].bs * GH * H >= min_split; }, step);
+  run_steps(n, nb, [&](int64_t si) { return split && steps[si].bs * GH * KP >= min_split; }, step);
   if (n & 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
 }
 

@@ -1,12 +1,15 @@
 // The fused pointwise passes of every cell, instantiated for one ISA.
 //
-// CMake compiles this file twice: once for baseline x86-64 (namespace isa_base) and once
-// with -mavx2 -mfma (namespace isa_avx2, FASTRNN_ISA_AVX2).  rnn.cpp picks the table at
-// run time from the CPU, so wheels run on any x86-64 and still use 256-bit lanes where
-// present.  No torch headers here: this unit compiles in seconds.
+// CMake compiles this file three times: for baseline x86-64 (namespace isa_base), with
+// -mavx2 -mfma (isa_avx2, FASTRNN_ISA_AVX2) and with AVX-512 (isa_avx512, FASTRNN_ISA_AVX512).
+// rnn.cpp picks the table at run time from the CPU, so wheels run on any x86-64 and still use
+// the widest lanes present.  No torch headers here: this unit compiles in seconds.
 #include "cells.h"
 
-#ifdef FASTRNN_ISA_AVX2
+#if defined(FASTRNN_ISA_AVX512)
+#define FASTRNN_ISA_NS isa_avx512
+#define FASTRNN_ISA_NAME "avx512"
+#elif defined(FASTRNN_ISA_AVX2)
 #define FASTRNN_ISA_NS isa_avx2
 #define FASTRNN_ISA_NAME "avx2"
 #else
@@ -64,10 +67,12 @@ KernelTable make() {
   fill<RNN_TANH>(k);
   fill<RNN_RELU>(k);
   k.isa = FASTRNN_ISA_NAME;
-#ifdef FASTRNN_ISA_AVX2
+#if defined(FASTRNN_ISA_AVX2) || defined(FASTRNN_ISA_AVX512)
   k.panel_f = &panel_gemm;
+  k.panel2_f = &panel_gemm2;
 #else
   k.panel_f = nullptr;
+  k.panel2_f = nullptr;
 #endif
   return k;
 }

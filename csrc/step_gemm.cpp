@@ -16,16 +16,10 @@ namespace fastrnn {
 namespace isa_avx2 {
 namespace {
 
-// C[m, :ncols] (+)= sum_k A[m, k] * P[k, :] for m < MR.  KS partial sums over k keep at least
-// eight FMA chains in flight (FMA latency 4 x 2 pipes) when MR is small.
+// lo/hi[u][m] += sum over k (step KS, offset u) of A[m, k] * P[k, :] for m < MR, k < K.
 template <int MR, int KS>
-inline void tile(int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc, int64_t ncols,
-                 bool accumulate) {
-  __m256 lo[KS][MR], hi[KS][MR];
-#pragma GCC unroll 8
-  for (int u = 0; u < KS; ++u)
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) lo[u][m] = hi[u][m] = _mm256_setzero_ps();
+inline void segment(__m256 (&lo)[KS][MR], __m256 (&hi)[KS][MR], int64_t K, const float* A, int64_t lda,
+                    const float* P) {
   int64_t k = 0;
   for (; k + KS <= K; k += KS) {
 #pragma GCC unroll 8
@@ -50,6 +44,26 @@ inline void tile(int64_t K, const float* A, int64_t lda, const float* P, float* 
       hi[0][m] = _mm256_fmadd_ps(a, b1, hi[0][m]);
     }
   }
+}
+
+// C[m, :ncols] (+)= bias + A1[m, :K1] P[:K1] + A2[m, :K2] P[K1:] for m < MR.  KS partial sums
+// over k keep at least eight FMA chains in flight (FMA latency 4 x 2 pipes) when MR is small.
+template <int MR, int KS>
+inline void tile(const PanelArgs& g, const float* A1, const float* A2, float* C) {
+  __m256 lo[KS][MR], hi[KS][MR];
+  alignas(32) float b16[16] = {};
+  if (g.bias)
+    for (int64_t j = 0; j < g.ncols && j < 16; ++j) b16[j] = g.bias[j];
+  const __m256 b_lo = _mm256_load_ps(b16), b_hi = _mm256_load_ps(b16 + 8);
+#pragma GCC unroll 8
+  for (int u = 0; u < KS; ++u)
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      lo[u][m] = u == 0 ? b_lo : _mm256_setzero_ps();
+      hi[u][m] = u == 0 ? b_hi : _mm256_setzero_ps();
+    }
+  segment<MR, KS>(lo, hi, g.K1, A1, g.lda1, g.P);
+  if (g.K2 > 0) segment<MR, KS>(lo, hi, g.K2, A2, g.lda2, g.P + g.K1 * 16);
 #pragma GCC unroll 8
   for (int u = 1; u < KS; ++u)
 #pragma GCC unroll 8
@@ -59,10 +73,10 @@ inline void tile(int64_t K, const float* A, int64_t lda, const float* P, float* 
     }
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
-    float* c = C + m * ldc;
-    if (ncols == 16) {
+    float* c = C + m * g.ldc;
+    if (g.ncols == 16) {
       __m256 r0 = lo[0][m], r1 = hi[0][m];
-      if (accumulate) {
+      if (g.accumulate) {
         r0 = _mm256_add_ps(r0, _mm256_loadu_ps(c));
         r1 = _mm256_add_ps(r1, _mm256_loadu_ps(c + 8));
       }
@@ -72,27 +86,32 @@ inline void tile(int64_t K, const float* A, int64_t lda, const float* P, float* 
       alignas(32) float tmp[16];
       _mm256_store_ps(tmp, lo[0][m]);
       _mm256_store_ps(tmp + 8, hi[0][m]);
-      for (int64_t j = 0; j < ncols; ++j) c[j] = accumulate ? c[j] + tmp[j] : tmp[j];
+      for (int64_t j = 0; j < g.ncols; ++j) c[j] = g.accumulate ? c[j] + tmp[j] : tmp[j];
     }
   }
 }
 
 }  // namespace
 
-void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
-                int64_t ncols, bool accumulate) {
+void panel_gemm2(const PanelArgs& g) {
   int64_t m = 0;
-  for (; m + 6 <= M; m += 6) tile<6, 1>(K, A + m * lda, lda, P, C + m * ldc, ldc, ncols, accumulate);
-  const float* a = A + m * lda;
-  float* c = C + m * ldc;
-  switch (M - m) {
-    case 1: tile<1, 4>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 2: tile<2, 2>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 3: tile<3, 2>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 4: tile<4, 1>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 5: tile<5, 1>(K, a, lda, P, c, ldc, ncols, accumulate); break;
+  for (; m + 6 <= g.M; m += 6) tile<6, 1>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);
+  const float* a1 = g.A1 + m * g.lda1;
+  const float* a2 = g.A2 + m * g.lda2;
+  float* c = g.C + m * g.ldc;
+  switch (g.M - m) {
+    case 1: tile<1, 4>(g, a1, a2, c); break;
+    case 2: tile<2, 2>(g, a1, a2, c); break;
+    case 3: tile<3, 2>(g, a1, a2, c); break;
+    case 4: tile<4, 1>(g, a1, a2, c); break;
+    case 5: tile<5, 1>(g, a1, a2, c); break;
     default: break;
   }
+}
+
+void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
+                int64_t ncols, bool accumulate) {
+  panel_gemm2(PanelArgs{M, K, A, lda, 0, A, lda, P, nullptr, C, ldc, ncols, accumulate});
 }
 
 }  // namespace isa_avx2

@@ -8,7 +8,7 @@
 // (which runs a zmm FMA as two 256-bit halves, so the peak is AVX2's), GFLOP/s for
 // [M, 256] x [256, 1024] AVX2 / AVX-512: M=4 99 / 112, M=16 88-110 / 115, M=32 106 / 116,
 // M=64 (K=512, N=2048) 110 / 115.  On Intel server parts with two 512-bit FMA units the
-// peak itself doubles.  Compiled only with -mavx512f; rnn.cpp picks it at run time.
+// peak itself doubles.  Compiled into the AVX-512 table with pointwise.cpp; rnn.cpp picks it at run time.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -19,15 +19,9 @@ namespace fastrnn {
 namespace isa_avx512 {
 namespace {
 
-// C[m, :ncols] (+)= sum_k A[m, k] * P[k, :] for m < MR, with KS partial sums over k.
+// acc[u][m] += sum over k (step KS, offset u) of A[m, k] * P[k, :] for m < MR, k < K.
 template <int MR, int KS>
-inline void tile(int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc, int64_t ncols,
-                 bool accumulate) {
-  __m512 acc[KS][MR];
-#pragma GCC unroll 8
-  for (int u = 0; u < KS; ++u)
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) acc[u][m] = _mm512_setzero_ps();
+inline void segment(__m512 (&acc)[KS][MR], int64_t K, const float* A, int64_t lda, const float* P) {
   int64_t k = 0;
   for (; k + KS <= K; k += KS) {
 #pragma GCC unroll 8
@@ -42,38 +36,57 @@ inline void tile(int64_t K, const float* A, int64_t lda, const float* P, float* 
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) acc[0][m] = _mm512_fmadd_ps(_mm512_set1_ps(A[m * lda + k]), b, acc[0][m]);
   }
+}
+
+// C[m, :ncols] (+)= bias + A1[m, :K1] P[:K1] + A2[m, :K2] P[K1:] for m < MR, with KS partial sums
+// over k (FMA chains in flight when MR is small).
+template <int MR, int KS>
+inline void tile(const PanelArgs& g, const float* A1, const float* A2, float* C) {
+  __m512 acc[KS][MR];
+  const __mmask16 cols = g.ncols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << g.ncols) - 1u);
+  const __m512 init = g.bias ? _mm512_maskz_loadu_ps(cols, g.bias) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int u = 0; u < KS; ++u)
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) acc[u][m] = u == 0 ? init : _mm512_setzero_ps();
+  segment<MR, KS>(acc, g.K1, A1, g.lda1, g.P);
+  if (g.K2 > 0) segment<MR, KS>(acc, g.K2, A2, g.lda2, g.P + g.K1 * 16);
 #pragma GCC unroll 8
   for (int u = 1; u < KS; ++u)
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) acc[0][m] = _mm512_add_ps(acc[0][m], acc[u][m]);
   // The last panel of a matrix whose width is not a multiple of 16 stores only its ncols.
-  const __mmask16 cols = ncols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << ncols) - 1u);
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
     __m512 r = acc[0][m];
-    if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(cols, C + m * ldc));
-    _mm512_mask_storeu_ps(C + m * ldc, cols, r);
+    if (g.accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(cols, C + m * g.ldc));
+    _mm512_mask_storeu_ps(C + m * g.ldc, cols, r);
   }
 }
 
 }  // namespace
 
-void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
-                int64_t ncols, bool accumulate) {
+void panel_gemm2(const PanelArgs& g) {
   int64_t m = 0;
-  for (; m + 8 <= M; m += 8) tile<8, 1>(K, A + m * lda, lda, P, C + m * ldc, ldc, ncols, accumulate);
-  const float* a = A + m * lda;
-  float* c = C + m * ldc;
-  switch (M - m) {
-    case 1: tile<1, 8>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 2: tile<2, 4>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 3: tile<3, 4>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 4: tile<4, 2>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 5: tile<5, 2>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 6: tile<6, 2>(K, a, lda, P, c, ldc, ncols, accumulate); break;
-    case 7: tile<7, 2>(K, a, lda, P, c, ldc, ncols, accumulate); break;
+  for (; m + 8 <= g.M; m += 8) tile<8, 1>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);
+  const float* a1 = g.A1 + m * g.lda1;
+  const float* a2 = g.A2 + m * g.lda2;
+  float* c = g.C + m * g.ldc;
+  switch (g.M - m) {
+    case 1: tile<1, 8>(g, a1, a2, c); break;
+    case 2: tile<2, 4>(g, a1, a2, c); break;
+    case 3: tile<3, 4>(g, a1, a2, c); break;
+    case 4: tile<4, 2>(g, a1, a2, c); break;
+    case 5: tile<5, 2>(g, a1, a2, c); break;
+    case 6: tile<6, 2>(g, a1, a2, c); break;
+    case 7: tile<7, 2>(g, a1, a2, c); break;
     default: break;
   }
+}
+
+void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
+                int64_t ncols, bool accumulate) {
+  panel_gemm2(PanelArgs{M, K, A, lda, 0, A, lda, P, nullptr, C, ldc, ncols, accumulate});
 }
 
 }  // namespace isa_avx512

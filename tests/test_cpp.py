@@ -159,13 +159,13 @@ def test_avx2_panel_kernel_where_avx512_is_picked():
     import sys
     if _ext.isa() != "avx512":
         pytest.skip("the AVX2 panel kernel is the default here and covered by the other tests")
-    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_cpp; from fastrnn import functional, _ext;"
+    code = ("import os, sys, torch; sys.path.insert(0, 'tests'); import test_cpp; from fastrnn import functional, _ext;"
             "assert _ext.isa() == 'avx2', _ext.isa(); torch.set_num_threads(2);"
-            "[test_cpp._check_float32_loops(c, D, p, functional) for c in ('lstm', 'gru', 'rnn_relu')"
-            " for D, p in ((1, False), (2, True))]; print('ok')")
+            "[(os.environ.update(FASTRNN_INPUT_GEMM=i), test_cpp._check_float32_loops(c, D, p, functional))"
+            " for i in ('panel', 'step') for c in ('lstm', 'gru', 'rnn_relu') for D, p in ((1, False), (2, True))];"
+            "print('ok')")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTRNN_ISA": "avx2", "FASTRNN_STEP_GEMM": "panel",
-                            "FASTRNN_INPUT_GEMM": "panel"},
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTRNN_ISA": "avx2", "FASTRNN_STEP_GEMM": "panel"},
                        capture_output=True, text=True, cwd=root)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
@@ -187,17 +187,29 @@ def _layer_problem(cell, D, B, T, I, H, packed, dtype):
     return x, batch_sizes, h0, c0, ws
 
 
+# How a float32 test runs the layer: the time loop (FASTRNN_STEP_GEMM) and where the input
+# projection is done (FASTRNN_INPUT_GEMM): "step" is the panel loop with each step projecting its
+# own input (panel_gemm2), "panel" the panel loop after a panel-kernel projection of all steps,
+# "blas" MKL for both.  Both variables are read by the extension on every call.
+LOOPS = {"step": ("panel", "step"), "panel": ("panel", "panel"), "blas": ("blas", "blas")}
+
+
+def _set_loop(monkeypatch, loop):
+    step, inp = LOOPS[loop]
+    monkeypatch.setenv("FASTRNN_STEP_GEMM", step)
+    monkeypatch.setenv("FASTRNN_INPUT_GEMM", inp)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("D,packed", [(1, False), (2, False), (2, True)])
-@pytest.mark.parametrize("loop", ["panel", "blas"])
+@pytest.mark.parametrize("loop", list(LOOPS))
 def test_float32_step_loops_match_float64_reference(cell, D, packed, loop, monkeypatch):
-    """Both float32 time loops (the panel GEMM with hidden units split across threads, where
-    AVX2 is present, and the BLAS loop) at sizes that take the threaded split, a ragged last
-    panel (H % 16 != 0) and every row-tile remainder: outputs, states and all gradients against
-    the float64 reference."""
+    """Every float32 time loop (the panel GEMM with hidden units split across threads, where
+    AVX2 is present, with the input projection per step or before the loop, and the BLAS loop)
+    at sizes that take the threaded split, a ragged last panel (H % 16 != 0) and every row-tile
+    remainder: outputs, states and all gradients against the float64 reference."""
     from fastrnn import functional
-    monkeypatch.setenv("FASTRNN_STEP_GEMM", loop)  # read by the extension on every call
-    monkeypatch.setenv("FASTRNN_INPUT_GEMM", loop)  # the input projection on the same kernel
+    _set_loop(monkeypatch, loop)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -207,14 +219,13 @@ def test_float32_step_loops_match_float64_reference(cell, D, packed, loop, monke
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-@pytest.mark.parametrize("loop", ["panel", "blas"])
+@pytest.mark.parametrize("loop", list(LOOPS))
 def test_threaded_passes_at_large_batch(cell, loop, monkeypatch):
     """A batch large enough that the BLAS loop's pointwise passes split across threads
     (bs x H past their grain), the panel loop covers 8-row tiles and every remainder, and the
     panel input projection several 256-row blocks."""
     from fastrnn import functional
-    monkeypatch.setenv("FASTRNN_STEP_GEMM", loop)
-    monkeypatch.setenv("FASTRNN_INPUT_GEMM", loop)
+    _set_loop(monkeypatch, loop)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -236,8 +247,20 @@ def test_threaded_passes_at_large_batch(cell, loop, monkeypatch):
         torch.set_num_threads(threads)
 
 
-def _check_float32_loops(cell, D, packed, functional, B=19, T=6, I=20, H=100):
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_step_input_projection_without_biases(cell, monkeypatch):
+    """The in-step input projection adds the biases in the GEMM tile (gru: all but b_hn); a
+    layer without them takes the zero-bias path."""
+    from fastrnn import functional
+    _set_loop(monkeypatch, "step")
+    _check_float32_loops(cell, 2, True, functional, bias=False)
+
+
+def _check_float32_loops(cell, D, packed, functional, B=19, T=6, I=20, H=100, bias=True):
     prob = _layer_problem(cell, D, B, T, I, H, packed, torch.float32)
+    if not bias:
+        x, bs, h0, c0, ws = prob
+        prob = (x, bs, h0, c0, [(w[0], w[1], None, None, None) for w in ws])
     leaves32 = [t.requires_grad_() for t in _flat(prob)]
     leaves64 = [t.detach().double().requires_grad_() for t in leaves32]
     res = []
@@ -255,7 +278,7 @@ def _check_float32_loops(cell, D, packed, functional, B=19, T=6, I=20, H=100):
 
 def _flat(prob):
     x, _, h0, c0, ws = prob
-    return [x, h0] + ([c0] if c0 is not None else []) + [w for d in ws for w in d[:4]]
+    return [x, h0] + ([c0] if c0 is not None else []) + [w for d in ws for w in d[:4] if w is not None]
 
 
 def _unflat(prob, leaves):
@@ -263,7 +286,7 @@ def _unflat(prob, leaves):
     it = iter(leaves)
     x, h0 = next(it), next(it)
     c = next(it) if c0 is not None else None
-    new_ws = [tuple(next(it) for _ in range(4)) + (None,) for _ in ws]
+    new_ws = [tuple(None if w is None else next(it) for w in d[:4]) + (None,) for d in ws]
     return x, bs, h0, c, new_ws
 
 

@@ -310,6 +310,17 @@ struct PanelArgs {
 };
 using PanelGemm2Fn = void (*)(const PanelArgs&);
 
+// A rank-K update of an M x N block, for weight gradients accumulated step by step:
+// C[m, n] += sum_k A[k * lda + m] * X[k * ldx + n] for m < M, n < N.  A is read transposed (the
+// step's dG columns of M gate rows), X's rows unpacked (the step's x_t or h_{t-1} rows).
+struct RankUpdateArgs {
+  int64_t M, N, K;
+  const float* A; int64_t lda;
+  const float* X; int64_t ldx;
+  float* C; int64_t ldc;
+};
+using RankUpdateFn = void (*)(const RankUpdateArgs&);
+
 struct KernelTable {
   FwdFn<float> fwd_f[4][2][2];   // [cell][kSave][kOut]
   FwdFn<double> fwd_d[4][2][2];
@@ -317,6 +328,8 @@ struct KernelTable {
   BwdFn<double> bwd_d[4][2];
   PanelGemmFn panel_f;           // float32 recurrent product; nullptr where the ISA has no kernel
   PanelGemm2Fn panel2_f;         // the same with a second operand and a bias row
+  RankUpdateFn rank_update_f;    // float32 weight-gradient update; AVX-512 only (AVX2's measured
+                                 // slower than MKL's GEMMs after the loop: 75 vs ~85 GFLOP/s a core)
   const char* isa;
 };
 
@@ -332,6 +345,7 @@ const KernelTable& kernels();
 void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,
                 int64_t ncols, bool accumulate);
 void panel_gemm2(const PanelArgs& g);
+void rank_update(const RankUpdateArgs& r);
 }
 
 }  // namespace fastrnn

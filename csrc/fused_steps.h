@@ -245,27 +245,85 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
   if (n & 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
 }
 
+// The gradients a backward loop's steps compute besides dG and dh (the mirror of StepInput),
+// each optional (nullptr: left to one GEMM or reduction after the loop):
+//   dx [N, I] (rows as the steps' row0) = dG W_ih, W_ih [G*H, I];
+//   dw_ih [G*H, I] += dG^T x, dw_hh [G*H, H] += dG_h^T h_{t-1}, db_ih (db_hh: gru) [G*H] += the
+//   column sums of dG (dG_h), zeroed by the caller; x [N, I] the layer input.
+struct StepInputGrad {
+  int64_t I = 0;
+  const float* w_ih = nullptr;
+  float* dx = nullptr;
+  const float* x = nullptr;
+  float* dw_ih = nullptr;
+  float* dw_hh = nullptr;
+  float* db_ih = nullptr;
+  float* db_hh = nullptr;
+};
+
+constexpr int64_t kWeightGradRows = 256;
+
 // Backward of one direction, steps in the forward's order (this walks them in reverse).
 // dh [B, H] holds dL/dh_n on entry and dL/dh_0 on exit; `a` as in rnn.cpp's BLAS loop.
+// With `in.dx`, the phase that lets a step's dG flow into dh also computes that step's dx rows,
+// on the same threads (each takes the share of dx's 16-column blocks matching its hidden blocks)
+// while dG is still in cache.  With `in.dw_ih`, each thread adds its step's rank-bs update to
+// the weight-gradient rows of its own hidden units right after their cell gradient, with no
+// synchronisation (no other thread writes those rows), instead of two GEMMs over all steps.
 template <class Cell>
 void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, const std::vector<StepSpan>& steps,
-                    float* dh, const float* w_hh, const float* save, const float* hprev, const float* dout,
-                    float* dgi, float* dgh, int64_t ldg, bool split) {
+                    float* dh, const float* w_hh, const StepInputGrad& in, const float* save, const float* hprev,
+                    const float* dout, float* dgi, float* dgh, int64_t ldg, bool split) {
   constexpr int64_t G = Cell::G, S = Cell::S;
   constexpr bool kAcc = Cell::kId == 1;  // gru's pass leaves the direct term dh_t * z in dh
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
   at::Tensor wp = pack_col_panels(w_hh, GH, H);
   const float* P = wp.data_ptr<float>();
+  const int64_t nbx = in.dx ? blocks_of(in.I) : 0, I = in.I;
+  at::Tensor wx = in.dx ? pack_col_panels(in.w_ih, GH, in.I) : at::Tensor();
+  const float* PX = in.dx ? wx.data_ptr<float>() : nullptr;
   const int64_t min_split = parallel_step_macs();
   auto flow = [&](const StepSpan& p, int64_t b0, int64_t b1) {
     for (int64_t jb = b0; jb < b1; ++jb)
       kt.panel_f(p.bs, GH, dgh + p.row0 * ldg, ldg, P + jb * GH * kPanel, dh + jb * kPanel, H,
                  std::min(kPanel, H - jb * kPanel), kAcc);
+    const int64_t x0 = b0 * nbx / nb, x1 = b1 * nbx / nb;
+    for (int64_t xb = x0; xb < x1; ++xb)
+      kt.panel_f(p.bs, GH, dgi + p.row0 * ldg, ldg, PX + xb * GH * kPanel, in.dx + p.row0 * I + xb * kPanel, I,
+                 std::min(kPanel, I - xb * kPanel), false);
+  };
+  // Rows [lo, hi) of finished steps (consecutive steps are contiguous rows) into the thread's
+  // weight-gradient rows.
+  auto weight_grads = [&](int64_t lo, int64_t hi, int64_t j0, int64_t j1) {
+    const float* gi = dgi + lo * ldg;
+    const float* gh = dgh + lo * ldg;
+    const int64_t rows = hi - lo;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r0 = g * H + j0, M = j1 - j0;
+      kt.rank_update_f(RankUpdateArgs{M, I, rows, gi + r0, ldg, in.x + lo * I, I, in.dw_ih + r0 * I, I});
+      kt.rank_update_f(RankUpdateArgs{M, H, rows, gh + r0, ldg, hprev + lo * H, H, in.dw_hh + r0 * H, H});
+      for (int64_t b = 0; b < rows; ++b) {
+        float* __restrict dbi = in.db_ih + r0;
+        const float* __restrict a = gi + b * ldg + r0;
+        for (int64_t j = 0; j < M; ++j) dbi[j] += a[j];
+        if (in.db_hh) {
+          float* __restrict dbh = in.db_hh + r0;
+          const float* __restrict c = gh + b * ldg + r0;
+          for (int64_t j = 0; j < M; ++j) dbh[j] += c[j];
+        }
+      }
+    }
   };
   // Step si (of the reversed steps) first lets the previous one's dG flow into dh, then runs its
   // cell gradient; the extra step n only flows the last one.
   const int64_t n = static_cast<int64_t>(steps.size());
   auto rev = [&](int64_t si) -> const StepSpan& { return steps[static_cast<size_t>(n - 1 - si)]; };
+  // Weight gradients are added every chunk_steps steps, ~kWeightGradRows rows at a time: one
+  // step's rank-bs update would read and write the thread's gradient rows for only bs
+  // multiply-adds per element.
+  int64_t rows_max = 1;
+  for (const StepSpan& st : steps) rows_max = std::max(rows_max, st.bs);
+  const int64_t chunk_steps = std::max<int64_t>(1, kWeightGradRows / rows_max);
   auto step = [&](int64_t si, int64_t b0, int64_t b1) {
     const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
     if (j1 <= j0) return;
@@ -281,9 +339,15 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
     s.dgh = dgh + st.row0 * ldg;
     s.dout = dout + st.row0 * a.lddout;
     for (int64_t b = 0; b < st.bs; ++b) bwd(s, b * H + j0, b * H + j1);
+    if (in.dw_ih && ((si + 1) % chunk_steps == 0 || si + 1 == n)) {
+      int64_t lo = INT64_MAX, hi = 0;
+      for (int64_t c = si - si % chunk_steps; c <= si; ++c)
+        lo = std::min(lo, rev(c).row0), hi = std::max(hi, rev(c).row0 + rev(c).bs);
+      weight_grads(lo, hi, j0, j1);
+    }
   };
   if (n == 0) return;
-  run_steps(n + 1, nb, [&](int64_t si) { return split && rev(si == n ? n - 1 : si).bs * GH * H >= min_split; },
+  run_steps(n + 1, nb, [&](int64_t si) { return split && rev(si == n ? n - 1 : si).bs * GH * (H + nbx * kPanel + (in.dw_ih ? I + H : 0)) >= min_split; },
             step);
 }
 

@@ -11,7 +11,7 @@
 
 namespace fastrnn {
 
-// Appends to `res`: dx (or None), dh0, dc0 (or None), then, when need_dw, per direction
+// Appends to `res`: dx (or None; `dx_done` when the loop made it), dh0, dc0 (or None), then, when need_dw, per direction
 // dw_ih, dw_hh, db_ih, db_hh, dw_hr (None without proj).
 //   x [N, I]; dgi, dgh [N, D*GH]; hprev [D, N, Hout]; w_ih[k] [GH, I]
 //   proj: dht [D, N, Hout] (dL/dh_t of every step) and r [D, N, H] (the projected r_t)
@@ -19,9 +19,12 @@ inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, cons
                                const std::vector<at::Tensor>& w_ih, const at::Tensor& dgi, const at::Tensor& dgh,
                                const at::Tensor& hprev, const at::Tensor& dh0, const c10::optional<at::Tensor>& dc0,
                                const at::Tensor& dht, const at::Tensor& r, int64_t D, int64_t GH, bool is_gru,
-                               bool need_dx, bool need_dw) {
+                               bool need_dx, bool need_dw, const at::Tensor& dx_done = at::Tensor(),
+                               const std::vector<at::Tensor>& dw_done = {}) {
   using OptTensor = c10::optional<at::Tensor>;
-  if (need_dx) {
+  if (need_dx && dx_done.defined()) {  // the time loop computed it step by step
+    res.push_back(dx_done);
+  } else if (need_dx) {
     const at::Tensor wcat = D == 1 ? w_ih[0] : at::cat({w_ih[0], w_ih[1]}, 0);
     res.push_back(at::mm(dgi, wcat));
   } else {
@@ -30,6 +33,16 @@ inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, cons
   res.push_back(dh0);
   res.push_back(dc0);
   if (!need_dw) return;
+  if (!dw_done.empty()) {  // per direction dw_ih, dw_hh, db_ih, db_hh (gru; others: db_ih again)
+    for (int64_t k = 0; k < D; ++k) {
+      res.push_back(dw_done[4 * k]);
+      res.push_back(dw_done[4 * k + 1]);
+      res.push_back(dw_done[4 * k + 2]);
+      res.push_back(is_gru ? dw_done[4 * k + 3] : dw_done[4 * k + 2].clone());
+      res.push_back(OptTensor());  // no proj in the loops that make them
+    }
+    return;
+  }
   const at::Tensor dwih = at::mm(dgi.t(), x);  // [D*GH, I]: both directions in one GEMM
   for (int64_t k = 0; k < D; ++k) {
     const at::Tensor dgi_k = dgi.narrow(1, k * GH, GH);

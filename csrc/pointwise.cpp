@@ -74,6 +74,11 @@ KernelTable make() {
   k.panel_f = nullptr;
   k.panel2_f = nullptr;
 #endif
+#ifdef FASTRNN_ISA_AVX512
+  k.rank_update_f = &rank_update;
+#else
+  k.rank_update_f = nullptr;
+#endif
   return k;
 }
 

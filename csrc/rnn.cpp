@@ -506,6 +506,19 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   const auto bwd_dout = bwd_kernel<T>(Cell::kId, true);
   const auto bwd_plain = bwd_kernel<T>(Cell::kId, false);
   const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, nT);
+  // The fused loop's steps compute their dx rows where the forward's steps did their input
+  // projection; the second direction's into its own buffer, added after (the directions may run
+  // at once).
+  const bool step_grads = use_step_input_gemm(fused, B, (d.I + H) * GH * int64_t(sizeof(T)));
+  const bool step_dx = need_dx && step_grads, step_dw = need_dw && step_grads && kernels().rank_update_f != nullptr;
+  Tensor dx = step_dx ? at::empty({N, d.I}, opt) : Tensor();
+  Tensor dx1 = step_dx && D == 2 ? scratch({N, d.I}, opt) : Tensor();
+  // ... and each direction's weight and bias gradients, accumulated over the steps.
+  std::vector<Tensor> dw;  // per direction: dw_ih, dw_hh, db_ih, db_hh
+  if (step_dw)
+    for (int64_t k = 0; k < D; ++k)
+      dw.insert(dw.end(), {at::zeros({GH, d.I}, opt), at::zeros({GH, H}, opt), at::zeros({GH}, opt),
+                           at::zeros({GH}, opt)});
   {
     StepThreads step_threads(B * GH * Hout);
     auto direction = [&](int64_t k, bool split) {
@@ -530,8 +543,19 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
       a.H = H;
       if constexpr (std::is_same<T, float>::value) {
         if (fused) {
+          StepInputGrad in;
+          in.I = d.I;
+          in.w_ih = w_ih[k].data_ptr<float>();
+          if (step_dx) in.dx = (k == 0 ? dx : dx1).data_ptr<float>();
+          if (step_dw) {
+            in.x = x.data_ptr<float>();
+            in.dw_ih = dw[4 * k].data_ptr<float>();
+            in.dw_hh = dw[4 * k + 1].data_ptr<float>();
+            in.db_ih = dw[4 * k + 2].data_ptr<float>();
+            in.db_hh = is_gru ? dw[4 * k + 3].data_ptr<float>() : nullptr;
+          }
           fused_backward<Cell>(kernels(), bwd_dout, a, step_spans(d.sizes, d.offs, rev), dhs, w_hh[k].data_ptr<T>(),
-                               save_k, hprev_k, dout_p, dgi_p, dgh_p, D * GH, split);
+                               in, save_k, hprev_k, dout_p, dgi_p, dgh_p, D * GH, split);
           return;
         }
       }
@@ -569,10 +593,12 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
     run_directions(D, fused, direction);
   }
 
-  // dx and the weight gradients: one GEMM each over all steps (layer_grads.h).
+  // dx (unless the steps made it) and the weight gradients: one GEMM each over all steps
+  // (layer_grads.h).
+  if (dx1.defined()) dx.add_(dx1);
   std::vector<OptTensor> res;
   append_layer_grads(res, x, w_ih, dgi, dgh, hprev, dh, Cell::has_c ? OptTensor(dc) : OptTensor(), dHt,
-                     d.proj ? saved[2] : Tensor(), D, GH, is_gru, need_dx, need_dw);
+                     d.proj ? saved[2] : Tensor(), D, GH, is_gru, need_dx, need_dw, dx, dw);
   return res;
 }
 

@@ -11,6 +11,7 @@
 // peak itself doubles.  Compiled into the AVX-512 table with pointwise.cpp; rnn.cpp picks it at run time.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cells.h"
@@ -64,7 +65,62 @@ inline void tile(const PanelArgs& g, const float* A1, const float* A2, float* C)
   }
 }
 
+// C[m, n0 + :16] += sum_k Ap[k * 8 + m] * X[k * ldx + n0 + :16] for m < MR (masked to `cols`),
+// Ap the tile's A values packed k-major.
+template <int MR>
+inline void rank_tile(const RankUpdateArgs& r, const float* Ap, int64_t K, const float* X, float* C, int64_t n0,
+                      __mmask16 cols) {
+  __m512 acc[MR];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) acc[m] = _mm512_maskz_loadu_ps(cols, C + m * r.ldc + n0);
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 x = _mm512_maskz_loadu_ps(cols, X + k * r.ldx + n0);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(Ap[k * 8 + m]), x, acc[m]);
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(C + m * r.ldc + n0, cols, acc[m]);
+}
+
+template <int MR>
+void rank_rows(const RankUpdateArgs& r, const float* A, float* C) {
+  // A's rows are lda apart (a whole gate row of dG: often a multiple of 4 KiB, so K of them share
+  // one L1 set); the tile's MR columns are copied k-major once and reused for every column block.
+  constexpr int64_t kK = 512;
+  alignas(64) float Ap[kK * 8];
+  for (int64_t k0 = 0; k0 < r.K; k0 += kK) {
+    const int64_t K = std::min(kK, r.K - k0);
+    for (int64_t k = 0; k < K; ++k)
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) Ap[k * 8 + m] = A[(k0 + k) * r.lda + m];
+    const float* X = r.X + k0 * r.ldx;
+    for (int64_t n0 = 0; n0 < r.N; n0 += 16) {
+      const int64_t w = r.N - n0;
+      const __mmask16 cols = w >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1u);
+      rank_tile<MR>(r, Ap, K, X, C, n0, cols);
+    }
+  }
+}
+
 }  // namespace
+
+// Row tiles of 8 (8 FMA chains) over 16-column blocks, the last one masked.
+void rank_update(const RankUpdateArgs& r) {
+  int64_t m = 0;
+  for (; m + 8 <= r.M; m += 8) rank_rows<8>(r, r.A + m, r.C + m * r.ldc);
+  const float* a = r.A + m;
+  float* c = r.C + m * r.ldc;
+  switch (r.M - m) {
+    case 1: rank_rows<1>(r, a, c); break;
+    case 2: rank_rows<2>(r, a, c); break;
+    case 3: rank_rows<3>(r, a, c); break;
+    case 4: rank_rows<4>(r, a, c); break;
+    case 5: rank_rows<5>(r, a, c); break;
+    case 6: rank_rows<6>(r, a, c); break;
+    case 7: rank_rows<7>(r, a, c); break;
+    default: break;
+  }
+}
 
 void panel_gemm2(const PanelArgs& g) {
   int64_t m = 0;

@@ -10,7 +10,8 @@
 // time loop doing per step one GEMM h_{t-1} W_hh^T into a preallocated buffer and ONE fused
 // pointwise pass (cells.h, vectorised, split across threads); no allocation inside the
 // loop.  Backward runs the reverse loop (fused gate grads + the dh_{t-1} GEMM) and then
-// computes every weight gradient as one GEMM over all steps.
+// computes every weight gradient as one GEMM over all steps.  (The float32 panel loops of
+// fused_steps.h fold the input projection, dx and the weight gradients into the steps instead.)
 //
 // GEMMs go through torch's own BLAS (MKL in the x86 wheels): it is the fastest GEMM on
 // the machine, it follows torch.set_num_threads, and we do not ship or build a BLAS.

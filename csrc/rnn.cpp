@@ -274,7 +274,7 @@ bool use_panel_input_gemm(int64_t rows) {
 
 // In the fused loop, each step does its own input projection on the panel kernel (fused_steps.h,
 // StepInput) instead of one GEMM for all steps before the loop, when the batch has at least 8
-// rows and the packed [W_ih; W_hh] of a direction is at most 512 KiB per batch row: the step then
+// rows and the packed [W_ih; W_hh] of a direction is under 512 KiB per batch row: the step then
 // streams twice the weights, which pays while they stay in cache or the batch reuses them enough.
 // Measured on the 2-core AMD EPYC Zen4 (2 threads, side by side in one process, fwd, ratio to
 // torch, in-step / before the loop): LSTM T=100 H=256 B8 1.13 / 0.92, B16 1.00 / 0.90, B64
@@ -290,7 +290,7 @@ bool use_step_input_gemm(bool fused, int64_t batch, int64_t weight_bytes) {
   const char* force = std::getenv("FASTRNN_INPUT_GEMM");
   if (force && std::string(force) == "step") return true;
   if (force && (std::string(force) == "blas" || std::string(force) == "panel")) return false;
-  return batch >= kStepInputMinRows && weight_bytes <= batch * kStepInputBytesPerRow;
+  return batch >= kStepInputMinRows && weight_bytes < batch * kStepInputBytesPerRow;
 }
 
 // Both directions of a fused layer at once, one per thread, when there are two threads to
@@ -669,6 +669,18 @@ int64_t parallel_threads(int64_t n) {
   });
   return static_cast<int64_t>(seen.size());
 }
+// The loop a float32 layer call takes ("panel+step": the panel loop doing the input side in its
+// steps; "panel"; "blas"), for auto's dispatch (fastrnn/backends/cpp.py): the same rules as the
+// calls, environment overrides included.
+std::string loop_plan(bool proj, int64_t batch, int64_t steps, int64_t input_size, int64_t hidden, int64_t gates) {
+  TORCH_CHECK_VALUE(batch >= 0 && steps >= 0 && input_size >= 0 && hidden >= 0 && gates >= 1 && gates <= 4, kWhere,
+                    ": loop_plan needs non-negative sizes and 1-4 gates");
+  const bool fused = use_fused_steps(proj, batch, steps);
+  if (!fused) return "blas";
+  return use_step_input_gemm(fused, batch, (input_size + hidden) * gates * hidden * int64_t(sizeof(float)))
+             ? "panel+step" : "panel";
+}
+
 std::string gemm_path() {
   // "panel-<isa>+<path>": float32 steps up to 64 rows on the panel kernel, the rest on <path>
   const std::string blas_path = blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten";
@@ -691,6 +703,9 @@ PYBIND11_MODULE(_ext, m) {
         pybind11::arg("need_dw"));
   m.def("isa", &fastrnn::isa, "The instruction set the pointwise kernels were picked for");
   m.def("gemm_path", &fastrnn::gemm_path, "How per-step GEMMs run: mkl-packed, blas or aten");
+  m.def("loop_plan", &fastrnn::loop_plan, pybind11::arg("proj"), pybind11::arg("batch"), pybind11::arg("steps"),
+        pybind11::arg("input_size"), pybind11::arg("hidden"), pybind11::arg("gates"),
+        "The float32 loop a layer call takes: 'panel+step', 'panel' or 'blas'");
   m.def("empty_scratch_cache", &fastrnn::empty_scratch_cache,
         "Unmap the large scratch buffers kept between calls (csrc/scratch.h); returns the bytes released");
   m.def("parallel_threads", &fastrnn::parallel_threads, pybind11::arg("n") = 64,

@@ -187,10 +187,11 @@ def _auto_hands_lstm_to_torch(module, weight, input, batch: int, steps: int, dir
     """Whether auto hands this whole LSTM / LSTMCell call to torch (its oneDNN LSTM: the veto in
     fastrnn.backends.cpp._prefer).  Then torch's own forward runs the call as it stands,
     skipping our checks and per-layer dispatch: same result and errors, ~90 us less per call
-    (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 100 us, torch 85).  The veto reads only the
-    cell, device, dtype, proj_size, packing, batch, hidden size and whether autograd records, so
-    the first layer's pick is every layer's (up to a stack whose layers differ in requires_grad,
-    where only the speed of the pick can differ, never the result)."""
+    (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 100 us, torch 85).  The first layer's pick is
+    taken for every layer: the veto's inputs are the same for all but the input size (deeper
+    layers' is hidden * directions), where a wider input only makes the in-step projection that
+    keeps a call on cpp less likely, and whether autograd records (layers may differ in
+    requires_grad); either way only the speed of the pick can differ, never the result."""
     if module.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
         return False
     if torch.is_autocast_enabled("cpu"):

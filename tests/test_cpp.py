@@ -306,11 +306,16 @@ def _unflat(prob, leaves):
 
 def test_prefer_hands_oneDNN_lstm_to_torch():
     call = LayerCall(cell="lstm", device="cpu", dtype=torch.float32, input_size=8, hidden_size=8, proj_size=0,
-                     batch=2, steps=3, directions=1, packed=False, needs_grad=False)
+                     batch=3, steps=3, directions=1, packed=False, needs_grad=False)
     ok, why = cpp.BACKEND.prefer(call)
     assert ok == (not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled))
     assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "cell": "gru"}))[0]
     assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "packed": True}))[0]
+    # the panel loop with the input projection in its steps measured at least as fast as oneDNN
+    wide = LayerCall(**{**call.__dict__, "batch": 16, "input_size": 256, "hidden_size": 256})
+    assert _ext.loop_plan(proj=False, batch=16, steps=3, input_size=256, hidden=256, gates=4) == (
+        "panel+step" if _ext.isa() != "baseline" else "blas")
+    assert cpp.BACKEND.prefer(wide)[0] == (_ext.isa() != "baseline" or ok)
 
 
 def test_baseline_isa_and_aten_gemm_agree():

@@ -160,8 +160,9 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
 
 
 def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
-    """Where our loop measured faster than oneDNN (<= 4 rows, hidden >= 1024) auto keeps cpp, in
-    select and in the module's shortcut alike."""
+    """Where our loop measured faster than oneDNN (<= 2 rows; <= 4 rows with hidden >= 1024;
+    8-64 rows with the input projection in the panel loop's steps) auto keeps cpp, in select and
+    in the module's shortcut alike."""
     if "cpp" not in fastrnn.available_backends("cpu"):
         pytest.skip("cpp backend not built")
     from fastrnn import functional
@@ -170,7 +171,14 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
     onednn = onednn_lstm_applies_to("lstm", "cpu", torch.float32, 0, False)
     assert backends.select("auto", _call(batch=8, hidden_size=1024)).name == ("torch" if onednn else "cpp")
     assert backends.select("auto", _call(batch=2, needs_grad=True)).name == "cpp"
-    assert backends.select("auto", _call(batch=1, needs_grad=False)).name == ("torch" if onednn else "cpp")
+    assert backends.select("auto", _call(batch=1, needs_grad=False)).name == "cpp"
+    assert backends.select("auto", _call(batch=3, needs_grad=False)).name == ("torch" if onednn else "cpp")
+    from fastrnn import _ext
+    step = _ext.loop_plan(proj=False, batch=16, steps=3, input_size=64, hidden=64, gates=4) == "panel+step"
+    assert backends.select("auto", _call(batch=16, input_size=64, hidden_size=64)).name == (
+        "torch" if onednn and not step else "cpp")
+    assert backends.select("auto", _call(batch=128, input_size=64, hidden_size=64)).name == (
+        "torch" if onednn else "cpp")
     seen = []
     real = functional.rnn
     monkeypatch.setattr(functional, "rnn", lambda *a, **k: seen.append(k["backend"]) or real(*a, **k))

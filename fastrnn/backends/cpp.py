@@ -58,25 +58,33 @@ def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
 def _prefer(call: LayerCall) -> tuple[bool, str]:
     """Auto's veto: hand the call to torch where torch measured faster.
 
-    torch runs float32 LSTM without projection on padded input through oneDNN's fused
-    LSTM primitive (JIT GEMMs with pre-packed weights), which beats our panel loop at most sizes
-    on the 2-core AMD EPYC Zen4 (T=100, 2 threads, one process, ratio torch time / ours, fwd |
-    fwd+bwd): B4 H256 0.96 | 0.96, B16 H256 0.86 | 0.87, B32 H256 0.84 | 0.89, B16 H512 0.88 |
-    0.92, B64 H512 0.97 | 1.09, B256 H256 0.82 | 1.09 (T=50: B64 H128/H512 fwd+bwd 0.85/0.84, so
-    large-batch training stays with oneDNN).  Our loop wins where a step is bound by streaming
-    W_hh: few rows and a wide layer, B4 H1024 1.39 | 1.23 (T=50: B1 H1024 0.94 | 1.90, B2 H1024
-    1.12 | 1.40, B8 H1024 0.92 | 0.95), and in training at one or two rows, fwd+bwd: B1 H256
-    1.06-1.98 over three runs; T=50 (one loop region per call): B1 H128/H256/H512 1.47/1.30/1.09,
-    B2 1.22/1.12/1.16, but B4 1.11/1.03/0.95 and B8 0.87-0.97.  Every other LSTM call takes
-    torch's native path, which we beat (packed, proj_size, float64, half types).  GRU and RNN
-    have no oneDNN path.
+    torch runs float32 LSTM without projection on padded input through oneDNN's fused LSTM
+    primitive (JIT GEMMs, pre-packed weights).  Our loops match or beat it where a call runs the
+    panel loop with the input side in its steps (8-64 rows, weights cached; `_ext.loop_plan`), at
+    one or two rows, and at up to four rows of a wide layer.  Measured on the 2-core AMD EPYC Zen4
+    with `python -m fastrnn.bench --cell lstm --backend cpp` (T=100 unless said, torch time / ours,
+    fwd | fwd+bwd): B16 H256 1.03 | 1.00, B64 H256 1.01 | 1.22, B64 H128 1.01 | 1.02, B16 H256 bi
+    1.10 | 1.04, 4 layers 1.04 | 1.17, T=500 1.06 | 1.37, fastrnns-default (B64 H512) 1.00 | 1.10;
+    B1 H256 1.09 | 1.18, B4 H1024 1.70 | 1.04.  It stays with torch elsewhere: B256 H256 0.95 |
+    1.04, B64 H1024 (too wide for the in-step projection) 0.95 | 0.90, B4 H512 0.99 | 1.01, B4 H256
+    1.01 | 0.99.  Every other LSTM call takes torch's native path, which we beat (packed, proj_size,
+    float64, half types).  GRU and RNN have no oneDNN path.
     """
     if torch_runs_one_step_faster(call):
         return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
-    ours = (call.batch <= 4 and call.hidden_size >= 1024) or (call.needs_grad and call.batch <= 2)
-    if onednn_lstm_applies(call) and not ours:
-        return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
+    if onednn_lstm_applies(call) and not _beats_onednn(call):
+        return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input at this size"
     return True, ""
+
+
+def _beats_onednn(call: LayerCall) -> bool:
+    if call.batch <= 2 or (call.batch <= 4 and call.hidden_size >= 1024):
+        return True
+    if _ext is None:
+        return False
+    plan = _ext.loop_plan(proj=bool(call.proj_size), batch=call.batch, steps=call.steps,
+                          input_size=call.input_size, hidden=call.hidden_size, gates=4)
+    return plan == "panel+step"
 
 
 BACKEND = Backend(

@@ -272,9 +272,10 @@ constexpr int64_t kWeightGradRows = 256;
 // dh [B, H] holds dL/dh_n on entry and dL/dh_0 on exit; `a` as in rnn.cpp's BLAS loop.
 // With `in.dx`, the phase that lets a step's dG flow into dh also computes that step's dx rows,
 // on the same threads (each takes the share of dx's 16-column blocks matching its hidden blocks)
-// while dG is still in cache.  With `in.dw_ih`, each thread adds its step's rank-bs update to
-// the weight-gradient rows of its own hidden units right after their cell gradient, with no
-// synchronisation (no other thread writes those rows), instead of two GEMMs over all steps.
+// while dG is still in cache.  With `in.dw_ih`, each thread adds the rank update of the last
+// ~kWeightGradRows rows of steps to the weight-gradient rows of its own hidden units right after
+// their cell gradient, with no synchronisation (no other thread writes those rows in that step),
+// instead of two GEMMs over all steps after the loop.
 template <class Cell>
 void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, const std::vector<StepSpan>& steps,
                     float* dh, const float* w_hh, const StepInputGrad& in, const float* save, const float* hprev,
@@ -352,7 +353,8 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
     }
   };
   if (n == 0) return;
-  run_steps(n + 1, nb, [&](int64_t si) { return split && rev(si == n ? n - 1 : si).bs * GH * (H + nbx * kPanel + (in.dw_ih ? I + H : 0)) >= min_split; },
+  const int64_t macs_per_row = GH * (H + nbx * kPanel + (in.dw_ih ? I + H : 0));
+  run_steps(n + 1, nb, [&](int64_t si) { return split && rev(si == n ? n - 1 : si).bs * macs_per_row >= min_split; },
             step);
 }
 

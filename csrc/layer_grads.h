@@ -11,8 +11,9 @@
 
 namespace fastrnn {
 
-// Appends to `res`: dx (or None; `dx_done` when the loop made it), dh0, dc0 (or None), then, when need_dw, per direction
-// dw_ih, dw_hh, db_ih, db_hh, dw_hr (None without proj).
+// Appends to `res`: dx (or None; `dx_done` when the loop made it), dh0, dc0 (or None), then,
+// when need_dw, per direction dw_ih, dw_hh, db_ih, db_hh, dw_hr (None without proj; all of them
+// from `dw_done` when the loop made them).
 //   x [N, I]; dgi, dgh [N, D*GH]; hprev [D, N, Hout]; w_ih[k] [GH, I]
 //   proj: dht [D, N, Hout] (dL/dh_t of every step) and r [D, N, H] (the projected r_t)
 inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, const at::Tensor& x,

@@ -515,11 +515,11 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   Tensor dx = step_dx ? at::empty({N, d.I}, opt) : Tensor();
   Tensor dx1 = step_dx && D == 2 ? scratch({N, d.I}, opt) : Tensor();
   // ... and each direction's weight and bias gradients, accumulated over the steps.
-  std::vector<Tensor> dw;  // per direction: dw_ih, dw_hh, db_ih, db_hh
+  std::vector<Tensor> dw;  // per direction: dw_ih, dw_hh, db_ih, db_hh (gru only: the others' is db_ih)
   if (step_dw)
     for (int64_t k = 0; k < D; ++k)
       dw.insert(dw.end(), {at::zeros({GH, d.I}, opt), at::zeros({GH, H}, opt), at::zeros({GH}, opt),
-                           at::zeros({GH}, opt)});
+                           is_gru ? at::zeros({GH}, opt) : Tensor()});
   {
     StepThreads step_threads(B * GH * Hout);
     auto direction = [&](int64_t k, bool split) {

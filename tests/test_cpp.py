@@ -165,8 +165,8 @@ def test_avx2_panel_kernel_where_avx512_is_picked():
             " for i in ('panel', 'step') for c in ('lstm', 'gru', 'rnn_relu') for D, p in ((1, False), (2, True))];"
             "print('ok')")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTRNN_ISA": "avx2", "FASTRNN_STEP_GEMM": "panel"},
-                       capture_output=True, text=True, cwd=root)
+    env = {**os.environ, "FASTRNN_ISA": "avx2", "FASTRNN_STEP_GEMM": "panel"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
@@ -305,7 +305,7 @@ def _unflat(prob, leaves):
 
 
 def test_prefer_hands_oneDNN_lstm_to_torch():
-    call = LayerCall(cell="lstm", device="cpu", dtype=torch.float32, input_size=8, hidden_size=8, proj_size=0,
+    call = LayerCall(cell="lstm", device="cpu", dtype=torch.float32, input_size=8, hidden_size=512, proj_size=0,
                      batch=3, steps=3, directions=1, packed=False, needs_grad=False)
     ok, why = cpp.BACKEND.prefer(call)
     assert ok == (not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled))

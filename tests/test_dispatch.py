@@ -123,7 +123,7 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     ref = torch.nn.LSTM(4, 6, num_layers=2, dropout=0.3)
     m = fastrnn.LSTM(4, 6, num_layers=2, dropout=0.3)
     m.load_state_dict(ref.state_dict())
-    x = torch.randn(5, 3, 4)  # 3 rows: training at <= 2 rows stays on cpp
+    x = torch.randn(5, 5, 4)  # 5 rows: <= 4 narrow ones and the in-step loop from 8 stay on cpp
     torch.manual_seed(3)
     expected = ref(x)
     torch.manual_seed(3)
@@ -138,7 +138,7 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     monkeypatch.setenv("FASTRNN_BACKEND", "reference")
     m(x)
     monkeypatch.delenv("FASTRNN_BACKEND")
-    m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 4, 2]))
+    m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 5, 4, 2, 1]))
     m.double()(x.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.float()(x)
@@ -160,9 +160,9 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
 
 
 def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
-    """Where our loop measured faster than oneDNN (<= 2 rows; <= 4 rows with hidden >= 1024;
-    8-64 rows with the input projection in the panel loop's steps) auto keeps cpp, in select and
-    in the module's shortcut alike."""
+    """Where our loop measured faster than oneDNN (<= 2 rows; <= 4 rows with hidden <= 256 or
+    >= 1024; 8-64 rows with the input projection in the panel loop's steps) auto keeps cpp, in
+    select and in the module's shortcut alike."""
     if "cpp" not in fastrnn.available_backends("cpu"):
         pytest.skip("cpp backend not built")
     from fastrnn import functional
@@ -172,7 +172,8 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
     assert backends.select("auto", _call(batch=8, hidden_size=1024)).name == ("torch" if onednn else "cpp")
     assert backends.select("auto", _call(batch=2, needs_grad=True)).name == "cpp"
     assert backends.select("auto", _call(batch=1, needs_grad=False)).name == "cpp"
-    assert backends.select("auto", _call(batch=3, needs_grad=False)).name == ("torch" if onednn else "cpp")
+    assert backends.select("auto", _call(batch=3, needs_grad=False)).name == "cpp"
+    assert backends.select("auto", _call(batch=3, hidden_size=512)).name == ("torch" if onednn else "cpp")
     from fastrnn import _ext
     step = _ext.loop_plan(proj=False, batch=16, steps=3, input_size=64, hidden=64, gates=4) == "panel+step"
     assert backends.select("auto", _call(batch=16, input_size=64, hidden_size=64)).name == (

@@ -9,7 +9,7 @@
 //                                            cell grad(J) -> dG_t[:, gates of J]
 // Forward reads all of h_{t-1} while other threads write h_t, hence two h buffers.  Used for
 // float32 without proj_size when the CPU has AVX2+FMA; rnn.cpp keeps the BLAS loop otherwise.
-// From 8 rows the loops also take over the input side (StepInput, StepInputGrad): each forward
+// From 4 rows the loops also take over the input side (StepInput, StepInputGrad): each forward
 // step multiplies [x_t, h_{t-1}] by the stacked [W_ih; W_hh] panels, and each backward step makes
 // its dx rows (and, AVX-512, adds to the weight gradients), so every large product of the layer
 // runs on the panel kernels with its operands still in cache.

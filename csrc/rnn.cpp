@@ -273,16 +273,20 @@ bool use_panel_input_gemm(int64_t rows) {
 }
 
 // In the fused loop, each step does its own input projection on the panel kernel (fused_steps.h,
-// StepInput) instead of one GEMM for all steps before the loop, when the batch has at least 8
-// rows and the packed [W_ih; W_hh] of a direction is under 512 KiB per batch row: the step then
-// streams twice the weights, which pays while they stay in cache or the batch reuses them enough.
-// Measured on the 2-core AMD EPYC Zen4 (2 threads, side by side in one process, fwd, ratio to
-// torch, in-step / before the loop): LSTM T=100 H=256 B8 1.13 / 0.92, B16 1.00 / 0.90, B64
-// 0.99 / 0.84; LSTM B64 H512 (8 MiB) 1.05 / 0.91; GRU B64 H256 1.58 / 1.42; RNN B64 H1024 1.45 /
-// 1.27; but at T=50, LSTM B16 H1024 (32 MiB) 0.70 / 1.04, LSTM B16 H768 (19 MiB) 0.90 / 0.97,
-// RNN B8 H1024 (8 MiB) 2.02 / 2.14, and at B=4 LSTM H1024 0.72 / 1.61, LSTM B1 H256 0.75 / 0.95.
+// StepInput; and the backward its dx and weight gradients) instead of one GEMM for all steps
+// before the loop, when the batch has at least 4 rows and the packed [W_ih; W_hh] of a direction
+// is at most 8 MiB or under 512 KiB per batch row: the step streams twice the weights, which pays
+// while they stay in cache or the batch reuses them enough.  Measured on the 2-core AMD EPYC Zen4
+// (2 threads, side by side in one process, T=100, ratio to torch, in-step / before the loop,
+// fwd): LSTM H256 B8 1.13 / 0.92, B16 1.00 / 0.90, B64 0.99 / 0.84; LSTM B64 H512 (8 MiB) 1.05 /
+// 0.91; GRU B64 H256 1.58 / 1.42; RNN B64 H1024 1.45 / 1.27; LSTM B4 H128 1.32 / 1.27, B4 H512
+// 1.05 / 1.00; GRU B4 H512 3.30 / 3.13; RNN B4 H1024 (8 MiB) 3.79 / 3.51; fwd+bwd: LSTM B4 H128
+// 1.41 / 1.10, B8 H512 0.98 / 0.91; GRU B4 H256 4.37 / 3.98.  But LSTM T=50 B16 H1024 (32 MiB)
+// 0.70 / 1.04, B16 H768 (19 MiB) 0.90 / 0.97, B4 H1024 0.72 / 1.61, and at two rows or fewer,
+// LSTM B2 H256 0.96 / 1.16, GRU B2 H256 3.75 / 4.38, LSTM B1 H128 1.12 / 1.30.
 // FASTRNN_INPUT_GEMM=step forces it in the fused loop; =blas|panel force the projection before it.
-constexpr int64_t kStepInputMinRows = 8;
+constexpr int64_t kStepInputMinRows = 4;
+constexpr int64_t kStepInputCachedBytes = int64_t(8) << 20;
 constexpr int64_t kStepInputBytesPerRow = int64_t(512) << 10;
 
 bool use_step_input_gemm(bool fused, int64_t batch, int64_t weight_bytes) {
@@ -290,7 +294,8 @@ bool use_step_input_gemm(bool fused, int64_t batch, int64_t weight_bytes) {
   const char* force = std::getenv("FASTRNN_INPUT_GEMM");
   if (force && std::string(force) == "step") return true;
   if (force && (std::string(force) == "blas" || std::string(force) == "panel")) return false;
-  return batch >= kStepInputMinRows && weight_bytes < batch * kStepInputBytesPerRow;
+  return batch >= kStepInputMinRows &&
+         (weight_bytes <= kStepInputCachedBytes || weight_bytes < batch * kStepInputBytesPerRow);
 }
 
 // Both directions of a fused layer at once, one per thread, when there are two threads to

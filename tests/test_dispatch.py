@@ -120,10 +120,12 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     seen = []
     real = functional.rnn
     monkeypatch.setattr(functional, "rnn", lambda *a, **k: seen.append(k["backend"]) or real(*a, **k))
-    ref = torch.nn.LSTM(4, 6, num_layers=2, dropout=0.3)
-    m = fastrnn.LSTM(4, 6, num_layers=2, dropout=0.3)
+    # 3 rows of 300 units: below the in-step loop's 4 rows, and neither narrow nor wide enough for
+    # cpp's few-row rule (backends.cpp._beats_onednn)
+    ref = torch.nn.LSTM(4, 300, num_layers=2, dropout=0.3)
+    m = fastrnn.LSTM(4, 300, num_layers=2, dropout=0.3)
     m.load_state_dict(ref.state_dict())
-    x = torch.randn(5, 5, 4)  # 5 rows: <= 4 narrow ones and the in-step loop from 8 stay on cpp
+    x = torch.randn(5, 3, 4)
     torch.manual_seed(3)
     expected = ref(x)
     torch.manual_seed(3)
@@ -138,7 +140,7 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     monkeypatch.setenv("FASTRNN_BACKEND", "reference")
     m(x)
     monkeypatch.delenv("FASTRNN_BACKEND")
-    m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 5, 4, 2, 1]))
+    m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 4, 2]))
     m.double()(x.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.float()(x)
@@ -161,7 +163,7 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
 
 def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
     """Where our loop measured faster than oneDNN (<= 2 rows; <= 4 rows with hidden <= 256 or
-    >= 1024; 8-64 rows with the input projection in the panel loop's steps) auto keeps cpp, in
+    >= 1024; 4-64 rows with the input projection in the panel loop's steps) auto keeps cpp, in
     select and in the module's shortcut alike."""
     if "cpp" not in fastrnn.available_backends("cpu"):
         pytest.skip("cpp backend not built")

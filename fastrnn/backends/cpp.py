@@ -60,7 +60,7 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
 
     torch runs float32 LSTM without projection on padded input through oneDNN's fused LSTM
     primitive (JIT GEMMs, pre-packed weights).  Our loops match or beat it where a call runs the
-    panel loop with the input side in its steps (8-64 rows, weights cached; `_ext.loop_plan`), at
+    panel loop with the input side in its steps (4-64 rows, weights cached; `_ext.loop_plan`), at
     one or two rows, and at up to four rows of a narrow (<= 256) or wide (>= 1024) layer.  Measured
     on the 2-core AMD EPYC Zen4 with `python -m fastrnn.bench --cell lstm --backend cpp`, two runs
     (T=100 unless said, torch time / ours, fwd | fwd+bwd): B16 H256 1.03-1.04 | 0.88-1.00, B64 H256

@@ -237,24 +237,29 @@ void run_pointwise(Fn fn, const Args& a, int64_t elems, int64_t grain) {
 }
 
 // The float32 loops of fused_steps.h (own panel GEMM, one parallel region per step) run where
-// the CPU has AVX2+FMA, there is no proj_size and the batch has at most 64 rows; bigger batches
-// are proper GEMMs where MKL's cache blocking over the rows holds up.  Measured on the 2-core
-// AMD EPYC Zen4 (2 threads, both loops side by side in one process, T=100, ratio to torch
-// panel / blas, fwd | fwd+bwd): GRU B1 H256 3.68 / 1.84 | 6.59 / 3.96, LSTM B16 H256 0.84 / 0.62
-// | 0.86 / 0.69, GRU B64 H512 1.24 / 1.09 | 1.22 / 1.12, LSTM B64 H512 0.85 / 0.76 | 1.06 / 0.97,
-// RNN B64 H1024 1.28 / 1.14 | 1.22 / 1.11; at B=256: GRU H256 1.17 / 1.11 | 1.15 / 1.15,
-// RNN H256 0.94 / 1.25 | 1.04 / 1.06.
+// the CPU has AVX2+FMA, there is no proj_size and the batch has at most 64 rows, or at most 512
+// rows for LSTM and GRU layers of 256+ units; other large batches are proper GEMMs where MKL's
+// cache blocking over the rows holds up.  Measured on the 2-core AMD EPYC Zen4 (2 threads, both
+// loops side by side in one process, T=100, ratio to torch panel / blas, fwd | fwd+bwd): GRU B1
+// H256 3.68 / 1.84 | 6.59 / 3.96, LSTM B16 H256 0.84 / 0.62 | 0.86 / 0.69, GRU B64 H512 1.24 /
+// 1.09 | 1.22 / 1.12, RNN B64 H1024 1.28 / 1.14 | 1.22 / 1.11.  Past 64 rows, with the panel loop
+// doing the input side in its steps: LSTM B128 H256 1.10 / 0.87 | 1.30 / 1.09, B256 H256 0.98 /
+// 0.83 | 1.28 / 1.11, T=50 B512 H256 1.12 / 0.99, B256 H1024 1.00 / 0.89; GRU B256 H256 1.51 /
+// 1.32 | 1.34 / 1.24, T=50 B512 H256 1.50 / 1.42; but GRU T=50 B1024 H128 1.34 / 1.60, RNN B128
+// H256 1.20 / 1.48 | 1.28 / 1.15, B256 H256 1.04 / 1.31 | 1.24 / 1.14 (RNN H512 and up favour
+// the panel loop, 1.16-1.33 / 1.06-1.23, but not enough cases were measured to move them).
 // FASTRNN_STEP_GEMM=blas|panel forces one loop; read per call, so one process can time both.
 constexpr int64_t kFusedMaxRows = 64;
+constexpr int64_t kFusedMaxRowsGated = 512;
 
 // A single step (a cell, or T = 1) takes the BLAS loop without packing: packing W_hh would cost as
 // much as the one product that reads it.
-bool use_fused_steps(bool proj, int64_t rows, int64_t steps) {
+bool use_fused_steps(bool proj, int64_t rows, int64_t steps, int64_t gates, int64_t hidden) {
   if (proj || kernels().panel_f == nullptr || steps <= 1) return false;
   const char* force = std::getenv("FASTRNN_STEP_GEMM");
   if (force && std::string(force) == "blas") return false;
   if (force && std::string(force) == "panel") return true;
-  return rows <= kFusedMaxRows;
+  return rows <= kFusedMaxRows || (gates >= 3 && hidden >= 256 && rows <= kFusedMaxRowsGated);
 }
 
 // The float32 input projection of 4096 rows (T x B) or more on the panel kernel (fused_steps.h)
@@ -383,7 +388,7 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
       has_bias = true;
     }
   }
-  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, nT);
+  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, nT, G, H);
   const bool step_input = use_step_input_gemm(fused, B, (d.I + H) * GH * int64_t(sizeof(T)));
   Tensor gi = step_input ? Tensor() : scratch({N, D * GH}, opt);
   T* gi_p = step_input ? nullptr : gi.data_ptr<T>();
@@ -511,7 +516,7 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
 
   const auto bwd_dout = bwd_kernel<T>(Cell::kId, true);
   const auto bwd_plain = bwd_kernel<T>(Cell::kId, false);
-  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, nT);
+  const bool fused = std::is_same<T, float>::value && use_fused_steps(d.proj, B, nT, G, H);
   // The fused loop's steps compute their dx rows where the forward's steps did their input
   // projection; the second direction's into its own buffer, added after (the directions may run
   // at once).
@@ -680,14 +685,14 @@ int64_t parallel_threads(int64_t n) {
 std::string loop_plan(bool proj, int64_t batch, int64_t steps, int64_t input_size, int64_t hidden, int64_t gates) {
   TORCH_CHECK_VALUE(batch >= 0 && steps >= 0 && input_size >= 0 && hidden >= 0 && gates >= 1 && gates <= 4, kWhere,
                     ": loop_plan needs non-negative sizes and 1-4 gates");
-  const bool fused = use_fused_steps(proj, batch, steps);
+  const bool fused = use_fused_steps(proj, batch, steps, gates, hidden);
   if (!fused) return "blas";
   return use_step_input_gemm(fused, batch, (input_size + hidden) * gates * hidden * int64_t(sizeof(float)))
              ? "panel+step" : "panel";
 }
 
 std::string gemm_path() {
-  // "panel-<isa>+<path>": float32 steps up to 64 rows on the panel kernel, the rest on <path>
+  // "panel-<isa>+<path>": float32 steps of up to 64-512 rows on the panel kernel, the rest on <path>
   const std::string blas_path = blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten";
   return kernels().panel_f != nullptr ? "panel-" + std::string(kernels().isa) + "+" + blas_path : blas_path;
 }

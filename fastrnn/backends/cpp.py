@@ -60,17 +60,17 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
 
     torch runs float32 LSTM without projection on padded input through oneDNN's fused LSTM
     primitive (JIT GEMMs, pre-packed weights).  Our loops match or beat it where a call runs the
-    panel loop with the input side in its steps (4-64 rows, weights cached; `_ext.loop_plan`), at
+    panel loop with the input side in its steps (4-512 rows, weights cached; `_ext.loop_plan`), at
     one or two rows, and at up to four rows of a narrow (<= 256) or wide (>= 1024) layer.  Measured
-    on the 2-core AMD EPYC Zen4 with `python -m fastrnn.bench --cell lstm --backend cpp`, two runs
-    (T=100 unless said, torch time / ours, fwd | fwd+bwd): B16 H256 1.03-1.04 | 0.88-1.00, B64 H256
-    0.98-1.01 | 1.22, B64 H128 1.01-1.02 | 1.02-1.04, B16 H256 bi 1.09-1.10 | 1.04, 4 layers
-    1.02-1.04 | 1.04-1.17, T=500 1.05-1.06 | 1.37, fastrnns-default (B64 H512) 1.00-1.07 | 1.10;
-    B1 H256 1.09 | 1.18, B4 H128 1.06-1.15 | 1.07-1.09, B4 H256 1.01-1.04 | 0.99-1.01, B4 H1024
-    1.70 | 1.04.  It stays with torch elsewhere: B256 H256 0.79-0.95 | 1.04-1.09, B64 H1024 (too
-    wide for the in-step projection) 0.95-0.99 | 0.90-0.95, B4 H512 0.93-0.99 | 1.01-1.04.  Every
-    other LSTM call takes torch's native path, which we beat (packed, proj_size, float64, half
-    types).  GRU and RNN have no oneDNN path.
+    on the 2-core AMD EPYC Zen4 with `python -m fastrnn.bench --cell lstm --backend cpp` and side
+    by side in one process (T=100 unless said, torch time / ours, fwd | fwd+bwd): B16 H256
+    1.03-1.04 | 0.88-1.00, B64 H256 0.98-1.01 | 1.22, B64 H128 1.01-1.02 | 1.02-1.04, B16 H256 bi
+    1.09-1.10 | 1.04, 4 layers 1.02-1.04 | 1.04-1.17, T=500 1.05-1.06 | 1.37, fastrnns-default
+    (B64 H512) 1.00-1.07 | 1.10; B256 H256 0.98 | 1.28, T=50 B512 H256 1.12; B1 H256 1.09 | 1.18,
+    B4 H128 1.15-1.32 | 1.41, B4 H512 1.05 | 1.29, B4 H1024 1.70 | 1.04.  It stays with torch
+    where the weights are too large for the in-step projection: B64 H1024 0.95-0.99 | 0.90-0.95.
+    Every other LSTM call takes torch's native path, which we beat (packed, proj_size, float64,
+    half types).  GRU and RNN have no oneDNN path.
     """
     if torch_runs_one_step_faster(call):
         return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"

@@ -310,7 +310,7 @@ struct PanelArgs {
 };
 using PanelGemm2Fn = void (*)(const PanelArgs&);
 
-// A rank-K update of an M x N block, for weight gradients accumulated step by step:
+// A rank-K update of an M x N block, for weight gradients accumulated over chunks of steps:
 // C[m, n] += sum_k A[k * lda + m] * X[k * ldx + n] for m < M, n < N.  A is read transposed (the
 // step's dG columns of M gate rows), X's rows unpacked (the step's x_t or h_{t-1} rows).
 struct RankUpdateArgs {
@@ -320,6 +320,26 @@ struct RankUpdateArgs {
   float* C; int64_t ldc;
 };
 using RankUpdateFn = void (*)(const RankUpdateArgs&);
+
+// The row dispatch of the micro-kernels (step_gemm*.cpp), written once: f(rows, m) with rows a
+// std::integral_constant<int, R>, for tiles of R = kMax rows over [0, M), then once for the
+// remainder of 1 .. kMax - 1 rows, so each tile size is its own instantiation.
+template <int R, typename F>
+inline void remainder_tile(int64_t rows, int64_t m, F& f) {
+  if constexpr (R > 0) {
+    if (rows == R)
+      f(std::integral_constant<int, R>{}, m);
+    else
+      remainder_tile<R - 1>(rows, m, f);
+  }
+}
+
+template <int kMax, typename F>
+inline void for_row_tiles(int64_t M, F&& f) {
+  int64_t m = 0;
+  for (; m + kMax <= M; m += kMax) f(std::integral_constant<int, kMax>{}, m);
+  remainder_tile<kMax - 1>(M - m, m, f);
+}
 
 struct KernelTable {
   FwdFn<float> fwd_f[4][2][2];   // [cell][kSave][kOut]

@@ -127,7 +127,8 @@ inline at::Tensor scratch(at::IntArrayRef sizes, const at::TensorOptions& opt) {
     char* p = kept.first;
     size_t len = kept.second;
     if (!p) p = map_huge(len = want);
-    if (p) return at::from_blob(p, sizes, [len](void* q) { ScratchCache::get().give(static_cast<char*>(q), len); }, opt);
+    if (p)
+      return at::from_blob(p, sizes, [len](void* q) { ScratchCache::get().give(static_cast<char*>(q), len); }, opt);
   }
 #endif
   return at::empty(sizes, opt);

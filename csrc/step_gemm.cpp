@@ -93,20 +93,13 @@ inline void tile(const PanelArgs& g, const float* A1, const float* A2, float* C)
 
 }  // namespace
 
+// Tiles of 6 rows (12 accumulators of 16 registers); a remainder of 1-3 rows splits k to keep
+// at least eight FMA chains in flight.
 void panel_gemm2(const PanelArgs& g) {
-  int64_t m = 0;
-  for (; m + 6 <= g.M; m += 6) tile<6, 1>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);
-  const float* a1 = g.A1 + m * g.lda1;
-  const float* a2 = g.A2 + m * g.lda2;
-  float* c = g.C + m * g.ldc;
-  switch (g.M - m) {
-    case 1: tile<1, 4>(g, a1, a2, c); break;
-    case 2: tile<2, 2>(g, a1, a2, c); break;
-    case 3: tile<3, 2>(g, a1, a2, c); break;
-    case 4: tile<4, 1>(g, a1, a2, c); break;
-    case 5: tile<5, 1>(g, a1, a2, c); break;
-    default: break;
-  }
+  for_row_tiles<6>(g.M, [&](auto rows, int64_t m) {
+    constexpr int MR = decltype(rows)::value;
+    tile<MR, (MR == 1 ? 4 : MR <= 3 ? 2 : 1)>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);
+  });
 }
 
 void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,

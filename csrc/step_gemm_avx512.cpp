@@ -106,38 +106,16 @@ void rank_rows(const RankUpdateArgs& r, const float* A, float* C) {
 
 // Row tiles of 8 (8 FMA chains) over 16-column blocks, the last one masked.
 void rank_update(const RankUpdateArgs& r) {
-  int64_t m = 0;
-  for (; m + 8 <= r.M; m += 8) rank_rows<8>(r, r.A + m, r.C + m * r.ldc);
-  const float* a = r.A + m;
-  float* c = r.C + m * r.ldc;
-  switch (r.M - m) {
-    case 1: rank_rows<1>(r, a, c); break;
-    case 2: rank_rows<2>(r, a, c); break;
-    case 3: rank_rows<3>(r, a, c); break;
-    case 4: rank_rows<4>(r, a, c); break;
-    case 5: rank_rows<5>(r, a, c); break;
-    case 6: rank_rows<6>(r, a, c); break;
-    case 7: rank_rows<7>(r, a, c); break;
-    default: break;
-  }
+  for_row_tiles<8>(r.M, [&](auto rows, int64_t m) { rank_rows<decltype(rows)::value>(r, r.A + m, r.C + m * r.ldc); });
 }
 
+// Tiles of 8 rows; a remainder of MR rows splits k into enough partial sums to keep 8 FMA chains
+// in flight.
 void panel_gemm2(const PanelArgs& g) {
-  int64_t m = 0;
-  for (; m + 8 <= g.M; m += 8) tile<8, 1>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);
-  const float* a1 = g.A1 + m * g.lda1;
-  const float* a2 = g.A2 + m * g.lda2;
-  float* c = g.C + m * g.ldc;
-  switch (g.M - m) {
-    case 1: tile<1, 8>(g, a1, a2, c); break;
-    case 2: tile<2, 4>(g, a1, a2, c); break;
-    case 3: tile<3, 4>(g, a1, a2, c); break;
-    case 4: tile<4, 2>(g, a1, a2, c); break;
-    case 5: tile<5, 2>(g, a1, a2, c); break;
-    case 6: tile<6, 2>(g, a1, a2, c); break;
-    case 7: tile<7, 2>(g, a1, a2, c); break;
-    default: break;
-  }
+  for_row_tiles<8>(g.M, [&](auto rows, int64_t m) {
+    constexpr int MR = decltype(rows)::value;
+    tile<MR, (MR == 1 ? 8 : MR <= 3 ? 4 : MR <= 7 ? 2 : 1)>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);
+  });
 }
 
 void panel_gemm(int64_t M, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc,

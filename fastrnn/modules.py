@@ -184,7 +184,7 @@ class _RNNMixin:
 
 
 def _auto_hands_lstm_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
-    """Whether auto hands this whole LSTM / LSTMCell call to torch (its oneDNN LSTM: the veto in
+    """Whether auto hands this whole LSTM call to torch (its oneDNN LSTM: the veto in
     fastrnn.backends.cpp._prefer).  Then torch's own forward runs the call as it stands,
     skipping our checks and per-layer dispatch: same result and errors, ~90 us less per call
     (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 100 us, torch 85).  The first layer's pick is

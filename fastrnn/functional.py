@@ -17,13 +17,15 @@ LayerWeights = tuple  # (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None)
 
 
 def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
-              weights: Sequence[LayerWeights], backend: str = "auto"):
+              weights: Sequence[LayerWeights], backend: str = "auto", *, validate: bool = True):
     """One layer, all directions. Shapes as in `fastrnn.backends.reference.rnn_layer`.
 
     x: [N, I]; batch_sizes: None (uniform, N = T*B) or [T]; h0: [D, B, Hout];
     c0: [D, B, H] or None. Returns out [N, D*Hout], hn [D, B, Hout], cn [D, B, H] | None.
+    validate=False skips `check_layer_args`, for callers that ran it (the modules do, with
+    torch's error messages), since it is a good part of a small call's cost.
     """
-    problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights)
+    problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights) if validate else None
     if problem:
         raise RuntimeError(problem)
     if x.size(0) == 0:  # B = 0: nothing to compute (and T is not recoverable from x [0, I])
@@ -114,22 +116,23 @@ def _gates(cell: str) -> int:
 
 def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Optional[Tensor],
         layer_weights: Sequence[Sequence[LayerWeights]], dropout: float = 0.0, training: bool = False,
-        backend: str = "auto"):
+        backend: str = "auto", *, validate: bool = True):
     """A stack of layers. x: [N, I]; hx: [L*D, B, Hout]; cx: [L*D, B, H] or None.
 
     Dropout is applied to the output of every layer but the last, in training,
     with the same RNG draws as torch's own RNN (so results match under a seed).
-    Returns out [N, D*Hout], hn [L*D, B, Hout], cn [L*D, B, H] | None.
+    Returns out [N, D*Hout], hn [L*D, B, Hout], cn [L*D, B, H] | None.  validate as in rnn_layer.
     """
     D = len(layer_weights[0])
     if len(layer_weights) > 1 and x.size(0) and _torch_runs_every_layer(cell, x, batch_sizes, hx, cx,
-                                                                        layer_weights, backend):
+                                                                        layer_weights, backend, validate):
         return backends.get("torch").impl.rnn_stack(cell, x, batch_sizes, hx, cx, layer_weights,
                                                      dropout, training)
     hns, cns = [], []
     for layer, weights in enumerate(layer_weights):
         sl = slice(layer * D, (layer + 1) * D)
-        x, hn, cn = rnn_layer(cell, x, batch_sizes, hx[sl], None if cx is None else cx[sl], weights, backend)
+        x, hn, cn = rnn_layer(cell, x, batch_sizes, hx[sl], None if cx is None else cx[sl], weights, backend,
+                              validate=validate)
         hns.append(hn)
         cns.append(cn)
         if dropout > 0 and training and layer < len(layer_weights) - 1:
@@ -139,14 +142,14 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
     return x, hn, cn
 
 
-def _torch_runs_every_layer(cell, x, batch_sizes, hx, cx, layer_weights, backend) -> bool:
+def _torch_runs_every_layer(cell, x, batch_sizes, hx, cx, layer_weights, backend, validate) -> bool:
     """Whether the backend choice is torch for every layer; then one torch call runs the stack."""
     D = len(layer_weights[0])
     for layer, weights in enumerate(layer_weights):
         sl = slice(layer * D, (layer + 1) * D)
         h0, c0 = hx[sl], None if cx is None else cx[sl]
         in_size = x.size(1) if layer == 0 else D * hx.size(2)
-        problem = check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0, c0, weights)
+        problem = check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0, c0, weights) if validate else None
         if problem:
             raise RuntimeError(problem)
         if backends.select(backend, _layer_call(cell, x, in_size, batch_sizes, h0, c0, weights)).name != "torch":

@@ -65,6 +65,14 @@ def _autocast(torch_cls, device_type: str, tensors):
 class _RNNMixin:
     """forward() shared by LSTM, GRU and RNN. Mirrors torch.nn.RNNBase's forward."""
 
+    def _current_weights(self) -> list:
+        """The flat weights as torch's forward sees them after its `_update_flat_weights` (which
+        rebuilds the list when a weight attribute was replaced), read directly: its hasattr/getattr
+        walk costs ~5 us a call (a tenth of a small call).  A name missing from _parameters (a
+        parametrization's property, weight_norm's plain attribute) goes through getattr."""
+        params = self._parameters
+        return [params[n] if n in params else getattr(self, n, None) for n in self._flat_weights_names]
+
     def _layer_weights(self, flat):
         per_dir = 2 + 2 * bool(self.bias) + (self.proj_size > 0)
         D = 2 if self.bidirectional else 1
@@ -81,9 +89,9 @@ class _RNNMixin:
         return layers
 
     def forward(self, input, hx=None):
-        if self._auto_picks_torch_lstm(input):
+        if self._auto_picks_torch(input):
             return super().forward(input, hx)
-        self._update_flat_weights()
+        flat = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input, orig_hx = input, hx
         D = 2 if self.bidirectional else 1
@@ -117,7 +125,9 @@ class _RNNMixin:
             zeros = lambda n: torch.zeros(self.num_layers * D, max_batch, n,  # noqa: E731
                                           dtype=input.dtype, device=input.device)
             hx = (zeros(h_size), zeros(self.hidden_size)) if is_lstm else zeros(self.hidden_size)
-            if batch_sizes is None:
+            # hx is right by construction, so torch's check can only fail on the input's size or
+            # dtype: asked only then (it raises torch's own message; a call costs ~2 us)
+            if batch_sizes is None and (input.size(-1) != self.input_size or input.dtype != flat[0].dtype):
                 self.check_forward_args(input, hx, batch_sizes)
         else:
             if batch_sizes is None:
@@ -135,9 +145,8 @@ class _RNNMixin:
                 x = x.transpose(0, 1)
             T, B = x.shape[0], x.shape[1]
             x = x.reshape(T * B, x.shape[2])
-        flat = self._flat_weights
         cell, layers = MODE_TO_CELL[self.mode], self._layer_weights(flat)
-        problem = None if _consistent([x, h0, c0] + list(flat)) else "inconsistent devices or dtypes"
+        problem = None if _consistent([x, h0, c0, *flat]) else "inconsistent devices or dtypes"
         for layer, ws in enumerate(layers):
             if problem:
                 break
@@ -147,10 +156,14 @@ class _RNNMixin:
                                                   None if c0 is None else c0[layer * D:(layer + 1) * D], ws)
         if problem:
             return _torch_error_or_raise(super().forward, orig_input, orig_hx, problem)
-        x, h0, c0, *flat = _autocast(_torch_class(self), x.device.type, [x, h0, c0] + list(flat))
-        out, hn, cn = functional.rnn(
-            cell, x, batch_sizes, h0, c0, self._layer_weights(flat),
-            dropout=self.dropout, training=self.training, backend=self.backend)
+        autocast = x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type)
+        if autocast:
+            x, h0, c0, *flat = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *flat])
+            layers = self._layer_weights(flat)
+        # The checks above are functional's (shapes per layer) plus one dtype/device test for all
+        # tensors, which autocast relaxes: only then does functional run its own again.
+        out, hn, cn = functional.rnn(cell, x, batch_sizes, h0, c0, layers, dropout=self.dropout,
+                                     training=self.training, backend=self.backend, validate=autocast)
 
         hidden = (hn, cn) if is_lstm else hn
         if batch_sizes is not None:
@@ -164,15 +177,15 @@ class _RNNMixin:
             hidden = (hn.squeeze(1), cn.squeeze(1)) if is_lstm else hn.squeeze(1)
         return out, self.permute_hidden(hidden, unsorted_indices)
 
-    def _auto_picks_torch_lstm(self, input) -> bool:
-        if self.mode != "LSTM" or type(input) is not torch.Tensor or input.dim() not in (2, 3):
+    def _auto_picks_torch(self, input) -> bool:
+        if type(input) is not torch.Tensor or input.dim() not in (2, 3):
             return False
         batched = input.dim() == 3
         B = input.size(0 if self.batch_first else 1) if batched else 1
         T = input.size(1 if self.batch_first else 0) if batched else input.size(0)
         w = self._flat_weights[0] if self._flat_weights else None
-        return w is not None and _auto_hands_lstm_to_torch(self, w, input, B, T, 2 if self.bidirectional else 1,
-                                                           self.proj_size)
+        return w is not None and _auto_hands_to_torch(self, w, input, B, T, 2 if self.bidirectional else 1,
+                                                      self.proj_size)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -183,27 +196,33 @@ class _RNNMixin:
         self.__dict__.setdefault("backend", "auto")
 
 
-def _auto_hands_lstm_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
-    """Whether auto hands this whole LSTM call to torch (its oneDNN LSTM: the veto in
-    fastrnn.backends.cpp._prefer).  Then torch's own forward runs the call as it stands,
-    skipping our checks and per-layer dispatch: same result and errors, ~90 us less per call
-    (LSTM T=1 B=1 H=64 on the 2-core EPYC: 175 -> 100 us, torch 85).  The first layer's pick is
-    taken for every layer: the veto's inputs are the same for all but the input size (deeper
-    layers' is hidden * directions), where a wider input only makes the in-step projection that
-    keeps a call on cpp less likely, and whether autograd records (layers may differ in
-    requires_grad); either way only the speed of the pick can differ, never the result."""
+def _auto_hands_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
+    """Whether auto hands this whole call to torch: a float32 LSTM for oneDNN (the veto in
+    fastrnn.backends.cpp._prefer) or a single step of any cell (native.torch_runs_one_step_faster).
+    Then torch's own forward runs the call as it stands, skipping our checks and per-layer
+    dispatch: same result and errors, and torch's per-call cost instead of torch's plus ours
+    (2-core EPYC, T=1 B=1 H=64 no_grad: RNN 88 -> 31 us, torch 28; LSTM T=1 B=1 H=64 175 ->
+    100 us, torch 85).  The first layer's pick is taken for every layer: the veto's inputs are
+    the same for all but the input size (deeper layers' is hidden * directions), where a wider
+    input only makes the in-step projection that keeps a call on cpp less likely, and whether
+    autograd records (layers may differ in requires_grad); either way only the speed of the
+    pick can differ, never the result."""
     if module.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
         return False
-    if torch.is_autocast_enabled("cpu"):
+    device, dtype = input.device.type, input.dtype
+    cell = MODE_TO_CELL[module.mode]
+    one_step = one_step_to_torch(device, steps, dtype)
+    onednn = onednn_lstm_applies_to(cell, device, dtype, proj_size, packed=False)
+    if not (one_step or onednn):
+        return False  # the common case, decided without building a LayerCall
+    if torch.is_autocast_enabled("cpu") or weight.dtype != dtype or weight.device != input.device:
         return False
-    if (weight.dtype != input.dtype or weight.device != input.device
-            or not onednn_lstm_applies_to("lstm", input.device.type, input.dtype, proj_size, packed=False)):
-        return False
+    if one_step and not onednn:  # every CPU backend vetoes a single float32/float64 step
+        return True
     needs_grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-    call = backends.LayerCall(cell="lstm", device=input.device.type, dtype=input.dtype,
-                              input_size=module.input_size, hidden_size=module.hidden_size, proj_size=proj_size,
-                              batch=batch, steps=steps, directions=directions, packed=False,
-                              needs_grad=needs_grad)
+    call = backends.LayerCall(cell=cell, device=device, dtype=dtype, input_size=module.input_size,
+                              hidden_size=module.hidden_size, proj_size=proj_size, batch=batch, steps=steps,
+                              directions=directions, packed=False, needs_grad=needs_grad)
     return backends.select("auto", call).name == "torch"
 
 
@@ -223,11 +242,14 @@ def _torch_class(module):
 
 
 def _consistent(tensors) -> bool:
-    """Same device and dtype everywhere (torch's C++ kernels reject anything else)."""
-    ts = [t for t in tensors if t is not None]
-    dev, dt = ts[0].device, ts[0].dtype
+    """Same device and dtype everywhere (torch's C++ kernels reject anything else); the first
+    tensor is the input (never None)."""
+    dev, dt = tensors[0].device, tensors[0].dtype
     autocast = torch.is_autocast_enabled(dev.type) if dev.type in ("cpu", "cuda") else False
-    return all(t.device == dev and (autocast or t.dtype == dt) for t in ts)
+    for t in tensors:
+        if t is not None and (t.device != dev or (not autocast and t.dtype != dt)):
+            return False
+    return True
 
 
 class LSTM(_RNNMixin, nn.LSTM):

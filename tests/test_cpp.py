@@ -306,11 +306,17 @@ def _unflat(prob, leaves):
 
 def test_prefer_hands_oneDNN_lstm_to_torch():
     call = LayerCall(cell="lstm", device="cpu", dtype=torch.float32, input_size=8, hidden_size=512, proj_size=0,
-                     batch=3, steps=3, directions=1, packed=False, needs_grad=False)
+                     batch=3, steps=100, directions=1, packed=False, needs_grad=False)
     ok, why = cpp.BACKEND.prefer(call)
     assert ok == (not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled))
     assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "cell": "gru"}))[0]
     assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "packed": True}))[0]
+    # oneDNN reorders its weights on every call: short sequences, one step included, stay ours
+    assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "steps": 20}))[0]
+    assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "steps": 1}))[0]
+    assert cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "steps": 21}))[0] == ok
+    assert not cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "steps": 1, "cell": "gru"}))[0]
+    assert not cpp.BACKEND.prefer(LayerCall(**{**call.__dict__, "steps": 1, "dtype": torch.float64}))[0]
     # the panel loop with the input projection in its steps measured at least as fast as oneDNN
     wide = LayerCall(**{**call.__dict__, "batch": 16, "input_size": 256, "hidden_size": 256})
     assert _ext.loop_plan(proj=False, batch=16, steps=3, input_size=256, hidden=256, gates=4) == (

@@ -121,11 +121,11 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     real = functional.rnn
     monkeypatch.setattr(functional, "rnn", lambda *a, **k: seen.append(k["backend"]) or real(*a, **k))
     # 3 rows of 300 units: below the in-step loop's 4 rows, and neither narrow nor wide enough for
-    # cpp's few-row rule (backends.cpp._beats_onednn)
+    # cpp's few-row rule (backends.cpp._beats_onednn); 30 steps: past its short-sequence rule
     ref = torch.nn.LSTM(4, 300, num_layers=2, dropout=0.3)
     m = fastrnn.LSTM(4, 300, num_layers=2, dropout=0.3)
     m.load_state_dict(ref.state_dict())
-    x = torch.randn(5, 3, 4)
+    x = torch.randn(30, 3, 4)
     torch.manual_seed(3)
     expected = ref(x)
     torch.manual_seed(3)
@@ -133,14 +133,14 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1][1], expected[1][1])
     assert seen == []
     with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
-        m(torch.randn(5, 2, 3))  # torch's own message, raised by torch's forward
+        m(torch.randn(30, 2, 3))  # torch's own message, raised by torch's forward
     m.backend = "cpp" if "cpp" in fastrnn.available_backends("cpu") else "reference"
     m(x)
     m.backend = "auto"
     monkeypatch.setenv("FASTRNN_BACKEND", "reference")
     m(x)
     monkeypatch.delenv("FASTRNN_BACKEND")
-    m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 4, 2]))
+    m(torch.nn.utils.rnn.pack_padded_sequence(x, [30, 20, 12]))
     m.double()(x.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.float()(x)
@@ -168,20 +168,26 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
     if "cpp" not in fastrnn.available_backends("cpu"):
         pytest.skip("cpp backend not built")
     from fastrnn import functional
-    assert backends.select("auto", _call(batch=4, hidden_size=1024)).name == "cpp"
+    assert backends.select("auto", _call(batch=4, hidden_size=1024, steps=100)).name == "cpp"
     from fastrnn.backends.native import onednn_lstm_applies_to
     onednn = onednn_lstm_applies_to("lstm", "cpu", torch.float32, 0, False)
-    assert backends.select("auto", _call(batch=8, hidden_size=1024)).name == ("torch" if onednn else "cpp")
-    assert backends.select("auto", _call(batch=2, needs_grad=True)).name == "cpp"
-    assert backends.select("auto", _call(batch=1, needs_grad=False)).name == "cpp"
-    assert backends.select("auto", _call(batch=3, needs_grad=False)).name == "cpp"
-    assert backends.select("auto", _call(batch=3, hidden_size=512)).name == ("torch" if onednn else "cpp")
+    veto = "torch" if onednn else "cpp"
+    assert backends.select("auto", _call(batch=8, hidden_size=1024, steps=100)).name == veto
+    assert backends.select("auto", _call(batch=2, needs_grad=True, steps=100)).name == "cpp"
+    assert backends.select("auto", _call(batch=1, needs_grad=False, steps=100)).name == "cpp"
+    assert backends.select("auto", _call(batch=3, needs_grad=False, steps=100)).name == "cpp"
+    assert backends.select("auto", _call(batch=3, hidden_size=512, steps=100)).name == veto
     from fastrnn import _ext
-    step = _ext.loop_plan(proj=False, batch=16, steps=3, input_size=64, hidden=64, gates=4) == "panel+step"
-    assert backends.select("auto", _call(batch=16, input_size=64, hidden_size=64)).name == (
+    step = _ext.loop_plan(proj=False, batch=16, steps=100, input_size=64, hidden=64, gates=4) == "panel+step"
+    assert backends.select("auto", _call(batch=16, input_size=64, hidden_size=64, steps=100)).name == (
         "torch" if onednn and not step else "cpp")
-    assert backends.select("auto", _call(batch=128, input_size=64, hidden_size=64)).name == (
-        "torch" if onednn else "cpp")
+    assert backends.select("auto", _call(batch=128, input_size=64, hidden_size=64, steps=100)).name == veto
+    # oneDNN's per-call weight reorder: up to 20 steps (one included) every shape stays ours
+    for steps in (1, 5, 20):
+        assert backends.select("auto", _call(batch=128, input_size=64, hidden_size=64, steps=steps)).name == "cpp"
+        assert backends.select("auto", _call(batch=8, hidden_size=1024, steps=steps)).name == "cpp"
+    assert backends.select("auto", _call(batch=8, hidden_size=1024, steps=21)).name == veto
+    assert backends.select("auto", _call(cell="gru", steps=1)).name == "torch"
     seen = []
     real = functional.rnn
     monkeypatch.setattr(functional, "rnn", lambda *a, **k: seen.append(k["backend"]) or real(*a, **k))

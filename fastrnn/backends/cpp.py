@@ -61,7 +61,8 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     torch runs float32 LSTM without projection on padded input through oneDNN's fused LSTM
     primitive (JIT GEMMs, pre-packed weights).  Our loops match or beat it where a call runs the
     panel loop with the input side in its steps (4-512 rows, weights cached; `_ext.loop_plan`), at
-    one or two rows, and at up to four rows of a narrow (<= 256) or wide (>= 1024) layer.  Measured
+    one or two rows, at up to four rows of a narrow (<= 256) or wide (>= 1024) layer, and over up
+    to 20 steps, where oneDNN's per-call weight reorder dominates (_ONEDNN_SHORT_STEPS).  Measured
     on the 2-core AMD EPYC Zen4 with `python -m fastrnn.bench --cell lstm --backend cpp` and side
     by side in one process (T=100 unless said, torch time / ours, fwd | fwd+bwd): B16 H256
     1.03-1.04 | 0.88-1.00, B64 H256 0.98-1.01 | 1.22, B64 H128 1.01-1.02 | 1.02-1.04, B16 H256 bi
@@ -72,15 +73,27 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     Every other LSTM call takes torch's native path, which we beat (packed, proj_size, float64,
     half types).  GRU and RNN have no oneDNN path.
     """
-    if torch_runs_one_step_faster(call):
+    onednn = onednn_lstm_applies(call)
+    if torch_runs_one_step_faster(call) and not onednn:  # oneDNN's LSTM: see _ONEDNN_SHORT_STEPS
         return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
-    if onednn_lstm_applies(call) and not _beats_onednn(call):
+    if onednn and not _beats_onednn(call):
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input at this size"
     return True, ""
 
 
+# torch's oneDNN LSTM reorders the weights into its own layout on every call, which a short
+# sequence does not amortise: at up to 20 steps our loop won every shape auto otherwise leaves to
+# oneDNN (2-core AMD EPYC Zen4, torch time / cpp time, T=1 | 5 | 20 | 50, fwd then fwd+bwd):
+# B3 H512 4.64 | 3.63 | 2.10 | 1.39, 1.56 | 1.17 | 1.02 | 0.93; B8 H768 5.12 | 1.29 | 1.06 | 1.06,
+# 3.36 | 2.01 | 1.49 | 1.26; B16 H1024 1.25 | 1.03 | 1.18 | 1.19, 3.09 | 1.58 | 1.09 | 1.02;
+# B64 H1024 1.05 | 1.26 | 1.07 | 1.00, 2.05 | 1.16 | 1.03 | 0.97 (T=100: 0.95-1.14).  One step of
+# nn.LSTM too (B1-64 x H64-1024: 0.82-7.5 fwd, 1.04-4.7 fwd+bwd), unlike an LSTMCell, which torch
+# runs without oneDNN (backends.native.ONE_STEP_TO_TORCH).
+_ONEDNN_SHORT_STEPS = 20
+
+
 def _beats_onednn(call: LayerCall) -> bool:
-    if call.batch <= 2 or (call.batch <= 4 and not 256 < call.hidden_size < 1024):
+    if call.steps <= _ONEDNN_SHORT_STEPS or call.batch <= 2 or (call.batch <= 4 and not 256 < call.hidden_size < 1024):
         return True
     if _ext is None:
         return False

@@ -15,6 +15,8 @@ depth) has its own line of cases and the whole grid stays runnable on a small CP
     packed   T=100, H=256, B in 16, 64, lengths uniform in [T/4, T], sorted and unsorted
     proj     LSTM with proj_size (H=512, P=128; H=1024, P=256)
     input    I != H (I=128, H=512, B=64)
+    short    T in 1, 5, 20: one step (B=1, H=64), the tutorial's own models (B=3, I=10, H=20),
+             a wide layer (B=16, H=1024); where per-call costs and weight packing dominate
 
 for LSTM, GRU and RNN (tanh), fwd and fwdbwd, float32; on CUDA also bf16 and fp16 for
 the batch and hidden sweeps. PyTorch's own `benchmarks/fastrnns` default (LSTM, T=100,
@@ -171,6 +173,8 @@ def grid(device: str = "cpu") -> list[Case]:
                     cases.append(Case(cell, T=100, B=B, H=256, packed=packed, mode=mode, sweep="packed"))
             if cell != "rnn":
                 cases.append(Case(cell, T=100, B=64, H=512, I=128, mode=mode, sweep="input"))
+            for T, B, I, H in ((1, 1, 64, 64), (5, 3, 10, 20), (20, 16, 1024, 1024)):
+                cases.append(Case(cell, T=T, B=B, H=H, I=I, mode=mode, sweep="short"))
         cases.append(Case("lstm", T=100, B=4, H=512, proj=128, mode=mode, sweep="proj"))
         cases.append(Case("lstm", T=100, B=64, H=512, proj=128, mode=mode, sweep="proj"))
         cases.append(Case("lstm", T=100, B=64, H=1024, proj=256, mode=mode, sweep="proj"))

@@ -35,6 +35,10 @@ constexpr int64_t kPanel = 16;
 
 inline int64_t blocks_of(int64_t H) { return (H + kPanel - 1) / kPanel; }
 
+// Packs of at least this many floats (256 KiB) are split across threads: they run before a loop
+// whose threads would otherwise wait for them.
+constexpr int64_t kParallelPackFloats = int64_t(1) << 16;
+
 // W_hh [G*H, K] (row-major) as the right operand of h W_hh^T: panel (jb, g) holds the 16 columns
 // of gate g for hidden units 16jb.., as K rows of 16 (zero past H).  Layout [nb][G][K][16].
 // With a second weight W2 [G*H, K2] (W_ih, for steps that also do their input projection) each
@@ -58,7 +62,7 @@ inline at::Tensor pack_gate_panels(const float* W, int64_t G, int64_t H, int64_t
   // Split across threads from 256 KiB of panels: the pack runs before a loop whose threads would
   // otherwise wait for it (LSTM H=256 with W_ih: 2 MiB, ~5% of a T=100 B=16 forward; GRU B=1
   // H=256, W_hh alone: 0.75 MiB, fwd 0.98 -> 0.90 ms).
-  const int64_t panels = nb * G, grain = panels * KP * kPanel >= (int64_t(1) << 16) ? 1 : panels;
+  const int64_t panels = nb * G, grain = panels * KP * kPanel >= kParallelPackFloats ? 1 : panels;
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t jb = p / G, g = p - jb * G, w = std::min(kPanel, H - jb * kPanel);
@@ -77,14 +81,17 @@ inline at::Tensor pack_col_panels(const float* W, int64_t K, int64_t N) {
   const int64_t nb = blocks_of(N);
   at::Tensor out = at::empty({nb, K, kPanel}, at::kFloat);
   float* o = out.data_ptr<float>();
-  for (int64_t jb = 0; jb < nb; ++jb) {
-    const int64_t w = std::min(kPanel, N - jb * kPanel);
-    for (int64_t k = 0; k < K; ++k) {
-      float* dst = o + (jb * K + k) * kPanel;
-      std::memcpy(dst, W + k * N + jb * kPanel, sizeof(float) * w);
-      std::fill(dst + w, dst + kPanel, 0.f);
+  const int64_t grain = nb * K * kPanel >= kParallelPackFloats ? 1 : nb;
+  at::parallel_for(0, nb, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t jb = b0; jb < b1; ++jb) {
+      const int64_t w = std::min(kPanel, N - jb * kPanel);
+      for (int64_t k = 0; k < K; ++k) {
+        float* dst = o + (jb * K + k) * kPanel;
+        std::memcpy(dst, W + k * N + jb * kPanel, sizeof(float) * w);
+        std::fill(dst + w, dst + kPanel, 0.f);
+      }
     }
-  }
+  });
   return out;
 }
 

@@ -198,15 +198,15 @@ class _RNNMixin:
 
 def _auto_hands_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
     """Whether auto hands this whole call to torch: a float32 LSTM for oneDNN (the veto in
-    fastrnn.backends.cpp._prefer) or a single step of any cell (native.torch_runs_one_step_faster).
+    fastrnn.backends.cpp._prefer) or a single GRU/RNN step (native.torch_runs_one_step_faster).
     Then torch's own forward runs the call as it stands, skipping our checks and per-layer
-    dispatch: same result and errors, and torch's per-call cost instead of torch's plus ours
-    (2-core EPYC, T=1 B=1 H=64 no_grad: RNN 88 -> 31 us, torch 28; LSTM T=1 B=1 H=64 175 ->
-    100 us, torch 85).  The first layer's pick is taken for every layer: the veto's inputs are
-    the same for all but the input size (deeper layers' is hidden * directions), where a wider
-    input only makes the in-step projection that keeps a call on cpp less likely, and whether
-    autograd records (layers may differ in requires_grad); either way only the speed of the
-    pick can differ, never the result."""
+    dispatch: same result and errors, and torch's per-call cost plus ~3 us for this test instead
+    of torch's plus ours (2-core EPYC, T=1 B=1 H=64 no_grad: RNN 88 -> 38 us, torch 31).  The
+    first layer's pick is taken for every layer: the veto's inputs are the same for all but the
+    input size (deeper layers' is hidden * directions), where a wider input only makes the
+    in-step projection that keeps a call on cpp less likely, and whether autograd records
+    (layers may differ in requires_grad); either way only the speed of the pick can differ,
+    never the result."""
     if module.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
         return False
     device, dtype = input.device.type, input.dtype

@@ -93,7 +93,9 @@ _ONEDNN_SHORT_STEPS = 20
 
 
 def _beats_onednn(call: LayerCall) -> bool:
-    if call.steps <= _ONEDNN_SHORT_STEPS or call.batch <= 2 or (call.batch <= 4 and not 256 < call.hidden_size < 1024):
+    if call.steps <= _ONEDNN_SHORT_STEPS or call.batch <= 2:
+        return True
+    if call.batch <= 4 and not 256 < call.hidden_size < 1024:
         return True
     if _ext is None:
         return False

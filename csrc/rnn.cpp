@@ -521,7 +521,8 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   // projection; the second direction's into its own buffer, added after (the directions may run
   // at once).
   const bool step_grads = use_step_input_gemm(fused, B, (d.I + H) * GH * int64_t(sizeof(T)));
-  const bool step_dx = need_dx && step_grads, step_dw = need_dw && step_grads && kernels().rank_update_f != nullptr;
+  const bool step_dx = need_dx && step_grads;
+  const bool step_dw = need_dw && (step_grads || (fused && B < 4)) && kernels().rank_update_f != nullptr;
   Tensor dx = step_dx ? at::empty({N, d.I}, opt) : Tensor();
   Tensor dx1 = step_dx && D == 2 ? scratch({N, d.I}, opt) : Tensor();
   // ... and each direction's weight and bias gradients, accumulated over the steps.

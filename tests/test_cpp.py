@@ -250,13 +250,16 @@ def test_threaded_passes_at_large_batch(cell, loop, monkeypatch):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_step_weight_gradients_over_several_chunks(cell, monkeypatch):
     """Where the panel loop adds the weight gradients as it goes (AVX-512 tables), it does so every
-    256 // B steps: 30 packed steps of 19 rows flush three chunks, the last one short."""
+    256 // B steps: 30 packed steps of 19 rows flush three chunks, the last one short; 120 steps of
+    3 rows with the input projection before the loop (as below 4 rows) two chunks."""
     from fastrnn import functional
     _set_loop(monkeypatch, "step")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         _check_float32_loops(cell, 2, True, functional, T=30)
+        _set_loop(monkeypatch, "panel")
+        _check_float32_loops(cell, 2, True, functional, B=3, T=120)
     finally:
         torch.set_num_threads(threads)
 

@@ -176,3 +176,35 @@ def test_very_long_sequence(mode, backend):
     assert_close(out_f, out_r, "T=10000 output", **F64)
     (g,) = torch.autograd.grad(out_f[-100:].sum(), x)
     assert torch.isfinite(g).all() and g[-100:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["auto"] + CPU_BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_replaced_and_parametrized_weights_are_used(mode, backend):
+    """The module reads its weights on every call as torch's forward does (a replaced Parameter,
+    a parametrization's computed value, weight_norm's recomputed attribute), not a stale list."""
+    import warnings
+    from torch.nn.utils import parametrize
+    ref, fast = _pair(mode, backend, 5, 7, num_layers=2)
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    for m in (ref, fast):  # the same new tensor in both
+        m.weight_hh_l1 = nn.Parameter(torch.linspace(-0.3, 0.3, m.weight_hh_l1.numel(),
+                                                     dtype=torch.float64).view_as(m.weight_hh_l1))
+    _same(ref, fast, x, what="replaced")
+
+    class Scale(nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    for m in (ref, fast):
+        parametrize.register_parametrization(m, "weight_ih_l0", Scale())
+    _same(ref, fast, x, what="parametrized")
+    with warnings.catch_warnings():  # weight_norm is deprecated in favour of the parametrization
+        warnings.simplefilter("ignore")
+        for m in (ref, fast):
+            nn.utils.weight_norm(m, "weight_hh_l0")
+    _same(ref, fast, x, what="weight_norm")
+    for m in (ref, fast):
+        with torch.no_grad():
+            m.weight_hh_l0_g.mul_(2.0)  # weight_norm recomputes weight_hh_l0 before each forward
+    _same(ref, fast, x, what="weight_norm, g changed")

@@ -95,7 +95,6 @@ struct Blas {
   dgemm_t d = nullptr;
   // MKL's packed GEMM (float only): W_hh is packed once per layer call instead of by every
   // per-step sgemm; at small batch that repacking is as much memory traffic as the product.
-  int (*set_local_threads)(const int*) = nullptr;  // mkl_set_num_threads_local_
   spack_size_t spack_size = nullptr;
   spack_t spack = nullptr;
   scompute_t scompute = nullptr;
@@ -111,7 +110,6 @@ const Blas& blas() {
     r.s = reinterpret_cast<fgemm_t>(dlsym(h, "sgemm_"));
     r.d = reinterpret_cast<dgemm_t>(dlsym(h, "dgemm_"));
     if (!r.s || !r.d) return Blas{};
-    r.set_local_threads = reinterpret_cast<int (*)(const int*)>(dlsym(h, "mkl_set_num_threads_local_"));
     if (!(env && std::string(env) == "nopack")) {
       r.spack_size = reinterpret_cast<spack_size_t>(dlsym(h, "sgemm_pack_get_size_"));
       r.spack = reinterpret_cast<spack_t>(dlsym(h, "sgemm_pack_"));
@@ -197,30 +195,6 @@ struct StepGemm {
                     reinterpret_cast<const float*>(A), &LB, &fb, reinterpret_cast<float*>(C), &LC);
   }
 };
-
-// Small per-step GEMMs run on the calling thread only.  Measured on the 2-core EPYC with
-// 2 threads (A/B alternating in one process, GRU T=200, H=128, fwd / bwd loop ms): B=4
-// (197k multiply-adds per step) 4.45 / 3.14 on one thread vs 5.10 / 3.61 with MKL's split;
-// B=16 (786k) 9.6 / 6.1 vs 9.9 / 5.5, i.e. from there on the split pays.  The limit is in
-// multiply-adds per step; mkl_set_num_threads_local only affects the calling thread.
-constexpr int64_t kSerialGemmMacs = 400000;
-
-struct StepThreads {
-  int prev = -1;
-  explicit StepThreads(int64_t macs) {
-    auto f = blas().set_local_threads;
-    const char* env = std::getenv("FASTRNN_SERIAL_STEP_MACS");  // override, for measuring
-    const int64_t limit = env ? std::atoll(env) : kSerialGemmMacs;
-    if (f && macs < limit && at::get_num_threads() > 1) {
-      const int one = 1;
-      prev = f(&one);
-    }
-  }
-  ~StepThreads() {
-    if (prev >= 0) blas().set_local_threads(&prev);
-  }
-};
-
 
 // ---------------------------------------------------------------------------------------
 // Pointwise passes are split across threads over the bs x H block, but only when a chunk
@@ -424,7 +398,6 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
   T* gh_p = gh.data_ptr<T>();
   const auto fwd = fwd_kernel<T>(Cell::kId, train, !d.proj);
   {
-    StepThreads step_threads(B * GH * Hout);
     auto direction = [&](int64_t k, bool split) {
       const bool rev = k == 1;
       const StepGemm<T> rec(true, GH, Hout, w_hh[k].data_ptr<T>(), Hout, fused || nT <= 1 ? 0 : B);  // 0: no packing
@@ -535,7 +508,6 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
       dw.insert(dw.end(), {at::zeros({GH, d.I}, opt), at::zeros({GH, H}, opt), at::zeros({GH}, opt),
                            is_gru ? at::zeros({GH}, opt) : Tensor()});
   {
-    StepThreads step_threads(B * GH * Hout);
     auto direction = [&](int64_t k, bool split) {
       const bool rev = k == 1;
       const StepGemm<T> rec(false, Hout, GH, w_hh[k].data_ptr<T>(), Hout, fused || nT <= 1 ? 0 : B);  // 0: no packing

@@ -37,3 +37,8 @@ def get_cell(name: str) -> Cell:
         return CELLS[name]
     except KeyError:
         raise ValueError(f"Unknown cell type {name!r}; expected one of {sorted(CELLS)}") from None
+
+
+def gates(name: str) -> int:
+    """Row blocks of hidden_size in weight_ih/weight_hh (4 for LSTM, 3 for GRU, 1 for RNN)."""
+    return get_cell(name).gates

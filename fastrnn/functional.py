@@ -1,7 +1,7 @@
 """Functional API: whole networks and single layers, dispatched to a backend.
 
-Data flows module -> functional -> backend op -> kernel. Nothing here loops
-over time; the loops here are over layers only.
+Data flows module -> functional -> op (fastrnn/ops.py) -> backend kernel. The backend is decided
+here, once per layer call; nothing here loops over time (the loops are over layers only).
 """
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from fastrnn import backends
+from fastrnn import backends, ops
 from fastrnn.backends import LayerCall
+from fastrnn.cells import gates
+from fastrnn.checks import check_layer_args
 
 LayerWeights = tuple  # (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None)
+
+__all__ = ["rnn", "rnn_layer", "check_layer_args"]
 
 
 def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
@@ -28,12 +32,44 @@ def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c
     problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights) if validate else None
     if problem:
         raise RuntimeError(problem)
+    name = choose(cell, x, x.size(1), batch_sizes, h0, c0, weights, backend)
+    if name in ops.KERNEL_BACKENDS or (name in ("torch", "reference") and ops.graph_mode(x)):
+        return ops.rnn_layer(cell, name, x, batch_sizes, h0, c0, weights)
     if x.size(0) == 0:  # B = 0: nothing to compute (and T is not recoverable from x [0, I])
         # torch returns empty outputs that are still connected to the inputs for autograd
         out = x.new_zeros(0, len(weights) * h0.size(2)) + x.sum() * 0
         return out, h0.clone(), None if c0 is None else c0.clone()
-    call = _layer_call(cell, x, x.size(1), batch_sizes, h0, c0, weights)
-    return backends.select(backend, call).impl.rnn_layer(cell, x, batch_sizes, h0, c0, weights)
+    return backends.get(name).impl.rnn_layer(cell, x, batch_sizes, h0, c0, weights)
+
+
+def choose(cell, x, input_size, batch_sizes, h0, c0, weights, backend: str) -> str:
+    """The backend that runs this layer call: the one asked for, or auto's pick.
+
+    Under torch.func transforms, on meta tensors and under FakeTensorMode outside torch.compile,
+    the layer runs as the reference recurrence (plain torch ops: every transform, fake and meta
+    tensor goes through them as through torch.nn's own). Under torch.compile see `_compiled_pick`."""
+    if torch.compiler.is_compiling():
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, c0, *[w for ws in weights for w in ws]))
+        return _compiled_pick(backend, cell, x.device.type, x.dtype, weights[0][4] is not None,
+                              batch_sizes is not None, len(weights), needs_grad)
+    if ops.transforms_active() or x.device.type == "meta" or ops.is_fake(x):
+        return "reference"
+    return backends.select(backend, _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights)).name
+
+
+def _compiled_pick(backend, cell, device, dtype, proj, packed, directions, needs_grad) -> str:
+    """auto's pick inside torch.compile: made once, at trace time, for the layer's cell, dtype and
+    options at a nominal size (T=100, B=64, 256 units), never on its actual sizes, so a dynamic
+    shape adds no guard and no recompile (a graph keeps its backend when the sizes change). On CPU
+    it never hands the call to torch's RNN ops, which Dynamo cannot trace (pytorch#91439)."""
+    call = LayerCall(cell=cell, device=device, dtype=dtype, input_size=256, hidden_size=256,
+                     proj_size=128 if proj else 0, batch=64, steps=100, directions=directions, packed=packed,
+                     needs_grad=needs_grad)
+    return backends.select(backend, call, exclude=("torch",) if device == "cpu" and backend == "auto" else ()).name
+
+
+_compiled_pick._dynamo_marked_constant = True  # Dynamo calls it at trace time and keeps the result
 
 
 def _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights) -> LayerCall:
@@ -44,7 +80,7 @@ def _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights) -> LayerCall:
         device=x.device.type,
         dtype=x.dtype,
         input_size=input_size,
-        hidden_size=w_hh.size(0) // _gates(cell),
+        hidden_size=w_hh.size(0) // gates(cell),
         proj_size=0 if w_hr is None else w_hr.size(0),
         batch=B,
         steps=(x.size(0) // B if B else 0) if batch_sizes is None else batch_sizes.numel(),
@@ -54,64 +90,6 @@ def _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights) -> LayerCall:
             x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
             or any(w is not None and w.requires_grad for ws in weights for w in ws)),
     )
-
-
-_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-
-
-def check_layer_args(cell, x, batch_sizes, h0, c0, weights) -> Optional[str]:
-    """What is wrong with a layer call's shapes, or None. Runs before any backend touches memory.
-
-    x may be the tensor or just its shape (rows, input_size)."""
-    x_shape = tuple(x.shape) if isinstance(x, Tensor) else tuple(x)
-    if len(x_shape) != 2 or h0.dim() != 3:
-        return f"expected x [N, I] and h0 [D, B, Hout], got {list(x_shape)} and {list(h0.shape)}"
-    rows, in_size = x_shape
-    if isinstance(x, Tensor):
-        named = [("h0", h0), ("c0", c0)] + [(f"{n} of direction {d}", w) for d, ws in enumerate(weights)
-                                           for n, w in zip(_WEIGHT_NAMES, ws)]
-        for name, t in named:
-            if t is not None and (t.dtype != x.dtype or t.device != x.device):
-                return (f"all tensors must have the dtype and device of the input ({x.dtype}, {x.device}); "
-                        f"{name} has {t.dtype} on {t.device}")
-    D, B, hout = h0.shape
-    if len(weights) != D or D not in (1, 2):
-        return f"expected {D} weight tuples (one per direction, 1 or 2), got {len(weights)}"
-    if (c0 is not None) != (cell == "lstm"):
-        return f"c0 must be given for lstm and only for lstm (cell {cell!r})"
-    H = c0.size(2) if c0 is not None else hout
-    if c0 is not None and tuple(c0.shape) != (D, B, H):
-        return f"c0 must have shape {[D, B, H]}, got {list(c0.shape)}"
-    gh = _gates(cell) * H
-    for d, (w_ih, w_hh, b_ih, b_hh, w_hr) in enumerate(weights):
-        want = {"weight_ih": (w_ih, (gh, in_size)), "weight_hh": (w_hh, (gh, hout)),
-                "bias_ih": (b_ih, (gh,)), "bias_hh": (b_hh, (gh,)), "weight_hr": (w_hr, (hout, H))}
-        for name, (w, shape) in want.items():
-            if w is not None and tuple(w.shape) != shape:
-                return (f"{name} of direction {d} has shape {list(w.shape)}, expected {list(shape)} "
-                        f"(input_size={in_size}, hidden_size={H}, output size={hout})")
-        if (w_hr is not None) != (hout != H) or (w_hr is not None and cell != "lstm"):
-            return "weight_hr must be given exactly when the output size differs from hidden_size (lstm only)"
-        if (b_ih is None) != (b_hh is None):
-            return "bias_ih and bias_hh must both be given or both be None"
-    if batch_sizes is None:
-        if (B == 0 and rows != 0) or (B and rows % B):
-            return f"x has {rows} rows, not a multiple of the batch size {B}"
-    else:
-        if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu" or batch_sizes.dtype != torch.int64:
-            return "batch_sizes must be a 1-D int64 CPU tensor"
-        if batch_sizes.numel():
-            if int(batch_sizes[0]) != B or int(batch_sizes.min()) < 1:
-                return f"batch_sizes must start at the batch size {B} and stay positive"
-            if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
-                return "batch_sizes must be non-increasing (sorted by length, as PackedSequence is)"
-        if int(batch_sizes.sum()) != rows:
-            return f"batch_sizes sum to {int(batch_sizes.sum())}, but x has {rows} rows"
-    return None
-
-
-def _gates(cell: str) -> int:
-    return {"lstm": 4, "gru": 3}.get(cell, 1)
 
 
 def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Optional[Tensor],
@@ -144,6 +122,8 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
 
 def _torch_runs_every_layer(cell, x, batch_sizes, hx, cx, layer_weights, backend, validate) -> bool:
     """Whether the backend choice is torch for every layer; then one torch call runs the stack."""
+    if ops.graph_mode(x):
+        return False
     D = len(layer_weights[0])
     for layer, weights in enumerate(layer_weights):
         sl = slice(layer * D, (layer + 1) * D)
@@ -152,6 +132,6 @@ def _torch_runs_every_layer(cell, x, batch_sizes, hx, cx, layer_weights, backend
         problem = check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0, c0, weights) if validate else None
         if problem:
             raise RuntimeError(problem)
-        if backends.select(backend, _layer_call(cell, x, in_size, batch_sizes, h0, c0, weights)).name != "torch":
+        if choose(cell, x, in_size, batch_sizes, h0, c0, weights, backend) != "torch":
             return False
     return True

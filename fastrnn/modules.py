@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from fastrnn import backends, functional
+from fastrnn import _dynamo, backends, functional
 from fastrnn.backends.native import one_step_to_torch, onednn_lstm_applies_to
 from fastrnn.cells import MODE_TO_CELL
 
@@ -89,7 +89,9 @@ class _RNNMixin:
         return layers
 
     def forward(self, input, hx=None):
-        if self._auto_picks_torch(input):
+        if _exporting():
+            return super().forward(input, hx)
+        if not torch.compiler.is_compiling() and self._auto_picks_torch(input):
             return super().forward(input, hx)
         flat = self._current_weights()
         is_lstm = self.mode == "LSTM"
@@ -195,6 +197,11 @@ class _RNNMixin:
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script compiles torch.nn's own module in our place (same Parameters), so the
+        scripted model runs where fastrnn is not installed."""
+        return _torch_twin(self)
+
 
 def _auto_hands_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
     """Whether auto hands this whole call to torch: a float32 LSTM for oneDNN (the veto in
@@ -234,6 +241,27 @@ def _torch_error_or_raise(torch_forward, input, hx, problem: str):
     if problem.startswith("inconsistent"):
         return result
     raise RuntimeError(problem)
+
+
+def _exporting() -> bool:
+    """torch.jit.trace (and the TorchScript ONNX exporter) or torch.export (and the dynamo ONNX
+    exporter) is recording this call: then torch.nn's own forward runs, so the artifact holds
+    torch's RNN ops and runs where fastrnn is not installed, with torch.nn's numbers."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def _torch_twin(module):
+    """torch.nn's module of the same class sharing `module`'s Parameters and settings."""
+    cls = _torch_class(module)
+    twin = cls.__new__(cls)
+    state = dict(module.__dict__)
+    state.pop("backend", None)
+    for key in ("_parameters", "_buffers", "_modules"):
+        state[key] = type(state[key])(state[key])
+    twin.__dict__.update(state)
+    if isinstance(twin, nn.RNNBase):
+        twin._init_flat_weights()
+    return twin
 
 
 def _torch_class(module):
@@ -291,7 +319,7 @@ class _CellMixin:
     def forward(self, input, hx=None):
         cls = type(self).__name__
         is_lstm = self._cell_name == "lstm"
-        if self._auto_picks_torch(input):
+        if _exporting() or self._auto_picks_torch(input):
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{cls}: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -346,6 +374,11 @@ class _CellMixin:
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script compiles torch.nn's own module in our place (same Parameters), so the
+        scripted model runs where fastrnn is not installed."""
+        return _torch_twin(self)
+
 
 class LSTMCell(_CellMixin, nn.LSTMCell):
     __doc__ = nn.LSTMCell.__doc__
@@ -387,6 +420,14 @@ def _twin(mod: nn.Module, backend: str) -> nn.Module:
     if isinstance(new, nn.RNNBase):
         new._init_flat_weights()
     return new
+
+
+# torch.load(weights_only=True), torch's default, unpickles only allow-listed classes: ours are
+# listed with torch.nn's, so a whole model saved with fastrnn modules loads wherever the same
+# model with torch.nn's classes loads (e.g. inside safe_globals([nn.LSTM, ...])).
+torch.serialization.add_safe_globals(list(_TWINS.values()))
+# torch.compile(fullgraph=True): Dynamo may wrap our modules although they subclass nn.LSTM/GRU/RNN
+_dynamo.install((LSTM, GRU, RNN))
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:

@@ -144,8 +144,9 @@ def available_backends(device="cpu") -> list[str]:
     return out
 
 
-def select(name: str, call: LayerCall) -> Backend:
-    """The backend that runs `call`: the named one (or fail saying why), or auto's pick."""
+def select(name: str, call: LayerCall, exclude: tuple = ()) -> Backend:
+    """The backend that runs `call`: the named one (or fail saying why), or auto's pick among
+    the backends not in `exclude`."""
     if name == "auto":
         name = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
     if name != "auto":
@@ -160,7 +161,7 @@ def select(name: str, call: LayerCall) -> Backend:
     skipped = []
     for cand in _ORDER.get(call.device, ("torch", "reference")):
         b = get(cand)
-        if not b.auto:
+        if not b.auto or cand in exclude:
             continue
         ok, why = b.availability()
         if ok:

@@ -3,23 +3,18 @@
 One C++ call runs a whole layer (both directions): the input projection of every step
 as one GEMM, then the time loop in C++ with one recurrent GEMM and one fused,
 vectorised pointwise pass per step.  Backward is one C++ call per layer too: the reverse
-loop, then every weight gradient as one GEMM over all steps.  Same op signature as
-`reference.rnn_layer`:
-
-    rnn_layer(cell, x, batch_sizes, h0, c0, weights) -> (out, hn, cn)
-
-float32 and float64 natively; float16/bfloat16 are computed in float32 (fp32 state and
-accumulation, like the reference) and cast back.
+loop, then every weight gradient as one GEMM over all steps.  This module supplies the kernels
+of the op layer's contract (fastrnn/ops.py: forward, backward, saved_like, COMPUTE_DTYPES) and
+auto's veto (_prefer).
 """
 from __future__ import annotations
 
 import torch
 
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
-from fastrnn.backends._compiled import layer_function, run_layer
+from fastrnn.backends import _compiled
 from fastrnn.backends.native import onednn_lstm_applies, torch_runs_one_step_faster
 
-_HALF = (torch.float16, torch.bfloat16)
 _ext = None
 
 
@@ -39,20 +34,21 @@ def _load():
     return sys.modules[__name__]
 
 
-_Layer = layer_function(lambda: _ext)
+# The kernel contract of fastrnn/ops.py: float32 and float64 natively; the op layer runs the
+# half types upcast to float32 (fp32 state and accumulation, like the reference).
+COMPUTE_DTYPES = frozenset((torch.float32, torch.float64))
 
 
-def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
-    out_dtype = x.dtype
-    if out_dtype in _HALF:  # fp32 math for half types (fp32 state and accumulation)
-        f32 = lambda t: None if t is None else t.float()  # noqa: E731
-        x, h0, c0 = f32(x), f32(h0), f32(c0)
-        weights = [tuple(f32(w) for w in ws) for ws in weights]
-    out, hn, cn = run_layer(_Layer, _ext, cell, x, batch_sizes, h0, c0, weights)
-    if out_dtype in _HALF:
-        out, hn = out.to(out_dtype), hn.to(out_dtype)
-        cn = None if cn is None else cn.to(out_dtype)
-    return out, hn, cn
+def forward(cell, x, batch_sizes, h0, c0, weights, train):
+    return _compiled.forward(_ext, cell, x, batch_sizes, h0, c0, weights, train)
+
+
+def backward(cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw):
+    return _compiled.backward(_ext, cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw)
+
+
+def saved_like(cell, x, batch_sizes, h0, c0, weights):
+    return _compiled.saved_like(cell, x, h0, c0, weights, x.dtype)
 
 
 def _prefer(call: LayerCall) -> tuple[bool, str]:

@@ -4,10 +4,8 @@ For users without a working Triton.  One C++ call runs a whole layer (both direc
 input projection of every step as one GEMM, then a host time loop issuing per step one
 recurrent GEMM (torch's cuBLAS, current stream) and one fused pointwise kernel for the cell.
 Backward is one C++ call per layer too: the reverse loop (fused gate gradients, then the
-dh_{t-1} GEMM), then every weight gradient as one GEMM over all steps.  Same op signature as
-`reference.rnn_layer`:
-
-    rnn_layer(cell, x, batch_sizes, h0, c0, weights) -> (out, hn, cn)
+dh_{t-1} GEMM), then every weight gradient as one GEMM over all steps.  It supplies the kernels
+of the op layer's contract (fastrnn/ops.py).
 
 float32 and float64; float16/bfloat16 natively (half GEMMs with fp32 accumulation, fp32 cell
 math, fp32 cell state and saved activations: see csrc/cuda/cells.cuh).  Only in CUDA builds
@@ -21,8 +19,9 @@ import sys
 import torch
 
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
-from fastrnn.backends._compiled import layer_function, run_layer
+from fastrnn.backends import _compiled
 
+_HALF = (torch.float16, torch.bfloat16)
 _ext = None
 
 
@@ -55,11 +54,21 @@ def _load():
     return sys.modules[__name__]
 
 
-_Layer = layer_function(lambda: _ext)
+# The kernel contract of fastrnn/ops.py: every dtype natively (half types with float state and
+# saved activations, csrc/cuda/cells.cuh).
+COMPUTE_DTYPES = ALL_DTYPES
 
 
-def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
-    return run_layer(_Layer, _ext, cell, x, batch_sizes, h0, c0, weights)
+def forward(cell, x, batch_sizes, h0, c0, weights, train):
+    return _compiled.forward(_ext, cell, x, batch_sizes, h0, c0, weights, train)
+
+
+def backward(cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw):
+    return _compiled.backward(_ext, cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw)
+
+
+def saved_like(cell, x, batch_sizes, h0, c0, weights):
+    return _compiled.saved_like(cell, x, h0, c0, weights, torch.float32 if x.dtype in _HALF else x.dtype)
 
 
 def _prefer(call: LayerCall) -> tuple[bool, str]:

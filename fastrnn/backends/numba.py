@@ -12,8 +12,8 @@ Same algorithm as the C++ backend (DESIGN §3), with the time loops in `@njit`
 4. torch: the weight gradients as one GEMM each over all steps
    (`dW_hh = dG^T Hprev`, `dW_ih = dG^T X`, `dW_hr = dH^T M`), `dx = dG W_ih`.
 
-Same op signature as `fastrnn.backends.reference.rnn_layer`. Double backward is
-not supported (`once_differentiable` raises torch's error).
+It supplies the kernels of the op layer's contract (fastrnn/ops.py: forward, backward,
+saved_like, COMPUTE_DTYPES); autograd, the half-type upcast and double backward live there.
 
 Threads. numba's `np.dot` calls SciPy's bundled OpenBLAS. OpenBLAS worker threads
 busy-wait after each call and fight torch's OpenMP threads for the cores: on 2
@@ -34,8 +34,8 @@ import sys
 import threading
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from fastrnn.checks import check_layer_args
 from fastrnn.backends.native import onednn_lstm_applies, torch_runs_one_step_faster
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
 
@@ -74,8 +74,6 @@ def _loop_blas_threads():
 
 def _validate(cell, x, batch_sizes, h0, c0, weights):
     """Everything the njit loops rely on, checked before any of them touches memory."""
-    from fastrnn.functional import check_layer_args  # late: functional imports the registry
-
     if cell not in _K.CELL_IDS:
         raise ValueError(f"Unknown cell type {cell!r}; expected one of {sorted(_K.CELL_IDS)}")
     tensors = [("x", x), ("h0", h0), ("c0", c0)] + [
@@ -157,9 +155,9 @@ def _forward(cell, x, batch_sizes, h0, c0, weights, save):
     cn = (c0.detach().clone(memory_format=torch.contiguous_format) if c0 is not None
           else torch.empty(D, max(B, 1), 1, dtype=dt))
     gates = torch.empty(D, R, S * H, dtype=dt)
-    cs = torch.empty(D, R, H, dtype=dt) if cell == "lstm" else torch.empty(D, 1, 1, dtype=dt)
+    cs = torch.empty(D, R, H, dtype=dt) if cell == "lstm" else torch.zeros(D, 1, 1, dtype=dt)  # a saved dummy: defined values
     hprev = torch.empty(D, N, P, dtype=dt) if save else torch.empty(D, 1, 1, dtype=dt)
-    ms = torch.empty(D, R, H, dtype=dt) if proj else torch.empty(D, 1, 1, dtype=dt)
+    ms = torch.empty(D, R, H, dtype=dt) if proj else torch.zeros(D, 1, 1, dtype=dt)
     one = np.float32(1) if dt == torch.float32 else np.float64(1)
     # 2. the time loop
     with _loop_blas_threads():
@@ -179,118 +177,65 @@ def _recurrent_weights(weights, proj, dt):
     return (whh[0], whh[-1]), (whr[0], whr[-1])
 
 
-class _Layer(torch.autograd.Function):
-    """One layer call, all directions. Inputs: cell, batch_sizes, x, h0, c0, then per
-    direction w_ih, w_hh, b_ih, b_hh, w_hr (None where absent)."""
+# ---------------------------------------------------------------- the op layer's kernel contract
 
-    @staticmethod
-    def forward(ctx, cell, batch_sizes, x, h0, c0, *flat):
-        weights = [tuple(flat[i:i + 5]) for i in range(0, len(flat), 5)]
-        out, hn, cn, saved = _forward(cell, x, batch_sizes, h0, c0, weights, save=True)
-        gates, cs, hprev, ms, sizes, offsets = saved
-        ctx.cell = cell
-        ctx.arrays = (sizes, offsets)
-        ctx.has = (c0 is not None, flat[2] is not None, flat[4] is not None, len(weights))
-        ctx.save_for_backward(x, c0 if c0 is not None else torch.empty(0, dtype=x.dtype),
-                              gates, cs, hprev, ms, *[w if w is not None else torch.empty(0) for w in flat])
-        if cn is None:
-            return out, hn
-        return out, hn, cn
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dhn, dcn=None):
-        np = _np
-        cell = ctx.cell
-        sizes, offsets = ctx.arrays
-        is_lstm, has_bias, proj, D = ctx.has
-        x, c0, gates, cs, hprev, ms, *flat = ctx.saved_tensors
-        weights = [tuple(flat[i:i + 5]) for i in range(0, len(flat), 5)]
-        dt = x.dtype
-        N = x.size(0)
-        G = _K.GATES[cell]
-        P = weights[0][1].size(1)
-        H = weights[0][1].size(0) // G
-        # autograd materialises zeros for outputs it did not reach (set_materialize_grads)
-        dout = dout.contiguous()
-        dh0 = dhn.detach().clone(memory_format=torch.contiguous_format)
-        B = dh0.size(1)
-        if is_lstm:
-            dc0 = (torch.zeros(D, B, H, dtype=dt) if dcn is None
-                   else dcn.detach().clone(memory_format=torch.contiguous_format))
-        else:
-            dc0 = torch.empty(D, max(B, 1), 1, dtype=dt)
-        whh, whr = _recurrent_weights(weights, proj, dt)
-        dgi = torch.empty(D, N, G * H, dtype=dt)
-        dgh = torch.empty(D, N, G * H, dtype=dt) if cell == "gru" else dgi
-        dhs = torch.empty(D, N, P, dtype=dt) if proj else torch.empty(D, 1, 1, dtype=dt)
-        c0a = c0 if is_lstm else torch.empty(D, 1, 1, dtype=dt)
-        one = np.float32(1) if dt == torch.float32 else np.float64(1)
-        with _loop_blas_threads():
-            _K.rnn_bwd(_K.CELL_IDS[cell], _np_(dout), gates.numpy(), cs.numpy(), hprev.numpy(),
-                       ms.numpy(), _np_(c0a), *whh, *whr, proj, sizes, offsets,
-                       dh0.numpy(), dc0.numpy(), dgi.numpy(), dgh.numpy(), dhs.numpy(), one)
-        need = ctx.needs_input_grad  # (cell, batch_sizes, x, h0, c0, *flat)
-        dx = None
-        if need[2]:
-            dx = torch.mm(dgi[0], weights[0][0])
-            for d in range(1, D):
-                dx.addmm_(dgi[d], weights[d][0])
-        grads = []
-        for d in range(D):
-            base = 5 + 5 * d
-            g_wih = dgi[d].t().mm(x) if need[base] else None
-            g_whh = dgh[d].t().mm(hprev[d]) if need[base + 1] else None
-            g_bih = dgi[d].sum(0) if has_bias and need[base + 2] else None
-            g_bhh = dgh[d].sum(0) if has_bias and need[base + 3] else None
-            g_whr = dhs[d].t().mm(ms[d]) if proj and need[base + 4] else None
-            grads += [g_wih, g_whh, g_bih, g_bhh, g_whr]
-        return (None, None, dx, dh0 if need[3] else None,
-                dc0 if is_lstm and need[4] else None, *grads)
+COMPUTE_DTYPES = _DTYPES  # half types run upcast to float32 (fastrnn/ops.py)
 
 
-# ---------------------------------------------------------------- the op
-
-def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
-    """One layer, all directions; see `fastrnn.backends.reference.rnn_layer`.
-
-    x [N, I]; batch_sizes None or [T] int64; h0 [D, B, Hout]; c0 [D, B, H] | None;
-    weights: D tuples (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None).
-    Returns out [N, D*Hout], hn [D, B, Hout], cn [D, B, H] | None.
-    """
-    # the caller already cast to the autocast dtype; our own GEMMs must not be recast
-    if torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return _rnn_layer(cell, x, batch_sizes, h0, c0, weights)
-    return _rnn_layer(cell, x, batch_sizes, h0, c0, weights)
-
-
-def _rnn_layer(cell, x, batch_sizes, h0, c0, weights):
-    if x.dtype in _HALF:  # fp16/bf16: fp32 math and cell state, results cast back (as reference)
-        f32 = lambda t: None if t is None else t.float()  # noqa: E731
-        out, hn, cn = _rnn_layer(cell, f32(x), batch_sizes, f32(h0), f32(c0),
-                                [tuple(f32(w) for w in ws) for ws in weights])
-        return out.to(x.dtype), hn.to(x.dtype), None if cn is None else cn.to(x.dtype)
+def forward(cell, x, batch_sizes, h0, c0, weights, train):
+    """out, hn, cn | None and, with train, saved = [gates, cs, hprev, ms] (dummies [D, 1, 1]
+    where a cell or option has none)."""
     _validate(cell, x, batch_sizes, h0, c0, weights)
-    flat = [w for ws in weights for w in ws]
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in [x, h0, c0, *flat])
-    if x.size(0) == 0 or h0.size(1) == 0:
-        return _empty(cell, x, h0, c0, weights)
-    if not needs_grad:
-        out, hn, cn, _ = _forward(cell, x, batch_sizes, h0, c0, weights, save=False)
-        return out, hn, cn
-    res = _Layer.apply(cell, batch_sizes, x, h0, c0, *flat)
-    if cell == "lstm":
-        return res
-    return res[0], res[1], None
+    if torch.is_autocast_enabled("cpu"):  # the caller cast already; our own GEMMs must not be recast
+        with torch.autocast("cpu", enabled=False):
+            out, hn, cn, saved = _forward(cell, x, batch_sizes, h0, c0, weights, save=train)
+    else:
+        out, hn, cn, saved = _forward(cell, x, batch_sizes, h0, c0, weights, save=train)
+    return out, hn, cn, list(saved[:4]) if train else []
 
 
-def _empty(cell, x, h0, c0, weights):
-    """No rows: the output is empty and the states pass through (still differentiable)."""
-    P = h0.size(2)
-    out = x.new_zeros(0, len(weights) * P) + 0 * x.sum()
-    return out, h0.clone(), None if c0 is None else c0.clone()
+def saved_like(cell, x, batch_sizes, h0, c0, weights):
+    D, N, P = len(weights), x.size(0), h0.size(2)
+    H = weights[0][1].size(0) // {"lstm": 4, "gru": 3}.get(cell, 1)
+    S = {"lstm": 4, "gru": 4}.get(cell, 1)  # kernels.numba.rnn.SAVED
+    dummy = lambda: x.new_empty(D, 1, 1)  # noqa: E731
+    return [x.new_empty(D, N, S * H), x.new_empty(D, N, H) if cell == "lstm" else dummy(),
+            x.new_empty(D, N, P), x.new_empty(D, N, H) if weights[0][4] is not None else dummy()]
+
+
+def backward(cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw):
+    """(dx, dh0, dc0, per direction dw_ih, dw_hh, db_ih, db_hh, dw_hr): the reverse loop in numba,
+    then dx and the weight gradients as one GEMM each over all steps."""
+    np = _np
+    gates, cs, hprev, ms = saved
+    D, B, P, H, sizes, offsets = _prepare(cell, x, batch_sizes, h0, c0, weights)
+    is_lstm, has_bias, proj = c0 is not None, weights[0][2] is not None, weights[0][4] is not None
+    dt, N, G = x.dtype, x.size(0), _K.GATES[cell]
+    dh0 = dhn.clone(memory_format=torch.contiguous_format)
+    dc0 = dcn.clone(memory_format=torch.contiguous_format) if is_lstm else torch.empty(D, max(B, 1), 1, dtype=dt)
+    whh, whr = _recurrent_weights(weights, proj, dt)
+    dgi = torch.empty(D, N, G * H, dtype=dt)
+    dgh = torch.empty(D, N, G * H, dtype=dt) if cell == "gru" else dgi
+    dhs = torch.empty(D, N, P, dtype=dt) if proj else torch.empty(D, 1, 1, dtype=dt)
+    c0a = c0 if is_lstm else torch.empty(D, 1, 1, dtype=dt)
+    one = np.float32(1) if dt == torch.float32 else np.float64(1)
+    with _loop_blas_threads():
+        _K.rnn_bwd(_K.CELL_IDS[cell], _np_(dout), gates.numpy(), cs.numpy(), hprev.numpy(),
+                   ms.numpy(), _np_(c0a), *whh, *whr, proj, sizes, offsets,
+                   dh0.numpy(), dc0.numpy(), dgi.numpy(), dgh.numpy(), dhs.numpy(), one)
+    dx = None
+    if need_dx:
+        dx = torch.mm(dgi[0], weights[0][0])
+        for d in range(1, D):
+            dx.addmm_(dgi[d], weights[d][0])
+    grads = []
+    for d in range(D):
+        if not need_dw:
+            grads += [None] * 5
+            continue
+        grads += [dgi[d].t().mm(x), dgh[d].t().mm(hprev[d]), dgi[d].sum(0) if has_bias else None,
+                  dgh[d].sum(0) if has_bias else None, dhs[d].t().mm(ms[d]) if proj else None]
+    return (dx, dh0, dc0 if is_lstm else None, *grads)
 
 
 # ---------------------------------------------------------------- registration

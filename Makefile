@@ -9,7 +9,7 @@ export MAX_JOBS ?= 2
 EXPECT_BACKENDS ?= cpp,numba
 PYTEST ?= $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup test bench test-gpu fuzz sanitize clean wheel test-wheel check-cuda
+.PHONY: setup test bench test-gpu gpu-check fuzz sanitize clean wheel test-wheel check-cuda
 
 setup: $(VENV)/.setup-done
 
@@ -29,15 +29,27 @@ test: setup
 	@$(MAKE) --no-print-directory check-cuda
 	@$(MAKE) --no-print-directory test-wheel
 
+# The quick grid (layer calls side by side, float32 + bf16/fp16/autocast), the quick whole-model
+# set (training steps, torch.nn and fastrnn each in its own process), then the report.
 bench: setup
 	$(PY) -m fastrnn.bench --quick
+	$(PY) -m fastrnn.bench models --quick
 	$(PY) -m fastrnn.bench report
 
-# On the lent GPU machine: use the torch/Triton found there (no registry), build in place, run all tests.
+# On the lent GPU machine (README "Running on a GPU"): the python3 found there with its torch and
+# Triton, straight from the source tree (no venv, no install, no registry). Here, .venv's python.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_DEADLINE ?= 300
+# Correctness, speed and cuDNN's algorithm under a hard deadline; results JSON after every case
+# (benchmarks/results/gpu-<device>.json). Without CUDA: the same run on CPU, Triton interpreter.
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m fastrnn.gpucheck --deadline $(GPU_CHECK_DEADLINE)
+
+# GPU tests only (tests/gpu, marker gpu): no CPU suite; the CUDA extension is built (every core,
+# this GPU's arch) only when missing or older than its sources.
 test-gpu:
-	test -x .venv-gpu/bin/python || $(PYTHON) -m venv --system-site-packages .venv-gpu
-	.venv-gpu/bin/python -m pip install -q --no-build-isolation --no-deps -e .
-	.venv-gpu/bin/python -m pytest -q -p no:cacheprovider tests -m "gpu or not gpu" --ignore=tests/test_triton.py
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m fastrnn.gpucheck build
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/gpu -m gpu
 
 clean:
 	rm -rf build build-asan dist *.egg-info fastrnn/_ext*.so

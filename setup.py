@@ -259,7 +259,8 @@ setup(
     extras_require={
         "numba": ["numba>=0.59", "scipy"],  # numba's np.dot calls BLAS through SciPy
         "triton": ["triton>=3.3"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "numba>=0.59", "scipy"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "numba>=0.59", "scipy",
+                 "onnx", "onnxruntime", "onnxscript"],  # exports are run where fastrnn is not
         "bench": ["pytest-benchmark", "tqdm", "matplotlib", "onnxruntime", "onnx"],
     },
     ext_modules=[CMakeExtension("fastrnn._ext")],

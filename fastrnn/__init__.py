@@ -16,3 +16,8 @@ def empty_cache() -> int:
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "available_backends", "convert", "empty_cache",
            "__version__"]
+
+# User-defined and LayerNorm cells, fused by generated Numba kernels (fastrnn/custom.py).
+from fastrnn.custom import CellDef, CustomRNN, LayerNormGRU, LayerNormLSTM, UnsupportedCellError  # noqa: E402
+
+__all__ += ["CellDef", "CustomRNN", "LayerNormLSTM", "LayerNormGRU", "UnsupportedCellError"]

@@ -33,8 +33,12 @@ def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c
     if problem:
         raise RuntimeError(problem)
     name = choose(cell, x, x.size(1), batch_sizes, h0, c0, weights, backend)
-    if name in ops.KERNEL_BACKENDS or (name in ("torch", "reference") and ops.graph_mode(x)):
+    if name in ops.KERNEL_BACKENDS:
         return ops.rnn_layer(cell, name, x, batch_sizes, h0, c0, weights)
+    if name in ("torch", "reference") and ops.graph_mode(x):
+        # torch.compile traces the reference recurrence (plain torch ops): torch's own RNN
+        # kernels do not trace (pytorch#91439), so backend="torch" runs it too under compile
+        name = "reference"
     if x.size(0) == 0:  # B = 0: nothing to compute (and T is not recoverable from x [0, I])
         # torch returns empty outputs that are still connected to the inputs for autograd
         out = x.new_zeros(0, len(weights) * h0.size(2)) + x.sum() * 0

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from fastrnn import _dynamo, backends, functional
+from fastrnn import _dynamo, backends, custom, functional
 from fastrnn.backends.native import one_step_to_torch, onednn_lstm_applies_to
 from fastrnn.cells import MODE_TO_CELL
 
@@ -31,27 +31,31 @@ _AUTOCAST_POLICY: dict = {}
 
 
 def _autocast_dtype(torch_cls, device_type: str):
-    """The dtype torch's own `torch_cls` computes in under the active autocast, or None.
-
-    torch's policy differs by device and module (on CPU, LSTM and RNN run in the autocast
-    dtype while GRU and the LSTM/GRU cells stay float32), so we ask torch once per
-    (module, device, autocast dtype) with a 1x1 probe instead of copying its op lists.
-    """
+    """The dtype torch's own `torch_cls` computes in under the active autocast, or None."""
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return None
-    dt = torch.get_autocast_dtype(device_type)
+    return _autocast_policy(torch_cls, device_type, torch.get_autocast_dtype(device_type))
+
+
+def _autocast_policy(torch_cls, device_type: str, dt):
+    """torch's policy differs by device and module (on CPU, LSTM and RNN run in the autocast
+    dtype while GRU and the LSTM/GRU cells stay float32), so we ask torch once per
+    (module, device, autocast dtype) with a 1x1 probe instead of copying its op lists."""
     key = (torch_cls, device_type, dt)
     if key not in _AUTOCAST_POLICY:
         probe = torch_cls(1, 1).to(device_type)
         x = torch.zeros((1, 1, 1) if issubclass(torch_cls, nn.RNNBase) else (1, 1), device=device_type)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device_type, dtype=dt):
                 out = probe(x)
             out_dtype = (out[0] if isinstance(out, tuple) else out).dtype
         except RuntimeError:  # e.g. oneDNN has no bf16 LSTM on this CPU: torch meant to cast
             out_dtype = dt
         _AUTOCAST_POLICY[key] = None if out_dtype == torch.float32 else out_dtype
     return _AUTOCAST_POLICY[key]
+
+
+_autocast_policy._dynamo_marked_constant = True  # torch.compile: asked at trace time, result kept
 
 
 def _autocast(torch_cls, device_type: str, tensors):
@@ -90,8 +94,10 @@ class _RNNMixin:
 
     def forward(self, input, hx=None):
         if _exporting():
+            self._check_exportable()
             return super().forward(input, hx)
-        if not torch.compiler.is_compiling() and self._auto_picks_torch(input):
+        plain = not (torch.compiler.is_compiling() or self.zoneout or self.weight_dropout)
+        if plain and self._auto_picks_torch(input):
             return super().forward(input, hx)
         flat = self._current_weights()
         is_lstm = self.mode == "LSTM"
@@ -164,8 +170,16 @@ class _RNNMixin:
             layers = self._layer_weights(flat)
         # The checks above are functional's (shapes per layer) plus one dtype/device test for all
         # tensors, which autocast relaxes: only then does functional run its own again.
-        out, hn, cn = functional.rnn(cell, x, batch_sizes, h0, c0, layers, dropout=self.dropout,
-                                     training=self.training, backend=self.backend, validate=autocast)
+        if self.weight_dropout and self.training:
+            layers = custom.drop_connect(layers, self.weight_dropout, True)
+        if self.zoneout:
+            if torch.compiler.is_compiling():
+                raise NotImplementedError("fastrnn: zoneout does not run under torch.compile yet")
+            out, hn, cn = custom.rnn_zoneout(cell, x, batch_sizes, h0, c0, layers, self.dropout, self.training,
+                                             self.zoneout, backend=self.backend)
+        else:
+            out, hn, cn = functional.rnn(cell, x, batch_sizes, h0, c0, layers, dropout=self.dropout,
+                                         training=self.training, backend=self.backend, validate=autocast)
 
         hidden = (hn, cn) if is_lstm else hn
         if batch_sizes is not None:
@@ -191,16 +205,31 @@ class _RNNMixin:
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
+        for name, default in (("zoneout", 0.0), ("weight_dropout", 0.0)):
+            if getattr(self, name, default) != default:
+                s += f", {name}={getattr(self, name)}"
         return s if self.backend == "auto" else s + f", backend={self.backend!r}"
 
     def __setstate__(self, d):
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("zoneout", 0.0)
+        self.__dict__.setdefault("weight_dropout", 0.0)
 
     def __prepare_scriptable__(self):
         """torch.jit.script compiles torch.nn's own module in our place (same Parameters), so the
         scripted model runs where fastrnn is not installed."""
+        if hasattr(self, "zoneout"):
+            self._check_exportable()
         return _torch_twin(self)
+
+    def _check_exportable(self):
+        """Exports record torch.nn's forward, which has neither option: refuse rather than record
+        something else (weight dropout is a no-op at eval)."""
+        if self.zoneout or (self.weight_dropout and self.training):
+            raise NotImplementedError(
+                "fastrnn: a module with zoneout (or weight_dropout in training) cannot be exported: exports "
+                "record torch.nn's own RNN, which has neither; export the model with zoneout=0 (eval)")
 
 
 def _auto_hands_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
@@ -252,16 +281,22 @@ def _exporting() -> bool:
 
 def _torch_twin(module):
     """torch.nn's module of the same class sharing `module`'s Parameters and settings."""
-    cls = _torch_class(module)
-    twin = cls.__new__(cls)
+    twin = _copy_as(module, _torch_class(module))
+    for name in ("backend", "zoneout", "weight_dropout"):
+        twin.__dict__.pop(name, None)
+    return twin
+
+
+def _copy_as(module, cls):
+    """A `cls` instance with `module`'s attributes, sharing its Parameter objects."""
+    new = cls.__new__(cls)
     state = dict(module.__dict__)
-    state.pop("backend", None)
     for key in ("_parameters", "_buffers", "_modules"):
         state[key] = type(state[key])(state[key])
-    twin.__dict__.update(state)
-    if isinstance(twin, nn.RNNBase):
-        twin._init_flat_weights()
-    return twin
+    new.__dict__.update(state)
+    if isinstance(new, nn.RNNBase):
+        new._init_flat_weights()
+    return new
 
 
 def _torch_class(module):
@@ -280,28 +315,52 @@ def _consistent(tensors) -> bool:
     return True
 
 
-class LSTM(_RNNMixin, nn.LSTM):
-    __doc__ = nn.LSTM.__doc__
+_EXTRA_DOC = """
+    fastrnn's extra keyword arguments (defaults keep torch.nn's behaviour exactly):
+        backend: "auto" (default) or a backend name (`fastrnn.available_backends()`).
+        zoneout: probability p of keeping each unit's previous state (h, and c for LSTM) at each
+            step (Krueger et al. 2016): in training, Bernoulli masks from torch's RNG
+            (reproducible under torch.manual_seed); at eval, the deterministic mix
+            p * old + (1 - p) * new. Runs on generated kernels (fastrnn.custom); not with proj_size.
+        weight_dropout: DropConnect on weight_hh (AWD-LSTM's weight drop): one mask per layer and
+            direction drawn per forward call in training; the full weights at eval.
+"""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+
+def _check_probability(name: str, p) -> float:
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+        raise ValueError(f"{name} should be a number in range [0, 1], got {p!r}")
+    return float(p)
+
+
+class LSTM(_RNNMixin, nn.LSTM):
+    __doc__ = nn.LSTM.__doc__ + _EXTRA_DOC
+
+    def __init__(self, *args, backend: str = "auto", zoneout: float = 0.0, weight_dropout: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = _check_backend_name(backend)
+        self.zoneout = _check_probability("zoneout", zoneout)
+        self.weight_dropout = _check_probability("weight_dropout", weight_dropout)
 
 
 class GRU(_RNNMixin, nn.GRU):
-    __doc__ = nn.GRU.__doc__
+    __doc__ = nn.GRU.__doc__ + _EXTRA_DOC
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", zoneout: float = 0.0, weight_dropout: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = _check_backend_name(backend)
+        self.zoneout = _check_probability("zoneout", zoneout)
+        self.weight_dropout = _check_probability("weight_dropout", weight_dropout)
 
 
 class RNN(_RNNMixin, nn.RNN):
-    __doc__ = nn.RNN.__doc__
+    __doc__ = nn.RNN.__doc__ + _EXTRA_DOC
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", zoneout: float = 0.0, weight_dropout: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = _check_backend_name(backend)
+        self.zoneout = _check_probability("zoneout", zoneout)
+        self.weight_dropout = _check_probability("weight_dropout", weight_dropout)
 
 
 class _CellMixin:
@@ -411,14 +470,10 @@ _TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRU
 
 def _twin(mod: nn.Module, backend: str) -> nn.Module:
     """A fastrnn module sharing `mod`'s Parameter objects (optimizers keep working)."""
-    new = _TWINS[type(mod)].__new__(_TWINS[type(mod)])
-    state = dict(mod.__dict__)
-    for key in ("_parameters", "_buffers", "_modules"):
-        state[key] = type(state[key])(state[key])
-    new.__dict__.update(state)
+    new = _copy_as(mod, _TWINS[type(mod)])
     new.backend = backend
     if isinstance(new, nn.RNNBase):
-        new._init_flat_weights()
+        new.zoneout = new.weight_dropout = 0.0
     return new
 
 

@@ -4,7 +4,7 @@
    reports itself unavailable with the reason; auto never picks it until it is measured.
 2. Its host time loop (csrc/cuda/rnn.cpp) and cell definitions (csrc/cuda/cells.cuh), built with
    FASTRNN_CUDA_EMULATE against the CPU stand-in for the kernels (csrc/cuda/emulate.cpp), run on
-   CPU tensors through the same autograd glue as the real backend (fastrnn/backends/_compiled.py)
+   CPU tensors through the same op layer as the real backend (fastrnn/ops.py)
    and match the float64 reference: outputs, final states and every gradient, for every cell,
    projection, both directions, packed input and all four dtypes.  The build takes about a minute
    (torch's headers) and is cached in build/cuda-emulated.
@@ -28,7 +28,7 @@ from test_triton import _leaves, _names, _problem, _run
 
 from fastrnn import backends
 from fastrnn.backends import reference
-from fastrnn.backends._compiled import layer_function, run_layer
+from fastrnn import ops
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -94,11 +94,21 @@ def emulated():
                               verbose=False)
 
 
+def _through_ops(mp, emulated):
+    """The op layer running backend "cuda" on the emulated extension (CPU tensors)."""
+    from fastrnn.backends import cuda as cuda_backend
+    real = ops._kernels
+    mp.setattr(cuda_backend, "_ext", emulated)
+    mp.setattr(ops, "_kernels", lambda name: cuda_backend if name == "cuda" else real(name))
+    return lambda cell, x, bs, h0, c0, w: ops.rnn_layer(cell, "cuda", x, bs, h0, c0, w)
+
+
 @pytest.fixture(scope="module")
 def layer(emulated):
     assert emulated.emulated
-    fn = layer_function(lambda: emulated)
-    return lambda cell, x, bs, h0, c0, w: run_layer(fn, emulated, cell, x, bs, h0, c0, w)
+    mp = pytest.MonkeyPatch()
+    yield _through_ops(mp, emulated)
+    mp.undo()
 
 
 def _cast(problem, dtype):
@@ -242,14 +252,13 @@ def test_check_cuda_script_compiles_every_source():
 
 
 def test_emulated_through_the_backend_module_and_under_autocast(emulated, monkeypatch):
-    """fastrnn/backends/cuda.py's own rnn_layer (its extension swapped for the emulated one); an
-    active autocast must not retype the extension's internal GEMMs (the modules apply torch's
-    autocast policy before the backend is called)."""
-    from fastrnn.backends import cuda as cuda_backend
-    monkeypatch.setattr(cuda_backend, "_ext", emulated)
+    """fastrnn/backends/cuda.py's kernel contract through the op layer (its extension swapped for
+    the emulated one); an active autocast must not retype the extension's internal GEMMs (the
+    modules apply torch's autocast policy before the backend is called)."""
+    layer = _through_ops(monkeypatch, emulated)
     x, bs, h0, c0, w = _cast(_problem("lstm", T=4, B=3, I=5, H=6, D=2, proj=4), torch.float32)
-    plain = _run(cuda_backend.rnn_layer, "lstm", x, bs, h0, c0, w, [torch.ones(1)] * 3)
+    plain = _run(layer, "lstm", x, bs, h0, c0, w, [torch.ones(1)] * 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cast = _run(cuda_backend.rnn_layer, "lstm", x, bs, h0, c0, w, [torch.ones(1)] * 3)
+        cast = _run(layer, "lstm", x, bs, h0, c0, w, [torch.ones(1)] * 3)
     for a, b in zip(plain[0] + plain[1], cast[0] + cast[1]):
         assert a.dtype == torch.float32 and torch.equal(a, b)

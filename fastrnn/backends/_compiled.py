@@ -16,6 +16,8 @@ import contextlib
 
 import torch
 
+from fastrnn.cells import gates
+
 # values saved per hidden unit and step (csrc/cells.h: LSTM i f g o c_{t-1} tanh(c_t); GRU r z n
 # W_hn h + b_hn; RNN h_t)
 SAVED_PER_UNIT = {"lstm": 6, "gru": 4, "rnn_tanh": 1, "rnn_relu": 1}
@@ -47,7 +49,7 @@ def backward(ext, cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, 
 def saved_like(cell, x, h0, c0, weights, save_dtype):
     """Empty tensors shaped like what `forward(..., train=True)` saves (for fake tensors)."""
     D, N, Hout = len(weights), x.size(0), h0.size(2)
-    H = weights[0][1].size(0) // {"lstm": 4, "gru": 3}.get(cell, 1)
+    H = weights[0][1].size(0) // gates(cell)
     saved = [x.new_empty(D, N, SAVED_PER_UNIT[cell] * H, dtype=save_dtype), x.new_empty(D, N, Hout)]
     if weights[0][4] is not None:
         saved.append(x.new_empty(D, N, H))

@@ -69,12 +69,58 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     Every other LSTM call takes torch's native path, which we beat (packed, proj_size, float64,
     half types).  GRU and RNN have no oneDNN path.
     """
+    half = _TORCH_HALF.get(call.dtype)  # bf16/fp16 run upcast to float32 here: see _TORCH_HALF
+    if half is not None and call.device == "cpu" and torch.backends.mkldnn.is_available() \
+            and getattr(torch.ops.mkldnn, half[0])():
+        grad = bool(call.needs_grad)
+        fused_above = half[1][grad]
+        if (fused_above is not None and call.cell == "lstm" and not call.proj_size and not call.packed
+                and torch.backends.mkldnn.enabled):
+            if call.batch > fused_above:
+                return False, f"torch's native {call.dtype} oneDNN LSTM is faster than our float32 upcast here"
+        else:
+            G = {"lstm": 4, "gru": 3}.get(call.cell, 1)
+            if 2.0 * call.batch * (call.proj_size or call.hidden_size) * G * call.hidden_size > half[2][grad]:
+                return False, f"torch's native {call.dtype} GEMMs are faster than our float32 upcast at this size"
     onednn = onednn_lstm_applies(call)
     if torch_runs_one_step_faster(call) and not onednn:  # oneDNN's LSTM: see _ONEDNN_SHORT_STEPS
         return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
     if onednn and not _beats_onednn(call):
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input at this size"
     return True, ""
+
+
+# Half types: this backend computes bf16/fp16 upcast to float32 (fp32 GEMMs, fp32 state), while
+# torch runs them natively where oneDNN has the kernels: bf16 on AVX-512 CPUs (AVX512_BF16 and AMX
+# GEMMs; the fused oneDNN LSTM for padded LSTM without projection, forward and backward), fp16 on
+# AVX512-FP16/AMX-FP16 CPUs (its GEMMs; the fused LSTM for inference only).  Where the dtype's
+# oneDNN check (the entry's first field) fails, torch's half path is slow and nothing is vetoed.
+# Entry: (check, {needs_grad: rows above which torch's fused LSTM wins, None: no fused LSTM},
+#         {needs_grad: per-step GEMM flops 2*B*Hout*G*H above which torch wins, every other call}).
+# Measured on the 2-core Intel Xeon (Sapphire Rapids class: AVX512_BF16, AMX, AVX512_FP16), torch
+# 2.13, T=100, I=H, torch time / cpp time side by side in one process, min of 7 alternating calls
+# of CPU time on one thread (the two cores were shared with three other engineers' jobs, load 5-8:
+# two-thread wall times swung 2-100x between runs; the one-thread ratios held to +-10% between
+# runs; a quieter two-thread run, half-1 in the bench notes, agreed in sign away from the edges):
+#   bf16 LSTM fused  fwd     B1 H128/256/512 0.56/0.50/0.37, B16 0.20-0.32, B64 0.18-0.24 (2 threads:
+#                            B1 H128 1.0-1.24, B1 H256 0.60-0.95): torch at any batch
+#                    fwd+bwd B1 1.36/2.43/1.70, B2 H256 1.77 | B4 H128/256 0.77/0.88, B8 0.60-0.66,
+#                            B16 0.39-0.44, B64 0.26-0.37: torch above 2 rows
+#   bf16 GRU/RNN     fwd     GRU 1.6 MF (B1 H512, B16 H128) 1.11/1.97, RNN 2.1 MF 1.27/1.35 |
+#                            GRU 6.3 MF 0.84/0.85, RNN 8.4 MF 0.55/0.62, larger 0.35-0.48: torch above 4 MF
+#                    fwd+bwd GRU 6.3 MF 1.02/1.08, RNN 2.1 MF 1.08/1.31 | RNN 8.4 MF 0.58/0.74,
+#                            GRU 25 MF 0.52/0.75, larger 0.37-0.40: torch above 8 MF
+#   fp16 LSTM fused  fwd     B16 H128/256/512 1.24/1.02/1.05 | B64 0.84-0.89: torch above 16 rows
+#   fp16 (unfused)   fwd     RNN 8.4 MF 1.15, GRU 25 MF 1.01 | RNN 33.5 MF 1.00, GRU 100 MF 0.96
+#                    fwd+bwd RNN 8.4 MF 1.14, GRU 25 MF 1.09 | LSTM 33.5 MF 1.10-1.12, RNN 33.5 MF 0.78,
+#                            GRU 100 MF 0.84, LSTM 134 MF 0.84: torch above 30 MF
+# bf16 LSTM with proj_size or packed input runs torch's unfused path, like GRU/RNN (not measured
+# there; the GRU/RNN thresholds apply).  Handing a call to torch can only make auto as fast as
+# torch, so each edge sits at or below the last shape where we won.
+_TORCH_HALF = {
+    torch.bfloat16: ("_is_mkldnn_bf16_supported", {False: 0, True: 2}, {False: 4e6, True: 8e6}),
+    torch.float16: ("_is_mkldnn_fp16_supported", {False: 16, True: None}, {False: 30e6, True: 30e6}),
+}
 
 
 # torch's oneDNN LSTM reorders the weights into its own layout on every call, which a short

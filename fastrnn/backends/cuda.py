@@ -72,10 +72,10 @@ def saved_like(cell, x, batch_sizes, h0, c0, weights):
 
 
 def _prefer(call: LayerCall) -> tuple[bool, str]:
-    # Like the triton backend: no GPU measurement of these kernels exists yet (no device was
-    # lent to the session that wrote them).  auto must never be slower than cuDNN, so until a
-    # GPU session measures them, auto hands CUDA calls to torch; backend="cuda" runs them.
-    return False, "not yet measured against cuDNN on a GPU; auto leaves CUDA calls to torch"
+    # As the triton backend's: auto runs these kernels only where the measured table for this
+    # GPU class says they win (fastrnn/gpu_dispatch.py); backend="cuda" runs them regardless.
+    from fastrnn import gpu_dispatch
+    return gpu_dispatch.prefer("cuda", call)
 
 
 BACKEND = Backend(

@@ -35,6 +35,8 @@ import threading
 
 import torch
 
+from fastrnn.cells import gates
+
 from fastrnn.checks import check_layer_args
 from fastrnn.backends.native import onednn_lstm_applies, torch_runs_one_step_faster
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
@@ -196,8 +198,8 @@ def forward(cell, x, batch_sizes, h0, c0, weights, train):
 
 def saved_like(cell, x, batch_sizes, h0, c0, weights):
     D, N, P = len(weights), x.size(0), h0.size(2)
-    H = weights[0][1].size(0) // {"lstm": 4, "gru": 3}.get(cell, 1)
-    S = {"lstm": 4, "gru": 4}.get(cell, 1)  # kernels.numba.rnn.SAVED
+    H = weights[0][1].size(0) // gates(cell)
+    S = _K.SAVED[cell]
     dummy = lambda: x.new_empty(D, 1, 1)  # noqa: E731
     return [x.new_empty(D, N, S * H), x.new_empty(D, N, H) if cell == "lstm" else dummy(),
             x.new_empty(D, N, P), x.new_empty(D, N, H) if weights[0][4] is not None else dummy()]
@@ -294,16 +296,29 @@ def _load():
 # were tried: with torch's OpenMP pool in the same process both slowed down 10-100x.)
 _TORCH_ABOVE_FLOPS = {False: 4e6, True: 16e6}  # keyed by needs_grad
 
+# Half types run upcast to float32 here.  Where torch's oneDNN has native kernels for the dtype
+# (the check named: bf16 on AVX-512, fp16 on AVX512-FP16/AMX-FP16) torch keeps every half call:
+# on the 2-core Intel Xeon (AVX512_BF16, AMX, AVX512_FP16), T=100, torch time / numba time, min of
+# 7 alternating calls, CPU time on one thread (numba's loop is single-threaded; torch has both
+# cores in real use, so these flatter numba): numba won only the smallest calls (bf16 LSTM B1 H256
+# fwd+bwd 2.42, GRU B1 H256 fwd 3.04, GRU B16 H128 fwd 1.18) and lost from 2 MF per step (bf16 RNN
+# B16 H256 fwd 0.77, B64 H128 fwd+bwd 0.88, GRU B16 H256 fwd+bwd 0.90, LSTM B2 H256 fwd+bwd 0.93;
+# fp16 LSTM B16 H256 fwd 0.67, RNN B16 H512 fwd 0.90, GRU B16 H512 fwd+bwd 0.95).  Elsewhere torch's
+# half path is emulated and slow (fp16 LSTM B64 H512 fwd+bwd on the Zen4: 22.3 s vs 0.43 s
+# upcast, issue 20), so the float32 rule above decides.
+_TORCH_NATIVE_HALF = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+
 
 def _prefer(call: LayerCall) -> tuple[bool, str]:
     """auto's veto: hand the call to torch where torch measured faster (table above)."""
-    if call.dtype in _HALF:
+    native = _TORCH_NATIVE_HALF.get(call.dtype)
+    if native is not None and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, native)():
         return False, "half types would run upcast to float32; torch runs them natively"
     if torch_runs_one_step_faster(call):
         return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
     if onednn_lstm_applies(call):  # quiet-machine quick grid: numba 0.64-0.79x torch there
         return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
-    G = {"lstm": 4, "gru": 3}.get(call.cell, 1)
+    G = gates(call.cell)
     flops = 2.0 * call.batch * (call.proj_size or call.hidden_size) * G * call.hidden_size
     if flops > _TORCH_ABOVE_FLOPS[bool(call.needs_grad)]:
         return False, (f"per-step GEMM of {flops / 1e6:.1f} MFLOP: torch's multithreaded MKL "

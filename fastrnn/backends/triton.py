@@ -74,10 +74,11 @@ def _check(call):
 def _prefer(call):
     if call.device != "cuda":
         return False, "auto never picks the Triton interpreter for CPU tensors"
-    # No GPU measurement exists yet (no device was lent to the sessions that wrote these
-    # kernels). auto must never be slower than cuDNN, so until a GPU session fits the dispatch
-    # table from measurements, auto hands CUDA calls to torch; backend="triton" runs them.
-    return False, "not yet measured against cuDNN on a GPU; auto leaves CUDA calls to torch"
+    # auto must never be slower than cuDNN: it runs these kernels only where the measured table
+    # for this GPU class (fastrnn/gpu_table.py, fitted from `make gpu-check`) says they win;
+    # without one it hands CUDA calls to torch. backend="triton" runs them regardless.
+    from fastrnn import gpu_dispatch
+    return gpu_dispatch.prefer("triton", call)
 
 
 BACKEND = Backend(name="triton", devices=frozenset(("cuda", "cpu")), dtypes=ALL_DTYPES,
@@ -219,9 +220,11 @@ class _Cfg(NamedTuple):
 
 
 # Largest H whose W_hh (all gates) one persistent program keeps in registers without spilling,
-# read off the sm_90 compile report (python -m fastrnn.kernels.triton.aot; 8 warps, LSTM):
-# bf16/fp16 H=64: 128 registers forward, 156 backward, H=128 spills; fp32 ("ieee" FMA dot) H=32
-# fits, H=64 spills (with tf32 it would fit: 170); fp64 spills already at H=16, so never.
+# read off the sm_90 compile report (python -m fastrnn.kernels.triton.aot; 8 warps, maxnreg 255):
+# bf16/fp16 at BLOCK_H=64: LSTM 183 registers forward, 202 backward, H=128 spills; fp32 ("ieee"
+# FMA dot) at BLOCK_H=32: 241/220, H=64 spills; fp64 spills already at H=16, so never. The kernels
+# use one BLOCK_H per dtype (kernels.triton.rnn.SEQ_BLOCK_H), so one compile per variant;
+# tests/test_triton_compile.py keeps every variant spill-free.
 # Estimates from the compiler, not timings: a GPU session must measure where it beats the step path.
 _PERSISTENT_MAX_H = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32, torch.float64: 0}
 

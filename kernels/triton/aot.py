@@ -1,77 +1,132 @@
-"""Compile the step kernels for a GPU target on a machine without one (ptxas ships with triton).
+"""Compile the kernels for a GPU target on a machine without one (ptxas ships with triton), and
+count the compiles a run would ask for.
 
-Catches what the interpreter cannot (type errors in compiled mode, spills, missing tensor-core
-instructions) and gives the resource report the method asks to read before any device time:
+Two tools, both CPU-only, both working from the launches a run actually makes:
 
-    python -m fastrnn.kernels.triton.aot            # every cell x dtype, sm_90, one line each
+* `record_launches()`: while active, a launch of any kernel in `KERNELS` is not run; its
+  specialisation key is computed the way Triton 3.6's `JITFunction.run` does (the same binder:
+  `create_function_from_signature` + `native_specialize_impl`, for an sm_90 target) and recorded.
+  The number of distinct keys is the number of compiles the same calls would cost on a GPU.
+* `compile_launch()` / `report()`: compile one recorded key for sm_90 exactly as the JIT would
+  (`_pack_args` -> `ASTSource` -> `triton.compile`) and read the compiler's resource report
+  (registers, stack, spills, shared memory; instruction counts from the SASS).
+
+    python -m fastrnn.kernels.triton.aot            # every variant the dispatch launches, one line each
 
 Needs the kernels defined without TRITON_INTERPRET (they are then plain JITFunctions).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 
-import torch
 import triton
-import triton.language as tl
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 from fastrnn.kernels.triton import rnn
 
-_PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float64: "*fp64"}
-_HALF = (torch.float16, torch.bfloat16)
+SM90 = GPUTarget("cuda", 90, 32)
+# Dynamic shared memory one block may use on sm_90 (227 KiB: cudaDevAttrMaxSharedMemoryPerBlockOptin).
+SM90_MAX_SHARED = 227 * 1024
+KERNELS = (rnn._fwd_step_kernel, rnn._bwd_step_kernel, rnn._fwd_seq_kernel, rnn._bwd_seq_kernel)
 
 
-def _compile(fn, ptrs: dict, consts: dict, target, num_warps=4):
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
-    return triton.compile(ASTSource(fn, sig, consts), target=target, options={"num_warps": num_warps})
+@dataclass
+class Launch:
+    """One distinct specialisation key: what the JIT would compile."""
+    fn: object                 # the JITFunction
+    args: tuple
+    kwargs: dict
+    constexprs: dict           # name -> value, for reports
+    count: int = 0             # launches that asked for this key
+
+    @property
+    def name(self):
+        return self.fn.fn.__name__
+
+    def label(self):
+        c = self.constexprs
+        cell = {v: k for k, v in rnn.CELL_IDS.items()}.get(c.get("CELL"), "none")
+        acc = str(c.get("ACC", ""))
+        dtype = self.args[0].dtype  # every kernel's first argument has the layer's dtype
+        return (f"{self.name.strip('_').replace('_kernel', '')} {cell} {str(dtype).replace('torch.', '')}"
+                f" acc={acc.replace('fp', 'f')} {c.get('PREC')}" + (" W_T" if c.get("W_T") else "")
+                + f" block_h={c.get('BLOCK_H')}")
 
 
-def compile_step(kind: str, cell: int, dtype, H=67, K=67, block_b=16, block_h=32, block_k=32,
-                 num_warps=4, target=GPUTarget("cuda", 90, 32)):
-    """Compile `_fwd_step_kernel` (kind "fwd"), `_bwd_step_kernel` ("bwd") or the persistent
-    `_fwd_seq_kernel` ("seq") / `_bwd_seq_kernel` ("bseq") (hidden size H, block_h = next power
-    of two) for `target`."""
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    gdt = dtype if dtype in _HALF else acc
-    common = dict(CELL=cell, ACC=tl.float64 if acc == torch.float64 else tl.float32, PREC="ieee",
-                  DOT_F32=False, BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k)
-    if kind == "seq":
-        ptrs = {n: _PTR[dtype] for n in ("GI", "H0", "W", "BHH", "OUT", "HN")}
-        ptrs.update({n: _PTR[acc] for n in ("C0", "CO", "S", "CN")})
-        ptrs.update({"BS": "*i32", "OFF": "*i32"})
-        consts = dict(H=H, HAS_BIAS=True, STORE_S=True, REVERSE=False, **common)
-        consts.pop("BLOCK_K")
-        consts["BLOCK_H"] = max(16, triton.next_power_of_2(H))
-        return _compile(rnn._fwd_seq_kernel, ptrs, consts, target, num_warps)
-    if kind == "bseq":
-        ptrs = {n: _PTR[dtype] for n in ("DY", "DHN", "DCN", "W", "OUT", "H0")}
-        ptrs.update({n: _PTR[acc] for n in ("S", "C", "C0", "DH0", "DC0")})
-        ptrs.update({n: _PTR[gdt] for n in ("DG", "DGN")})
-        ptrs.update({"BS": "*i32", "OFF": "*i32"})
-        consts = dict(H=H, REVERSE=False, **common)
-        consts.pop("BLOCK_K")
-        consts["BLOCK_H"] = max(16, triton.next_power_of_2(H))
-        return _compile(rnn._bwd_seq_kernel, ptrs, consts, target, num_warps)
-    if kind == "fwd":
-        ptrs = {n: _PTR[dtype] for n in ("GI", "HP", "H0", "W", "BHH", "HO")}
-        ptrs.update({n: _PTR[acc] for n in ("CP", "C0", "CO", "S")})
-        consts = dict(H=H, K=K, HAS_BIAS=True, STORE_S=True, **common)
-        return _compile(rnn._fwd_step_kernel, ptrs, consts, target, num_warps)
-    ptrs = {n: _PTR[dtype] for n in ("DY", "W", "DF", "EF", "HP", "H0")}
-    ptrs.update({n: _PTR[acc] for n in ("EN", "S", "CS", "CP", "C0", "EO")})
-    ptrs.update({n: _PTR[gdt] for n in ("A", "DG", "DGN")})
-    consts = dict(N=H, KA=rnn.GATES.get(cell, 1) * K, HAS_DY=True, HAS_EF=True, **common)
-    return _compile(rnn._bwd_step_kernel, ptrs, consts, target, num_warps)
+@dataclass
+class Recorder:
+    keys: dict = field(default_factory=dict)   # key -> Launch
+    launches: int = 0
+
+    def by_kernel(self) -> dict:
+        out = {}
+        for launch in self.keys.values():
+            out[launch.name] = out.get(launch.name, 0) + 1
+        return out
+
+
+def _binder(fn, target):
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+    backend = make_backend(target)
+    return backend, create_function_from_signature(fn.signature, fn.params, backend)
+
+
+@contextlib.contextmanager
+def record_launches(target=SM90):
+    """Record (don't run) every launch of the kernels in `KERNELS`; yields a `Recorder`.
+    Outputs of recorded launches are left as allocated: only the keys mean anything."""
+    if rnn.INTERPRETED:
+        raise RuntimeError("record_launches needs compiled kernels: run without TRITON_INTERPRET=1")
+    rec = Recorder()
+    patched = []
+    for fn in KERNELS:
+        _, bind = _binder(fn, target)
+
+        def run(*args, grid, warmup, _fn=fn, _bind=bind, **kwargs):
+            bound, spec, options = _bind(*args, **kwargs)
+            # Triton 3.6: key = (tuple(specialization), str(options)) (runtime/jit.py compute_cache_key)
+            key = (_fn.fn.__name__, repr(tuple(spec)), repr(sorted(options.items())))
+            launch = rec.keys.get(key)
+            if launch is None:
+                constexprs = {p.name: v for p, (kind, v) in zip(_fn.params, spec) if kind == "constexpr"}
+                launch = rec.keys[key] = Launch(_fn, args, dict(kwargs), constexprs)
+            launch.count += 1
+            rec.launches += 1
+            return None
+
+        fn.run = run  # the instance attribute shadows JITFunction.run; `kernel[grid](...)` calls it
+        patched.append(fn)
+    try:
+        yield rec
+    finally:
+        for fn in patched:
+            del fn.run
+
+
+def compile_launch(launch: Launch, target=SM90):
+    """Compile one recorded key for `target`, as `JITFunction.run` -> `_do_compile` would."""
+    from triton import knobs
+    kwargs = dict(launch.kwargs)
+    # what JITFunction.run adds before binding, so the options (and Triton's cache key) match
+    kwargs["debug"] = kwargs.get("debug", launch.fn.debug) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    backend, bind = _binder(launch.fn, target)
+    bound, spec, options = bind(*launch.args, **kwargs)
+    opts, signature, constexprs, attrs = launch.fn._pack_args(backend, kwargs, bound, spec, options)
+    src = triton.compiler.ASTSource(launch.fn, signature, constexprs, attrs)
+    return triton.compile(src, target=target, options=opts.__dict__)
 
 
 def report(kernel) -> dict:
-    """Registers, stack/local bytes, shared memory and counts of the instructions that matter."""
+    """Registers, stack/local bytes, shared memory (static from the cubin, dynamic from the launch
+    metadata) and counts of the instructions that matter (LDL/STL: local-memory traffic)."""
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -81,24 +136,45 @@ def report(kernel) -> dict:
         usage, sass = run("-res-usage"), run("-sass")
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
     out = dict(zip(("regs", "stack", "shared", "local"), map(int, m.groups()))) if m else {}
+    out["dyn_shared"] = int(kernel.metadata.shared)
+    out["num_warps"] = int(kernel.metadata.num_warps)
     for op in ("HGMMA", "HMMA", "DMMA", "FFMA", "LDL", "STL"):
         out[op] = len(re.findall(rf"\b{op}\b", sass))
     return out
 
 
-def main():
-    names = {v: k for k, v in rnn.CELL_IDS.items()} | {rnn.NONE: "none"}
-    for cell in (rnn.LSTM, rnn.GRU, rnn.RNN_TANH, rnn.RNN_RELU, rnn.NONE):
-        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-            for kind in ("fwd", "bwd", "seq", "bseq"):
-                if kind != "bwd" and cell == rnn.NONE:
-                    continue
-                seq = kind in ("seq", "bseq")  # at the backend's persistent limit, with its 8 warps
-                if seq and dtype == torch.float64:
-                    continue  # fp64 never runs persistent (spills at H=16)
-                H = {torch.float32: 32}.get(dtype, 64) if seq else 67
-                r = report(compile_step(kind, cell, dtype, H=H, K=H, num_warps=8 if seq else 4))
-                print(f"{kind} {names[cell]:8s} {str(dtype)[6:]:9s} {r}")
+def spills(r: dict) -> bool:
+    return bool(r["local"] or r["stack"] or r["LDL"] or r["STL"])
+
+
+def _report_shard(shard, jobs):
+    from fastrnn.gpucheck import dispatch_variants
+    launches = list(dispatch_variants().keys.values())
+    return [(i, launches[i].label(), report(compile_launch(launches[i])))
+            for i in range(shard, len(launches), jobs)]
+
+
+def report_variants(jobs: int = 1) -> list:
+    """[(label, report)] for every variant the dispatch can launch (`fastrnn.gpucheck.
+    dispatch_variants`), compiled for sm_90; `jobs` > 1 compiles in that many processes."""
+    if jobs <= 1:
+        rows = _report_shard(0, 1)
+    else:
+        import concurrent.futures
+        import multiprocessing
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+            rows = [r for part in ex.map(_report_shard, range(jobs), [jobs] * jobs) for r in part]
+    return [(label, r) for _, label, r in sorted(rows)]
+
+
+def main(argv=None):
+    rows = report_variants(int(os.environ.get("MAX_JOBS", os.cpu_count() or 1)))
+    print(f"{len(rows)} variants the dispatch can launch (sm_90):")
+    bad = 0
+    for label, r in rows:
+        bad += spills(r) or r["dyn_shared"] > SM90_MAX_SHARED
+        print(f"{label:55s} {r}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -29,10 +29,19 @@ Numerics: `tanh` is written with `exp` (no libdevice call, so the interpreter ru
 `sign(x) (1 - e) / (1 + e)`, `e = exp(-2|x|)` has absolute error ~1 ulp of 1, which is what matters
 for a bounded activation. fp32 dots use `PREC` ("ieee" unless torch allows tf32).
 
-Sizes (H, K = Hout, N, KA) are compile-time constants: one compile per layer shape, constant loop
-bounds for the compiler (and the interpreter, whose run-time `range` bounds break on numpy >= 2.4).
+Compile budget: every argument that is not a `tl.constexpr` (sizes H, K, N, KA, T, B; row counts;
+strides; the 0/1 flags STORE_S, HAS_BIAS, HAS_DY, HAS_EF, REVERSE) is a run-time value, and neither
+integers nor pointers are specialised (`_jit`: no "== 1" or "% 16" keys, no 16-byte alignment keys,
+which the per-step row views `o[poff:]` at odd H flipped from step to step). One compile serves
+every layer shape of a (kernel, cell, dtype, tf32) variant; the step kernels always use one
+16 x 32 tile (`_blocks`), the persistent ones one BLOCK_H per dtype (`SEQ_BLOCK_H`).
+`tests/test_triton_compile.py` counts the compiles a run asks for and compiles every variant for
+sm_90 checking for spills. (Cost: no 16-byte vector loads; a GPU measurement decides whether an
+aligned variant is worth its compiles.)
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 import triton
@@ -43,6 +52,13 @@ CELL_IDS = {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU
 GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1}
 # Saved fp32 activations per row, in units of H: lstm i,f,g,o; gru r,z,n,(W_hn h + b_hn); rnn h.
 SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 1, RNN_RELU: 1}
+
+
+def _jit(fn):
+    """`triton.jit` for a kernel whose run-time arguments are never specialised (see the module
+    docstring: one compile per variant, not per shape, stride or alignment)."""
+    runtime = [n for n, p in inspect.signature(fn).parameters.items() if "constexpr" not in str(p.annotation)]
+    return triton.jit(fn, do_not_specialize=runtime, do_not_specialize_on_alignment=runtime)
 
 
 @triton.jit
@@ -76,12 +92,11 @@ def _load_rows2(P, s_p, Q, s_q, rows, cols, n_first, n_rows, n_cols):
     return tl.where(rows < n_first, a, b)
 
 
-@triton.jit
+@_jit
 def _fwd_step_kernel(GI, s_gi, HP, s_hp, H0, s_h0, CP, s_cp, C0, s_c0, W, s_w, BHH,
                      HO, s_ho, CO, s_co, S, s_s,
-                     bs, n_prev, H: tl.constexpr, K: tl.constexpr,
-                     CELL: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_S: tl.constexpr,
-                     ACC: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+                     bs, n_prev, H, K, HAS_BIAS, STORE_S,
+                     CELL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -109,7 +124,7 @@ def _fwd_step_kernel(GI, s_gi, HP, s_hp, H0, s_h0, CP, s_cp, C0, s_c0, W, s_w, B
 
     m = (rows < bs) & (cols < H)
     hmask = offs_h < H
-    if HAS_BIAS:
+    if HAS_BIAS != 0:
         acc0 += tl.load(BHH + offs_h, mask=hmask, other=0.0).to(ACC)[None, :]
         if CELL <= 1:
             acc1 += tl.load(BHH + H + offs_h, mask=hmask, other=0.0).to(ACC)[None, :]
@@ -123,15 +138,15 @@ def _fwd_step_kernel(GI, s_gi, HP, s_hp, H0, s_h0, CP, s_cp, C0, s_c0, W, s_w, B
     if CELL == 1:
         h_prev = _load_rows2(HP, s_hp, H0, s_h0, rows, cols, n_prev, bs, H).to(ACC)
     h, c = _cell_fwd(GI + rows * s_gi + cols, S + rows * s_s + cols, m, acc0, acc1, acc2, acc3,
-                     c_prev, h_prev, H, CELL, STORE_S, ACC)
+                     c_prev, h_prev, H, STORE_S, CELL, ACC)
     if CELL == 0:
         tl.store(CO + rows * s_co + cols, c.to(CO.dtype.element_ty), mask=m)
     tl.store(HO + rows * s_ho + cols, h.to(HO.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _cell_fwd(gp, sp, m, x0, x1, x2, x3, c_prev, h_prev,
-              H: tl.constexpr, CELL: tl.constexpr, STORE_S: tl.constexpr, ACC: tl.constexpr):
+def _cell_fwd(gp, sp, m, x0, x1, x2, x3, c_prev, h_prev, H, STORE_S,
+              CELL: tl.constexpr, ACC: tl.constexpr):
     """The cell's pointwise forward for one tile. x*: W_hh h + b_hh per gate; gp/sp: pointers to
     the tile's gi and saved-activation rows. Returns (h, c); c is c_prev for cells without one."""
     st = sp.dtype.element_ty
@@ -144,7 +159,7 @@ def _cell_fwd(gp, sp, m, x0, x1, x2, x3, c_prev, h_prev,
         o = _sigmoid(x3 + tl.load(gp + 3 * H, mask=m, other=0.0).to(ACC))
         c = f * c_prev + i * g
         h = o * _tanh(c)
-        if STORE_S:
+        if STORE_S != 0:
             tl.store(sp, i.to(st), mask=m)
             tl.store(sp + H, f.to(st), mask=m)
             tl.store(sp + 2 * H, g.to(st), mask=m)
@@ -154,7 +169,7 @@ def _cell_fwd(gp, sp, m, x0, x1, x2, x3, c_prev, h_prev,
         z = _sigmoid(x1 + tl.load(gp + H, mask=m, other=0.0).to(ACC))
         n = _tanh(tl.load(gp + 2 * H, mask=m, other=0.0).to(ACC) + r * x2)  # b_hn inside r*(.)
         h = n + z * (h_prev - n)
-        if STORE_S:
+        if STORE_S != 0:
             tl.store(sp, r.to(st), mask=m)
             tl.store(sp + H, z.to(st), mask=m)
             tl.store(sp + 2 * H, n.to(st), mask=m)
@@ -164,7 +179,7 @@ def _cell_fwd(gp, sp, m, x0, x1, x2, x3, c_prev, h_prev,
             h = _tanh(x0 + g0)
         else:
             h = tl.maximum(x0 + g0, 0.0)
-        if STORE_S:
+        if STORE_S != 0:
             tl.store(sp, h.to(st), mask=m)
     return h, c
 
@@ -185,11 +200,10 @@ def _load_gate_blocks(wp, gate, wmask, CELL: tl.constexpr):
     return w0, w1, w2, w3
 
 
-@triton.jit
+@_jit
 def _fwd_seq_kernel(GI, s_gi, H0, s_h0, C0, s_c0, W, s_w, BHH, OUT, s_o, CO, s_co, S, s_s,
-                    HN, s_hn, CN, s_cn, BS, OFF, T, B,
-                    H: tl.constexpr, CELL: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_S: tl.constexpr,
-                    REVERSE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+                    HN, s_hn, CN, s_cn, BS, OFF, T, B, H, HAS_BIAS, STORE_S, REVERSE,
+                    CELL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Persistent forward: the whole sequence of one direction in one launch. One program per
     batch tile holds W_hh (all G gates, H <= BLOCK_H) and its rows' h, c in registers for all
@@ -208,7 +222,7 @@ def _fwd_seq_kernel(GI, s_gi, H0, s_h0, C0, s_c0, W, s_w, BHH, OUT, s_o, CO, s_c
     b1 = b0
     b2 = b0
     b3 = b0
-    if HAS_BIAS:
+    if HAS_BIAS != 0:
         b0 = tl.load(BHH + offs_h, mask=hmask, other=0.0).to(ACC)
         if CELL <= 1:
             b1 = tl.load(BHH + H + offs_h, mask=hmask, other=0.0).to(ACC)
@@ -223,7 +237,7 @@ def _fwd_seq_kernel(GI, s_gi, H0, s_h0, C0, s_c0, W, s_w, BHH, OUT, s_o, CO, s_c
         c = tl.load(C0 + rows * s_c0 + cols, mask=bm, other=0.0).to(ACC)
     step = tl.program_id(0) * 0
     while step < T:
-        if REVERSE:
+        if REVERSE != 0:
             t = T - 1 - step
         else:
             t = step
@@ -241,7 +255,7 @@ def _fwd_seq_kernel(GI, s_gi, H0, s_h0, C0, s_c0, W, s_w, BHH, OUT, s_o, CO, s_c
         if CELL == 0:
             x3 = _dot(a, w3, PREC, DOT_F32) + b3[None, :]
         h_new, c_new = _cell_fwd(GI + r * s_gi + cols, S + r * s_s + cols, m, x0, x1, x2, x3,
-                                 c, h, H, CELL, STORE_S, ACC)
+                                 c, h, H, STORE_S, CELL, ACC)
         tl.store(OUT + r * s_o + cols, h_new.to(OUT.dtype.element_ty), mask=m)
         if CELL == 0:
             tl.store(CO + r * s_co + cols, c_new.to(CO.dtype.element_ty), mask=m)
@@ -253,12 +267,12 @@ def _fwd_seq_kernel(GI, s_gi, H0, s_h0, C0, s_c0, W, s_w, BHH, OUT, s_o, CO, s_c
         tl.store(CN + rows * s_cn + cols, c.to(CN.dtype.element_ty), mask=bm)
 
 
-@triton.jit
-def _bwd_step_kernel(DY, s_dy, A, s_a, W, s_wk, s_wn, DF, s_df, EN, s_en, EF, s_ef,
+@_jit
+def _bwd_step_kernel(DY, s_dy, A, s_a, W, s_w, DF, s_df, EN, s_en, EF, s_ef,
                      S, s_s, CS, s_cs, CP, s_cp, C0, s_c0, HP, s_hp, H0, s_h0,
                      DG, s_dg, DGN, s_dgn, EO, s_eo,
-                     bs, n_a, n_next, n_prev, N: tl.constexpr, KA: tl.constexpr,
-                     CELL: tl.constexpr, HAS_DY: tl.constexpr, HAS_EF: tl.constexpr,
+                     bs, n_a, n_next, n_prev, N, KA, HAS_DY, HAS_EF,
+                     CELL: tl.constexpr, W_T: tl.constexpr,
                      ACC: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -275,11 +289,14 @@ def _bwd_step_kernel(DY, s_dy, A, s_a, W, s_wk, s_wn, DF, s_df, EN, s_en, EF, s_
         for k0 in range(0, KA, BLOCK_K):
             kk = k0 + offs_k
             a = tl.load(A + rows * s_a + kk[None, :], mask=(rows < n_a) & (kk[None, :] < KA), other=0.0)
-            w = tl.load(W + kk.to(tl.int64)[:, None] * s_wk + cols * s_wn,
-                        mask=(kk[:, None] < KA) & (cols < N), other=0.0)
+            if W_T:  # W is [N, KA]: element (k, n) at W[n, k]
+                wp = W + kk[:, None] + cols.to(tl.int64) * s_w
+            else:    # W is [KA, N]
+                wp = W + kk.to(tl.int64)[:, None] * s_w + cols
+            w = tl.load(wp, mask=(kk[:, None] < KA) & (cols < N), other=0.0)
             acc += _dot(a.to(W.dtype.element_ty), w, PREC, DOT_F32)
     dh = acc + tl.load(DF + rows * s_df + cols, mask=m & (rows >= n_a), other=0.0).to(ACC)
-    if HAS_DY:
+    if HAS_DY != 0:
         dh += tl.load(DY + rows * s_dy + cols, mask=m, other=0.0).to(ACC)
 
     if CELL == 4:
@@ -295,7 +312,7 @@ def _bwd_step_kernel(DY, s_dy, A, s_a, W, s_wk, s_wn, DF, s_df, EN, s_en, EF, s_
             c_prev = _load_rows2(CP, s_cp, C0, s_c0, rows, cols, n_prev, bs, H).to(ACC)
             c_t = tl.load(CS + rows * s_cs + cols, mask=m, other=0.0).to(ACC)
             dc = carry
-            if HAS_EF:
+            if HAS_EF != 0:
                 dc += tl.load(EF + rows * s_ef + cols, mask=m & (rows >= n_next), other=0.0).to(ACC)
         if CELL == 1:
             dh += carry  # z * dh of the next step: GRU's direct path h_{t-1} -> h_t
@@ -308,8 +325,8 @@ def _bwd_step_kernel(DY, s_dy, A, s_a, W, s_wk, s_wn, DF, s_df, EN, s_en, EF, s_
 
 
 @triton.jit
-def _cell_bwd(sp, gp, gnp, m, dh, dc, c_t, c_prev, h_prev,
-              H: tl.constexpr, CELL: tl.constexpr, ACC: tl.constexpr):
+def _cell_bwd(sp, gp, gnp, m, dh, dc, c_t, c_prev, h_prev, H,
+              CELL: tl.constexpr, ACC: tl.constexpr):
     """The cell's pointwise backward for one tile, from the saved activations at `sp`. dh: gradient
     reaching h_t (the GRU carry z*dh included); dc: gradient reaching c_t from later steps (LSTM).
     Stores the gate gradients at `gp` (GRU: the n-gate input gradient at `gnp` too) and returns
@@ -357,10 +374,10 @@ def _cell_bwd(sp, gp, gnp, m, dh, dc, c_t, c_prev, h_prev,
     return d0, d1, d2, d3, e
 
 
-@triton.jit
+@_jit
 def _bwd_seq_kernel(DY, s_dy, DHN, s_dhn, DCN, s_dcn, W, s_w, S, s_s, C, s_c, C0, s_c0,
                     OUT, s_o, H0, s_h0, DG, s_dg, DGN, s_dgn, DH0, s_dh0, DC0, s_dc0, BS, OFF, T, B,
-                    H: tl.constexpr, CELL: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr,
+                    H, REVERSE, CELL: tl.constexpr, ACC: tl.constexpr,
                     PREC: tl.constexpr, DOT_F32: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Persistent backward of one direction, the mirror of `_fwd_seq_kernel`: steps in reverse
@@ -383,7 +400,7 @@ def _bwd_seq_kernel(DY, s_dy, DHN, s_dhn, DCN, s_dcn, W, s_w, S, s_s, C, s_c, C0
         dc_c = tl.load(DCN + rows * s_dcn + cols, mask=bm, other=0.0).to(ACC)
     step = tl.program_id(0) * 0
     while step < T:
-        if REVERSE:  # forward ran t = T-1..0, so backward runs t = 0..T-1; h_{t-1} came from t+1
+        if REVERSE != 0:  # forward ran t = T-1..0, so backward runs t = 0..T-1; h_{t-1} came from t+1
             t = step
             tp = tl.minimum(t + 1, T - 1)
             has_prev = t < T - 1
@@ -423,13 +440,49 @@ def _bwd_seq_kernel(DY, s_dy, DHN, s_dhn, DCN, s_dcn, W, s_w, S, s_s, C, s_c, C0
 
 
 def _blocks(bs: int, n: int):
-    # tl.dot needs every dim >= 16. Small batch tiles keep more programs busy at small B.
-    block_b = 16 if bs <= 16 else (32 if bs <= 32 else 64)
-    block_h = 32 if n > 16 else 16
-    return block_b, block_h, 32
+    """(BLOCK_B, BLOCK_H, BLOCK_K) of the step kernels: always 16 x 32 (x 32). One tile means one
+    compile per variant; 16 rows is tl.dot's least M and spill-free at 4 warps for every cell and
+    dtype (32 or 64 rows spilled: issue 18), and keeps more programs busy at small batches."""
+    return 16, 32, 32
+
+
+# BLOCK_H of the persistent kernels per dtype: the backend's largest H for them
+# (`_PERSISTENT_MAX_H` in fastrnn/backends/triton.py); one tile per dtype, so one compile.
+# Larger H (only when FASTRNN_TRITON_PERSISTENT_MAX_H raises the limit) takes the next power of two.
+SEQ_BLOCK_H = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32, torch.float64: 16}
+SEQ_WARPS = 8  # twice the registers per program for W_hh (see the aot report)
+# Let ptxas use every register 8 warps can have (255): left to itself it capped the GRU bf16/fp16
+# forward at 128 and spilled 8 bytes (sm_90, ptxas of triton 3.6); with the cap it takes 154.
+SEQ_MAXNREG = 255
+
+
+def _seq_block_h(H, dtype):
+    return max(SEQ_BLOCK_H[dtype], triton.next_power_of_2(H))
 
 
 INTERPRETED = type(_fwd_step_kernel).__name__ == "InterpretedFunction"
+
+
+def _numpy24_interpreter_shim():
+    """Triton 3.6's interpreter turns a scalar argument into a 1-element array and reads it as a
+    Python int with `int(array)`, which numpy >= 2.4 refuses for 1-d arrays ("only 0-dimensional
+    arrays can be converted to Python scalars"): every run-time loop bound (`range(0, K, ...)`)
+    fails. Read it with `.item()` instead. Interpreter only (tests); compiled kernels are untouched."""
+    from triton.runtime import interpreter as ti
+    if getattr(ti._patch_lang_tensor, "_fastrnn_shim", False):
+        return
+    orig = ti._patch_lang_tensor
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    patched._fastrnn_shim = True
+    ti._patch_lang_tensor = patched
+
+
+if INTERPRETED:
+    _numpy24_interpreter_shim()
 
 
 def _dot_f32(w):
@@ -438,6 +491,22 @@ def _dot_f32(w):
 
 def _s(t):
     return 0 if t is None else t.stride(0)
+
+
+_DUMMY: dict = {}
+
+
+def _dummy(dtype, device):
+    """A pointer of `dtype` for an operand a launch never dereferences (S without grad): the same
+    pointer type as the real operand, so it is not a second compile."""
+    key = (dtype, str(device))
+    if key not in _DUMMY:
+        _DUMMY[key] = torch.empty(16, dtype=dtype, device=device)
+    return _DUMMY[key]
+
+
+def _torch_dtype(acc):
+    return torch.float64 if acc == tl.float64 else torch.float32
 
 
 def fwd_step(cell_id, gi, hp, h0, cp, c0, w, bhh, ho, co, s, bs, n_prev, H, K, acc, prec):
@@ -449,52 +518,55 @@ def fwd_step(cell_id, gi, hp, h0, cp, c0, w, bhh, ho, co, s, bs, n_prev, H, K, a
         gi, gi.stride(0), hp, hp.stride(0), h0, h0.stride(0),
         cp if cp is not None else gi, _s(cp), c0 if c0 is not None else gi, _s(c0),
         w, w.stride(0), bhh if bhh is not None else w,
-        ho, ho.stride(0), co if co is not None else gi, _s(co), s if s is not None else gi, _s(s),
-        bs, n_prev, H, K,
-        CELL=cell_id, HAS_BIAS=bhh is not None, STORE_S=s is not None, ACC=acc, PREC=prec,
+        ho, ho.stride(0), co if co is not None else gi, _s(co),
+        s if s is not None else _dummy(_torch_dtype(acc), gi.device), _s(s),
+        bs, n_prev, H, K, int(bhh is not None), int(s is not None),
+        CELL=cell_id, ACC=acc, PREC=prec,
         DOT_F32=_dot_f32(w), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k)
 
 
 def bwd_step(cell_id, dy, a, w, s_wk, s_wn, df, en, ef, s, cs, cp, c0, hp, h0, dg, dgn, eo,
              bs, n_a, n_next, n_prev, N, KA, acc, prec):
     """One backward step (or, with cell_id NONE, Y = dY + A @ W with rows >= n_a from DF).
-    `w` is read as a [KA, N] matrix with strides (s_wk, s_wn)."""
+    `w` is read as a [KA, N] matrix with strides (s_wk, s_wn), one of which must be 1."""
     block_b, block_h, block_k = _blocks(bs, N)
     grid = (triton.cdiv(bs, block_b), triton.cdiv(N, block_h))
     d = dg  # any valid pointer for operands a cell does not read
+    if s_wn != 1 and s_wk != 1:
+        raise ValueError(f"fastrnn triton: bwd_step reads W with one unit stride; got ({s_wk}, {s_wn})")
+    w_t = s_wn != 1
 
     def p(t):
         return t if t is not None else d
 
     _bwd_step_kernel[grid](
-        p(dy), _s(dy), p(a), _s(a), w, s_wk, s_wn, p(df), _s(df), p(en), _s(en), p(ef), _s(ef),
+        p(dy), _s(dy), p(a), _s(a), w, s_wn if w_t else s_wk, p(df), _s(df), p(en), _s(en), p(ef), _s(ef),
         p(s), _s(s), p(cs), _s(cs), p(cp), _s(cp), p(c0), _s(c0), p(hp), _s(hp), p(h0), _s(h0),
         dg, dg.stride(0), p(dgn), _s(dgn), p(eo), _s(eo),
-        bs, n_a, n_next, n_prev, N, KA,
-        CELL=cell_id, HAS_DY=dy is not None, HAS_EF=ef is not None, ACC=acc, PREC=prec,
+        bs, n_a, n_next, n_prev, N, KA, int(dy is not None), int(ef is not None),
+        CELL=cell_id, W_T=w_t, ACC=acc, PREC=prec,
         DOT_F32=_dot_f32(w), BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k)
 
 
 def fwd_seq(cell_id, gi, h0, c0, w, bhh, out, co, s, hn, cn, bs_dev, off_dev, T, B, H, reverse, acc, prec):
     """Whole-sequence forward of one direction (persistent kernel). bs_dev/off_dev: int32 device
     tensors [T] with each step's batch size and first row; hn/cn: [B, Hout]/[B, H] outputs."""
-    block_h = max(16, triton.next_power_of_2(H))
     block_b = 16  # more batch tiles = more SMs busy; each program holds its own copy of W_hh
     _fwd_seq_kernel[(triton.cdiv(B, block_b),)](
         gi, gi.stride(0), h0, h0.stride(0), c0 if c0 is not None else h0, _s(c0),
         w, w.stride(0), bhh if bhh is not None else w, out, out.stride(0),
-        co if co is not None else out, _s(co), s if s is not None else out, _s(s),
+        co if co is not None else out, _s(co),
+        s if s is not None else _dummy(_torch_dtype(acc), gi.device), _s(s),
         hn, hn.stride(0), cn if cn is not None else hn, _s(cn), bs_dev, off_dev, T, B,
-        H=H, CELL=cell_id, HAS_BIAS=bhh is not None, STORE_S=s is not None, REVERSE=reverse,
-        ACC=acc, PREC=prec, DOT_F32=_dot_f32(w), BLOCK_B=block_b, BLOCK_H=block_h,
-        num_warps=8)  # 8 warps: twice the registers per program for W_hh (see aot report)
+        H, int(bhh is not None), int(s is not None), int(reverse),
+        CELL=cell_id, ACC=acc, PREC=prec, DOT_F32=_dot_f32(w), BLOCK_B=block_b,
+        BLOCK_H=_seq_block_h(H, w.dtype), num_warps=SEQ_WARPS, maxnreg=SEQ_MAXNREG)
 
 
 def bwd_seq(cell_id, dy, dhn, dcn, w, s, c, c0, out, h0, dg, dgn, dh0, dc0, bs_dev, off_dev, T, B, H,
             reverse, acc, prec):
     """Whole-sequence backward of one direction (persistent kernel); views as in `bwd_step`,
     dh0/dc0: [B, H] outputs."""
-    block_h = max(16, triton.next_power_of_2(H))
     block_b = 16
     d = dg  # any valid pointer for operands a cell does not read
 
@@ -505,5 +577,5 @@ def bwd_seq(cell_id, dy, dhn, dcn, w, s, c, c0, out, h0, dg, dgn, dh0, dc0, bs_d
         dy, dy.stride(0), dhn, dhn.stride(0), p(dcn), _s(dcn), w, w.stride(0), s, s.stride(0),
         p(c), _s(c), p(c0), _s(c0), out, out.stride(0), h0, h0.stride(0), dg, dg.stride(0),
         p(dgn), _s(dgn), dh0, dh0.stride(0), p(dc0), _s(dc0), bs_dev, off_dev, T, B,
-        H=H, CELL=cell_id, REVERSE=reverse, ACC=acc, PREC=prec, DOT_F32=_dot_f32(w),
-        BLOCK_B=block_b, BLOCK_H=block_h, num_warps=8)
+        H, int(reverse), CELL=cell_id, ACC=acc, PREC=prec, DOT_F32=_dot_f32(w),
+        BLOCK_B=block_b, BLOCK_H=_seq_block_h(H, w.dtype), num_warps=SEQ_WARPS, maxnreg=SEQ_MAXNREG)

@@ -100,3 +100,49 @@ def test_runner_cuda():
         assert c["cudnn"]["algo"] in ("standard", "persistent", "unknown") and c["cudnn"]["kernels"]
         for name, r in c["results"].items():
             assert r["peak_mem_bytes"] > 0 and r["gflops"] > 0, name
+
+
+def test_half_cases():
+    """bf16, fp16 and autocast cases are in the grid and the quick set, and run on CPU."""
+    full = C.grid("cpu")
+    for dt in ("bf16", "f16", "autocast"):
+        assert any(c.dtype == dt for c in full), dt
+        assert any(c.dtype == dt for c in C.quick("cpu")), dt
+    amp = C.Case("gru", T=4, B=2, H=8, mode="fwdbwd", dtype="autocast")
+    assert amp.torch_dtype == torch.float32 and amp.compute_dtype == torch.bfloat16
+    tiny = [amp, C.Case("lstm", T=4, B=2, H=8, dtype="bf16")]
+    doc = runner.run(tiny, "cpu", ["auto", "cpp"], repeats=1, min_time=0.0, warmup=1, peak_n=64, progress=False)
+    assert set(doc["env"]["matmul_peak_gflops"]) == {"f32", "bf16"}
+    for c in doc["cases"]:
+        for name in ("torch", "auto", "cpp"):
+            r = c["results"][name]
+            assert r["median_s"] > 0 and r["peak_frac"] > 0, (c["id"], name)
+            if name != "torch":
+                assert r["max_abs_err"] < 0.05, (c["id"], name)  # bf16 rounding, not a wrong answer
+    assert "bf16: geomean speedup" in "\n".join(report.dtype_geomeans(doc))
+
+
+def test_models_harness(tmp_path):
+    """One tutorial model, torch.nn and auto each in its own process: same weights, same first
+    loss, thread counts recorded, the summary and the report section."""
+    from fastrnn.bench import models as M
+    runs = {impl: [M.spawn("tutorial-lstm", impl, warmup=1, min_steps=2, min_time=0.0, timeout=120)]
+            for impl in ("torch", "auto")}
+    for impl, (rec,) in runs.items():
+        assert "error" not in rec, rec
+        assert rec["impl"] == impl and rec["step_s"] > 0 and rec["layer_s"] > 0 and rec["steps"] >= 2
+        assert rec["threads_before"]["intra"] >= 1 and isinstance(rec["threads_changed"], bool)
+        assert rec["pid"] != runs["torch" if impl == "auto" else "auto"][0]["pid"]
+    assert runs["torch"][0]["rnn_modules"] == ["torch.LSTM"] and runs["auto"][0]["rnn_modules"] == ["fastrnn.LSTM"]
+    s = M.summarize("tutorial-lstm", runs)
+    r = s["impls"]["auto"]
+    assert r["same_weights"] and r["first_loss_diff"] < 1e-5
+    for k in ("speedup", "layer_speedup", "amdahl_speedup", "share_bound"):
+        assert r[k] > 0, k
+    doc = {"schema": M.SCHEMA, "kind": "models", "hardware_id": "cpu-test", "env": runner.environment("cpu"),
+           "settings": {"command": "python -m fastrnn.bench models --model tutorial-lstm", "rounds": 1},
+           "models": [s]}
+    M.save(doc, tmp_path / "results" / "models" / "cpu-test.json")
+    md, _ = report.write(tmp_path / "results", tmp_path / "REPORT.md", tmp_path / "plots")
+    text = md.read_text()
+    assert "Whole models" in text and "tutorial-lstm" in text and "python -m fastrnn.bench models" in text

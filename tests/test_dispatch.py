@@ -197,3 +197,18 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
     x = torch.randn(2, 3, 8)
     torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-4, atol=1e-5)
     assert seen == ["auto"]
+
+
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                    reason="torch has no native bf16 CPU kernels here (then auto keeps every bf16 call)")
+def test_auto_hands_bf16_to_torch_where_torch_measured_faster():
+    """bf16 runs upcast to float32 in cpp; torch's native oneDNN bf16 wins from a few rows (the
+    table beside cpp._TORCH_HALF), where auto must hand the call over."""
+    if "cpp" not in fastrnn.available_backends():
+        pytest.skip("cpp backend not built")
+    pick = lambda **kw: backends.select("auto", _call(dtype=torch.bfloat16, **kw)).name  # noqa: E731
+    assert pick(cell="lstm", batch=16, hidden_size=256, needs_grad=False) == "torch"
+    assert pick(cell="lstm", batch=2, hidden_size=256, needs_grad=True) == "cpp"
+    assert pick(cell="gru", batch=16, hidden_size=128, needs_grad=False) == "cpp"    # 1.6 MFLOP a step
+    assert pick(cell="gru", batch=64, hidden_size=512, needs_grad=True) == "torch"   # 100 MFLOP a step
+    assert backends.select("auto", _call(dtype=torch.float32, cell="gru", batch=64, hidden_size=512)).name == "cpp"

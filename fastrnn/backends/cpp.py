@@ -13,6 +13,7 @@ import torch
 
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
 from fastrnn.backends import _compiled
+from fastrnn.cells import gates
 from fastrnn.backends.native import onednn_lstm_applies, torch_runs_one_step_faster
 
 _ext = None
@@ -66,8 +67,9 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
     (B64 H512) 1.00-1.07 | 1.10; B256 H256 0.98 | 1.28, T=50 B512 H256 1.12; B1 H256 1.09 | 1.18,
     B4 H128 1.15-1.32 | 1.41, B4 H512 1.05 | 1.29, B4 H1024 1.70 | 1.04.  It stays with torch
     where the weights are too large for the in-step projection: B64 H1024 0.95-0.99 | 0.90-0.95.
-    Every other LSTM call takes torch's native path, which we beat (packed, proj_size, float64,
-    half types).  GRU and RNN have no oneDNN path.
+    Every other LSTM call takes torch's native path, which we beat (packed, proj_size, float64),
+    GRU and RNN have no oneDNN path; bf16/fp16, which torch runs natively on CPUs with the
+    kernels and we run upcast, go to torch where measured faster (_TORCH_HALF).
     """
     half = _TORCH_HALF.get(call.dtype)  # bf16/fp16 run upcast to float32 here: see _TORCH_HALF
     if half is not None and call.device == "cpu" and torch.backends.mkldnn.is_available() \
@@ -79,7 +81,7 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
             if call.batch > fused_above:
                 return False, f"torch's native {call.dtype} oneDNN LSTM is faster than our float32 upcast here"
         else:
-            G = {"lstm": 4, "gru": 3}.get(call.cell, 1)
+            G = gates(call.cell)
             if 2.0 * call.batch * (call.proj_size or call.hidden_size) * G * call.hidden_size > half[2][grad]:
                 return False, f"torch's native {call.dtype} GEMMs are faster than our float32 upcast at this size"
     onednn = onednn_lstm_applies(call)
@@ -100,8 +102,9 @@ def _prefer(call: LayerCall) -> tuple[bool, str]:
 # Measured on the 2-core Intel Xeon (Sapphire Rapids class: AVX512_BF16, AMX, AVX512_FP16), torch
 # 2.13, T=100, I=H, torch time / cpp time side by side in one process, min of 7 alternating calls
 # of CPU time on one thread (the two cores were shared with three other engineers' jobs, load 5-8:
-# two-thread wall times swung 2-100x between runs; the one-thread ratios held to +-10% between
-# runs; a quieter two-thread run, half-1 in the bench notes, agreed in sign away from the edges):
+# two-thread wall times swung 2-100x between runs, while 12 shapes measured twice on one thread
+# agreed within 15%; a two-thread wall run at load 2-5 agreed in sign on most shapes away from
+# the edges):
 #   bf16 LSTM fused  fwd     B1 H128/256/512 0.56/0.50/0.37, B16 0.20-0.32, B64 0.18-0.24 (2 threads:
 #                            B1 H128 1.0-1.24, B1 H256 0.60-0.95): torch at any batch
 #                    fwd+bwd B1 1.36/2.43/1.70, B2 H256 1.77 | B4 H128/256 0.77/0.88, B8 0.60-0.66,

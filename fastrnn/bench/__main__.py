@@ -1,10 +1,13 @@
 """`python -m fastrnn.bench [run options]` times the grid; `python -m fastrnn.bench report`
-renders benchmarks/REPORT.md and benchmarks/plots/ from every results file.
+renders benchmarks/REPORT.md and benchmarks/plots/ from every results file;
+`python -m fastrnn.bench models` times whole models (training steps), each implementation in
+its own process (fastrnn.bench.models).
 
-    python -m fastrnn.bench --quick                      # ~13 cases, a few minutes on 2 cores
+    python -m fastrnn.bench --quick                      # ~17 cases, a few minutes on 2 cores
     python -m fastrnn.bench --cell lstm --backend cpp    # the full LSTM grid, cpp vs torch only
     python -m fastrnn.bench --list                       # the case ids, nothing run
     python -m fastrnn.bench report
+    python -m fastrnn.bench models --quick               # 9 whole models, torch.nn vs auto
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ def main(argv=None) -> int:
         md, plots = report.write(a.results, a.out, a.plots)
         print(f"wrote {md}" + "".join(f"\nwrote {p}" for p in plots))
         return 0
+    if argv[:1] == ["models"]:
+        from fastrnn.bench import models
+        return models.main(argv[1:])
     if argv[:1] == ["run"]:
         argv = argv[1:]
 

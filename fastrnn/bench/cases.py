@@ -17,10 +17,14 @@ depth) has its own line of cases and the whole grid stays runnable on a small CP
     input    I != H (I=128, H=512, B=64)
     short    T in 1, 5, 20: one step (B=1, H=64), the tutorial's own models (B=3, I=10, H=20),
              a wide layer (B=16, H=1024); where per-call costs and weight packing dominate
+    half     T=100, B in 1, 16, 64, H in 128, 256, 512: bf16 and fp16 (module and input in
+             that dtype); `autocast` (a float32 module called under torch.autocast, bf16,
+             the CPU default) at B1 H256, B16 H256, B64 H512
 
-for LSTM, GRU and RNN (tanh), fwd and fwdbwd, float32; on CUDA also bf16 and fp16 for
-the batch and hidden sweeps. PyTorch's own `benchmarks/fastrnns` default (LSTM, T=100,
-B=64, I=H=512, one layer) carries the names `fastrnns-default-fwd` / `-fwdbwd`.
+for LSTM, GRU and RNN (tanh), fwd and fwdbwd, float32 unless the sweep says otherwise; on
+CUDA also bf16 and fp16 for the batch and hidden sweeps. PyTorch's own `benchmarks/fastrnns`
+default (LSTM, T=100, B=64, I=H=512, one layer) carries the names `fastrnns-default-fwd` /
+`-fwdbwd`.
 """
 from __future__ import annotations
 
@@ -32,7 +36,11 @@ import torch
 
 CELLS = ("lstm", "gru", "rnn")
 MODES = ("fwd", "fwdbwd")
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64}
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64,
+          "autocast": torch.float32}
+# dtype names whose module and input are float32 but whose call runs under torch.autocast in
+# this dtype (bf16: CPU autocast's default, what `torch.autocast("cpu")` users get).
+AUTOCAST = {"autocast": torch.bfloat16}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 PACKED = ("", "sorted", "unsorted")
 
@@ -93,7 +101,18 @@ class Case:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The dtype of the module and the input."""
         return DTYPES[self.dtype]
+
+    @property
+    def autocast(self) -> Optional[torch.dtype]:
+        """The autocast dtype the call runs under, or None."""
+        return AUTOCAST.get(self.dtype)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the layer computes in (for the matrix peak it is measured against)."""
+        return self.autocast or self.torch_dtype
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -178,6 +197,13 @@ def grid(device: str = "cpu") -> list[Case]:
         cases.append(Case("lstm", T=100, B=4, H=512, proj=128, mode=mode, sweep="proj"))
         cases.append(Case("lstm", T=100, B=64, H=512, proj=128, mode=mode, sweep="proj"))
         cases.append(Case("lstm", T=100, B=64, H=1024, proj=256, mode=mode, sweep="proj"))
+        for cell in CELLS:
+            for dt in ("bf16", "f16"):
+                for B in (1, 16, 64):
+                    for H in (128, 256, 512):
+                        cases.append(Case(cell, T=100, B=B, H=H, mode=mode, dtype=dt, sweep="half"))
+            for B, H in ((1, 256), (16, 256), (64, 512)):
+                cases.append(Case(cell, T=100, B=B, H=H, mode=mode, dtype="autocast", sweep="half"))
     cases = _dedupe(cases)
     if device != "cuda":
         cases = [c for c in cases if not c.gpu_only]
@@ -199,6 +225,10 @@ QUICK = (
     "lstm-T100-B16-H256-L2-bi-fwdbwd-f32",          # bidirectional, 2 layers
     "lstm-T100-B4-H512-P128-L1-fwd-f32",            # proj_size
     "gru-T500-B16-H256-L1-fwd-f32",                 # long sequence
+    "lstm-T100-B16-H256-L1-fwd-bf16",               # half types: oneDNN's native bf16 LSTM
+    "gru-T100-B16-H256-L1-fwdbwd-bf16",
+    "rnn-T100-B16-H256-L1-fwd-f16",
+    "lstm-T100-B16-H256-L1-fwdbwd-autocast",        # a float32 model under torch.autocast("cpu")
 )
 
 

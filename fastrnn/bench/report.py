@@ -90,6 +90,115 @@ def case_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def dtype_geomeans(doc: dict) -> list[str]:
+    """One line per non-float32 dtype: each implementation's geomean speedup over its cases."""
+    out = []
+    for dt in sorted({c["dtype"] for c in doc["cases"]} - {"f32"}):
+        sub = dict(doc, cases=[c for c in doc["cases"] if c["dtype"] == dt])
+        g = geomean_speedups(sub)
+        lows = {n: min(c["results"][n]["speedup"] for c in sub["cases"]
+                       if n in c["results"] and c["results"][n].get("speedup")) for n in g}
+        parts = [f"{n} ×{v:.2f} (lowest ×{lows[n]:.2f}, {k} cases)" for n, (v, k) in g.items() if n != TORCH_NN]
+        if parts:
+            out.append(f"- {dt}: geomean speedup " + "; ".join(parts))
+    return out
+
+
+def _mark(ok: Optional[bool]) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def models_table(doc: dict) -> str:
+    """Markdown: one row per (model, fastrnn implementation) against torch.nn in its own process.
+    Each ratio twice: from the median step (the figure asked for) and from the fastest step (on
+    shared cores the one that ran while they were free: far steadier under other jobs' load)."""
+    lines = ["| model | torch step (median, min) | impl | step (median, min) | whole × | layer × | "
+             "RNN share (torch) | expected × (Amdahl) | layer× · share | outside torch / impl | threads torch | "
+             "threads impl | ≥ torch | no loss outside |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|"]
+
+    def thr(r):
+        after = r["threads_after"]
+        t = f"{r['threads_before']}→{','.join(map(str, after))}"
+        return f"**{t} (changed)**" if r["threads_changed"] else t
+
+    def two(r, key, fmt):
+        vals = [r.get(key), r.get(key + "_min")]
+        return " / ".join("—" if v is None else fmt(v) for v in vals)
+
+    for m in doc["models"]:
+        b = m["impls"].get(TORCH_NN)
+        for impl, r in m["impls"].items():
+            if impl == TORCH_NN:
+                continue
+            if b is None or "error" in b or "error" in r:
+                err = (b or {}).get("error") or r.get("error") or "no torch run"
+                lines.append(f"| {m['model']} | — | {impl} | failed: {err} |" + " |" * 10)
+                continue
+            x = lambda v: f"×{v:.2f}"  # noqa: E731
+            lines.append(" | ".join([
+                f"| {m['model']}", f"{fmt_time(b['step_s'])}, {fmt_time(b.get('step_min_s'))}", impl,
+                f"{fmt_time(r['step_s'])}, {fmt_time(r.get('step_min_s'))}",
+                two(r, "speedup", x), two(r, "layer_speedup", x),
+                two(r, "rnn_share_torch", lambda v: f"{100 * v:.0f}%"),
+                two(r, "amdahl_speedup", x), two(r, "share_bound", x), two(r, "outside_ratio", x),
+                thr(b), thr(r), two(r, "never_slower", _mark), two(r, "no_loss_outside", _mark)]) + " |")
+    return "\n".join(lines)
+
+
+def models_section(doc: dict) -> list[str]:
+    e, s = doc["env"], doc.get("settings", {})
+    out = [f"### Whole models: {doc['hardware_id']}", "",
+           f"Made with `{s.get('command', 'python -m fastrnn.bench models')}` on {e.get('cpu_model')} "
+           f"({', '.join(e.get('cpu_features') or [e.get('hardware_id', '')])}; "
+           f"{e.get('cores')} cores, torch {e.get('torch')}, fastrnn at {e.get('git_revision')}, "
+           f"{e.get('date')}); each implementation in its own fresh process, {s.get('rounds')} process(es) "
+           f"per implementation and model (order alternating), ≥ {s.get('min_steps')} timed steps and "
+           f"≥ {s.get('min_time')} s each after {s.get('warmup')} warm-up steps; medians.", ""]
+    la = [x for x in (e.get("loadavg_start"), e.get("loadavg_end")) if x is not None]
+    if la and max(la) > (e.get("cores") or 1):
+        out += [f"**Warning: the machine was busy** (load average {max(la):.1f} on {e.get('cores')} cores): "
+                "times are noisy; compare ratios, and rerun before trusting a difference of a few percent.", ""]
+    out += ["Step: one training step as the user's code runs it (forward, loss, backward, optimizer; "
+            "`-infer`: one batch of the evaluation loop). Layer: the model's RNN layer calls alone, in "
+            "the same process, on the inputs they got in a step (forward + backward when training). "
+            "Each ratio is given from the median step and from the fastest (median / min). "
+            "Expected ×: the whole-step speedup the layer speedup alone predicts, 1/((1-p)+p/s); "
+            "\"no loss outside\" asks the whole-step speedup to reach it (the brief's looser bound, "
+            "layer× · share, is shown too). Outside: step minus layer time, torch's over the "
+            "implementation's (below 1: the rest of the step got slower). Threads: "
+            "`torch.get_num_threads()` before the model is built → after the first step and at the end.",
+            "", models_table(doc), ""]
+    changed = [m["model"] for m in doc["models"] for i, r in m["impls"].items()
+               if i != TORCH_NN and r.get("threads_changed")]
+    if changed:
+        out += [f"**Thread count changed** by the fastrnn run in {len(changed)} model(s) ({', '.join(changed)}): "
+                "every torch op after the first fastrnn call ran with fewer threads (issue 16); these "
+                "numbers change once that is fixed.", ""]
+    lines = []
+    for m in doc["models"]:
+        for i, r in m["impls"].items():
+            if i != TORCH_NN and "first_loss_diff" in r:
+                lines.append(f"{m['model']}/{i} {'same' if r['same_weights'] else '**different**'} weights, "
+                             f"first loss Δ {r['first_loss_diff']:.1e}")
+    if lines:
+        out += ["Same weights and first-step loss against torch.nn: " + "; ".join(lines) + ".", ""]
+    out += ["Models:", ""] + [f"- `{m['model']}`: {m['what']}" for m in doc["models"]] + [""]
+    return out
+
+
+def load_models(results_dir: Path) -> list[dict]:
+    docs = []
+    for p in sorted((Path(results_dir) / "models").glob("*.json")):
+        try:
+            doc = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("kind") == "models":
+            docs.append(doc)
+    return docs
+
+
 def detail_table(doc: dict) -> str:
     lines = ["| case | impl | median | IQR | min–max | GFLOP/s | % peak | peak mem | max err | grad err (rel) "
              "| packed/padded | first call |",
@@ -121,8 +230,9 @@ def env_lines(doc: dict) -> list[str]:
     e, s = doc["env"], doc.get("settings", {})
     peak = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in e.get("matmul_peak_gflops", {}).items())
     out = [
-        f"- device: {e.get('device')} — {e.get('device_name')}; CPU {e.get('cpu_model')}, "
-        f"{e.get('cores')} cores, torch threads {e.get('torch_threads')}",
+        f"- device: {e.get('device')} — {e.get('device_name')}; CPU {e.get('cpu_model')}"
+        + (f" ({', '.join(e['cpu_features'])})" if e.get("cpu_features") else "")
+        + f", {e.get('cores')} cores, torch threads {e.get('torch_threads')}",
         f"- versions: torch {e.get('torch')}, Triton {e.get('triton')}, Numba {e.get('numba')}, "
         f"CUDA {e.get('cuda')}, cuDNN {e.get('cudnn')}, onnxruntime {e.get('onnxruntime')}, "
         f"Python {e.get('python')}",
@@ -232,6 +342,10 @@ def write(results_dir: Path, out_md: Path, plots_dir: Path) -> tuple[Path, list[
     for doc in docs:
         hw = doc["hardware_id"]
         parts += [f"## {hw}", "", f"From `{doc['_path']}`.", ""] + env_lines(doc) + ["", case_table(doc), ""]
+        gm = dtype_geomeans(doc)
+        if gm:
+            parts += ["Half types (module and input in the dtype; `autocast`: a float32 module under "
+                      "`torch.autocast`, bf16):", ""] + gm + [""]
         notes = skipped_notes(doc)
         if notes:
             parts += ["Not timed:", ""] + notes + [""]
@@ -251,6 +365,12 @@ def write(results_dir: Path, out_md: Path, plots_dir: Path) -> tuple[Path, list[
         if cud:
             parts += ["cuDNN algorithm torch used (from profiler kernel names):", ""]
             parts += [f"- {cid}: {d['algo']} ({', '.join(d['kernels'][:3])})" for cid, d in cud] + [""]
+    mdocs = load_models(results_dir)
+    if mdocs:
+        parts += ["## Whole models: training steps, torch.nn vs fastrnn", "",
+                  "Generated from `results/models/` (`python -m fastrnn.bench models`).", ""]
+        for mdoc in mdocs:
+            parts += models_section(mdoc)
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text("\n".join(parts))
     return Path(out_md), plots

@@ -93,6 +93,17 @@ def cpu_vector_isa() -> str:
     return next((isa for isa in ("avx512f", "avx2") if isa in flags), "").replace("f", "")
 
 
+def cpu_features() -> list[str]:
+    """The CPU flags that decide which kernels torch and fastrnn run (a VM's model name is often
+    just "Intel(R) Xeon(R) Processor"): vector width, and native bf16/fp16 (AVX512_BF16, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        flags = set()
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16") if f in flags]
+
+
 def hardware_id(device: str) -> str:
     if device == "cuda":
         return slugify(torch.cuda.get_device_name())
@@ -127,6 +138,7 @@ def environment(device: str) -> dict:
         "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_model(),
         "cpu_model": cpu_model(),
+        "cpu_features": cpu_features(),
         "cores": cpu_cores(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -299,12 +311,20 @@ def _data(out):
     return out.data if isinstance(out, PackedSequence) else out
 
 
+def _autocast_ctx(case: Case, device: str):
+    """torch.autocast for an `autocast` case (forward only, as torch recommends), else nothing."""
+    if case.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=case.autocast)
+
+
 def module_impl(name: str, module: nn.Module, setup: Setup, padded: bool = False) -> Impl:
     inp, leaf = setup.input(padded)
     params = list(module.parameters())
-    if setup.case.mode == "fwd":
+    case, dev = setup.case, setup.device
+    if case.mode == "fwd":
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), _autocast_ctx(case, dev):
                 return _data(module(inp)[0])
         return Impl(name, step)
 
@@ -312,8 +332,9 @@ def module_impl(name: str, module: nn.Module, setup: Setup, padded: bool = False
         for p in params:                        # optimizer.zero_grad(set_to_none=True)
             p.grad = None
         leaf.grad = None
-        out = _data(module(inp)[0])
-        out.sum().backward()
+        with _autocast_ctx(case, dev):
+            out = _data(module(inp)[0])
+        out.float().sum().backward()
         return out
 
     return Impl(name, step, grads=lambda: [leaf.grad] + [p.grad for p in params])
@@ -546,6 +567,12 @@ def _prepare(impl: Impl, device: str, warmup: int, ref: dict) -> dict:
     return r
 
 
+def _peak_key(case: Case) -> str:
+    """The matrix-peak entry a case is measured against: the dtype it computes in."""
+    from fastrnn.bench.cases import DTYPES
+    return next(k for k, v in DTYPES.items() if v == case.compute_dtype and k not in ("autocast",))
+
+
 def run_case(case: Case, device: str, names: list[str], repeats: int = 5, min_time: float = 1.0,
              warmup: int = 2, peaks: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
     """Times torch's module and each of `names` on `case`; returns the case's result record."""
@@ -592,7 +619,7 @@ def run_case(case: Case, device: str, names: list[str], repeats: int = 5, min_ti
             break
 
     f = flops(case)
-    peak = (peaks or {}).get(case.dtype)
+    peak = (peaks or {}).get(_peak_key(case))
     base = None
     if TORCH_NN in samples:
         base = _quantiles(samples[TORCH_NN])["median_s"]
@@ -663,7 +690,7 @@ def run(cases: list[Case], device: str = "cpu", backends: Optional[list[str]] = 
     env["backend_load_s"] = load_s
     env["first_call_s"] = first_calls(device, names, sorted({c.cell for c in cases}))
     n = peak_n or (4096 if device == "cuda" else 2048)
-    dts = sorted({c.dtype for c in cases} | {"f32"})
+    dts = sorted({_peak_key(c) for c in cases} | {"f32"})
     from fastrnn.bench.cases import DTYPES
     env["matmul_peak_gflops"] = {dt: matmul_peak(device, DTYPES[dt], n) for dt in dts}
     env["matmul_peak_size"] = n

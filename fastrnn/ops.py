@@ -44,8 +44,14 @@ _RECOMPUTED = ("torch", "reference")
 
 def _kernels(backend: str):
     """The backend's module, loaded (its extension or numba imported) on first use."""
-    from fastrnn import backends
-    return backends.get(backend).impl
+    k = _LOADED.get(backend)
+    if k is None:
+        from fastrnn import backends
+        k = _LOADED[backend] = backends.get(backend).impl
+    return k
+
+
+_LOADED: dict = {}
 
 
 def _differentiable_layer(backend: str):
@@ -61,10 +67,6 @@ def _split(flat: Sequence[Optional[Tensor]]) -> list:
     return [tuple(flat[i:i + 5]) for i in range(0, len(flat), 5)]
 
 
-def _contiguous(t):
-    return None if t is None else t.contiguous()
-
-
 def _to(t, dtype):
     return None if t is None else t.to(dtype)
 
@@ -76,9 +78,12 @@ def _compute_dtype(kernels, dtype: torch.dtype) -> torch.dtype:
 def _prepare(kernels, x, batch_sizes, h0, c0, flat):
     """Contiguous inputs in the backend's compute dtype (half types: float32 state and
     accumulation, like the reference), int64 batch sizes."""
-    ct = _compute_dtype(kernels, x.dtype)
-    cast = (lambda t: _contiguous(t)) if ct == x.dtype else (lambda t: None if t is None else t.to(ct).contiguous())
     bs = batch_sizes if batch_sizes is None or batch_sizes.dtype == torch.int64 else batch_sizes.long()
+    if x.dtype in kernels.COMPUTE_DTYPES:  # the common case, kept cheap: a small call is ~50 us
+        return (x.contiguous(), bs, h0.contiguous(), None if c0 is None else c0.contiguous(),
+                [None if w is None else w.contiguous() for w in flat])
+    ct = torch.float32
+    cast = lambda t: None if t is None else t.to(ct).contiguous()  # noqa: E731
     return cast(x), bs, cast(h0), cast(c0), [cast(w) for w in flat]
 
 
@@ -115,10 +120,10 @@ def layer_backward(cell, backend, x, batch_sizes, h0, c0, flat, saved, dout, dhn
     xc, bs, h0c, c0c, fc = _prepare(k, x, batch_sizes, h0, c0, flat)
     ct = xc.dtype
     D = len(flat) // 5
-    grad = lambda g, like: (torch.zeros_like(like) if g is None else g.to(ct).contiguous())  # noqa: E731
-    dout = grad(dout, xc.new_empty(xc.size(0), D * h0.size(2)))
-    dhn = grad(dhn, h0c)
-    dcn = None if c0 is None else grad(dcn, c0c)
+    dout = xc.new_zeros(xc.size(0), D * h0.size(2)) if dout is None else dout.to(ct).contiguous()
+    dhn = torch.zeros_like(h0c) if dhn is None else dhn.to(ct).contiguous()
+    if c0 is not None:
+        dcn = torch.zeros_like(c0c) if dcn is None else dcn.to(ct).contiguous()
     need_dw = any(need[3:])
     res = k.backward(cell, xc, bs, h0c, c0c, _split(fc), list(saved), dout, dhn, dcn, bool(need[0]), need_dw)
     dx, dh0, dc0 = res[0], res[1], res[2]
@@ -299,7 +304,8 @@ def rnn_layer(cell: str, backend: str, x: Tensor, batch_sizes: Optional[Tensor],
     """One layer (all directions) through `backend`'s kernels: out [N, D*Hout], hn [D, B, Hout],
     cn [D, B, H] | None. Autograd is engaged only when some input requires grad."""
     flat = [w for ws in weights for w in ws]
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *flat))
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or (
+        c0 is not None and c0.requires_grad) or any([w is not None and w.requires_grad for w in flat]))
     if graph_mode(x):
         out, hn, cn, _ = _rnn_layer_op(x, h0, c0, *_pack(flat), batch_sizes, cell, backend, needs_grad)
         return out, hn, (cn if c0 is not None else None)

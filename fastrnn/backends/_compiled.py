@@ -32,8 +32,8 @@ def no_autocast(device_type: str):
 
 
 def forward(ext, cell, x, batch_sizes, h0, c0, weights, train):
-    args = (cell, x, batch_sizes, h0, c0, [w[0] for w in weights], [w[1] for w in weights],
-            [w[2] for w in weights], [w[3] for w in weights], [w[4] for w in weights], train)
+    w_ih, w_hh, b_ih, b_hh, w_hr = map(list, zip(*weights))
+    args = (cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, train)
     if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
         with no_autocast(x.device.type):
             return ext.forward(*args)

@@ -110,3 +110,19 @@ def test_opcheck_every_backend():
             present = [1, 1, 1, 1, 0] * 2
             result = opcheck(torch.ops.fastrnn.rnn_layer.default, (x, h0, c0, ws, present, None, cell, backend, True))
             assert all(v == "SUCCESS" for v in result.values()), (backend, cell, result)
+
+
+def test_packed_input_compiles_like_torch():
+    """PackedSequence: torch.compile breaks the graph at pack_padded_sequence for torch.nn too
+    (Dynamo skips it); the layer itself still runs as our op with torch.nn's numbers."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    torch._dynamo.reset()
+    ref, fast = pair("GRU-bi", "cpp")
+
+    def run(m, x, lengths):
+        out, _ = m.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return m.head(pad_packed_sequence(out)[0])
+
+    x, lengths = example("GRU-bi", T=7, B=3), torch.tensor([7, 4, 2])
+    got = torch.compile(run, backend="aot_eager")(fast, x, lengths)
+    assert_close(got, run(ref, x, lengths), "packed", rtol=1e-5, atol=1e-6)

@@ -127,12 +127,13 @@ def layer_backward(cell, backend, x, batch_sizes, h0, c0, flat, saved, dout, dhn
     need_dw = any(need[3:])
     res = k.backward(cell, xc, bs, h0c, c0c, _split(fc), list(saved), dout, dhn, dcn, bool(need[0]), need_dw)
     dx, dh0, dc0 = res[0], res[1], res[2]
-    back = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
-    dw = list(res[3:3 + 5 * D]) if need_dw else []  # a backend may skip them when none is needed
-    dflat = [back(dw[i], w) if (w is not None and n and need_dw) else None
-             for i, (w, n) in enumerate(zip(flat, need[3:]))]
-    return (back(dx, x) if need[0] else None, back(dh0, h0) if need[1] else None,
-            back(dc0, c0) if (c0 is not None and need[2]) else None, dflat)
+    dw = list(res[3:3 + 5 * D]) if need_dw else [None] * (5 * D)  # a backend may skip them
+    dflat = [g if (w is not None and n) else None for g, w, n in zip(dw, flat, need[3:])]
+    grads = [dx if need[0] else None, dh0 if need[1] else None, dc0 if (c0 is not None and need[2]) else None]
+    if ct != x.dtype:  # half types: gradients in the inputs' dtypes
+        grads = [None if g is None else g.to(x.dtype) for g in grads]
+        dflat = [None if g is None else g.to(x.dtype) for g in dflat]
+    return grads[0], grads[1], grads[2], dflat
 
 
 def _recomputed_grads(cell, backend, x, batch_sizes, h0, c0, flat, dout, dhn, dcn, need):

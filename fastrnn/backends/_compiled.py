@@ -41,9 +41,12 @@ def forward(ext, cell, x, batch_sizes, h0, c0, weights, train):
 
 
 def backward(ext, cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw):
-    with no_autocast(x.device.type):
-        return ext.backward(cell, x, batch_sizes, h0, c0, [w[0] for w in weights], [w[1] for w in weights],
-                            [w[4] for w in weights], saved, dout, dhn, dcn, need_dx, need_dw)
+    args = (cell, x, batch_sizes, h0, c0, [w[0] for w in weights], [w[1] for w in weights],
+            [w[4] for w in weights], saved, dout, dhn, dcn, need_dx, need_dw)
+    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+        with no_autocast(x.device.type):
+            return ext.backward(*args)
+    return ext.backward(*args)
 
 
 def saved_like(cell, x, h0, c0, weights, save_dtype):

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from fastrnn.backends.reference import step_rows
 from fastrnn.kernels.numba.custom import CellSpec, UnsupportedCellError, generate_source, load_module
 
 __all__ = ["CellDef", "CustomRNN", "LayerNormLSTM", "LayerNormGRU", "UnsupportedCellError",
@@ -308,15 +309,7 @@ def custom_rnn_layer(cell, x, batch_sizes, states0, dirs, zm=None, backend="auto
     [k*H]); direction 1 runs backwards; zm [D, N, S*H] zoneout masks or None.
     Returns out [N, D*H] and S final states [D, B, H].
     """
-    B = states0[0].size(1)
-    if batch_sizes is None:
-        T = x.size(0) // B if B else 0
-        sizes = [B] * T
-    else:
-        sizes = [int(s) for s in batch_sizes]
-    offsets = [0]
-    for s in sizes:
-        offsets.append(offsets[-1] + s)
+    sizes, offsets = step_rows(x, batch_sizes, states0[0].size(1))
     backend = _pick_backend(cell, x, backend)
     if backend == "reference":
         return _ref_layer(cell, x, sizes, offsets, states0, dirs, zm)

@@ -97,21 +97,26 @@ def _step(cell, gi_t, h, c, w_hh, b_hh, w_hr):
     return h, c
 
 
+def step_rows(x, batch_sizes, B: int):
+    """Rows per step and each step's first row in x [N, I]: `sizes` [T] and `offsets` [T + 1]
+    (padded input: B rows a step; packed: batch_sizes)."""
+    if batch_sizes is None:
+        sizes = [B] * (x.size(0) // B if B else 0)
+    else:
+        sizes = [int(s) for s in batch_sizes]
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    return sizes, offsets
+
+
 def rnn_layer(cell, x, batch_sizes, h0, c0, weights):
     out_dtype = x.dtype
     if out_dtype in _HALF:  # fp32 math for half types, like the fused kernels
         f32 = lambda t: None if t is None else t.float()  # noqa: E731
         x, h0, c0 = f32(x), f32(h0), f32(c0)
         weights = [tuple(f32(w) for w in ws) for ws in weights]
-    B = h0.size(1)
-    if batch_sizes is None:
-        T = x.size(0) // B if B else 0
-        sizes = [B] * T
-    else:
-        sizes = [int(s) for s in batch_sizes]
-    offsets = [0]
-    for s in sizes:
-        offsets.append(offsets[-1] + s)
+    sizes, offsets = step_rows(x, batch_sizes, h0.size(1))
     outs, hns, cns = [], [], []
     for d, (w_ih, w_hh, b_ih, b_hh, w_hr) in enumerate(weights):
         gi = x @ w_ih.t()

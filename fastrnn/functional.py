@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from fastrnn import backends, ops
+from fastrnn import backends, dispatch, ops
 from fastrnn.backends import LayerCall
 from fastrnn.cells import gates
 from fastrnn.checks import check_layer_args
@@ -59,7 +59,7 @@ def choose(cell, x, input_size, batch_sizes, h0, c0, weights, backend: str) -> s
                               batch_sizes is not None, len(weights), needs_grad)
     if ops.transforms_active() or x.device.type == "meta" or ops.is_fake(x):
         return "reference"
-    return backends.select(backend, _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights)).name
+    return dispatch.pick(backend, _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights)).name
 
 
 def _compiled_pick(backend, cell, device, dtype, proj, packed, directions, needs_grad) -> str:
@@ -70,7 +70,7 @@ def _compiled_pick(backend, cell, device, dtype, proj, packed, directions, needs
     call = LayerCall(cell=cell, device=device, dtype=dtype, input_size=256, hidden_size=256,
                      proj_size=128 if proj else 0, batch=64, steps=100, directions=directions, packed=packed,
                      needs_grad=needs_grad)
-    return backends.select(backend, call, exclude=("torch",) if device == "cpu" and backend == "auto" else ()).name
+    return dispatch.pick(backend, call, exclude=("torch",) if device == "cpu" and backend == "auto" else ()).name
 
 
 _compiled_pick._dynamo_marked_constant = True  # Dynamo calls it at trace time and keeps the result
@@ -106,10 +106,11 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
     Returns out [N, D*Hout], hn [L*D, B, Hout], cn [L*D, B, H] | None.  validate as in rnn_layer.
     """
     D = len(layer_weights[0])
-    if len(layer_weights) > 1 and x.size(0) and _torch_runs_every_layer(cell, x, batch_sizes, hx, cx,
-                                                                        layer_weights, backend, validate):
-        return backends.get("torch").impl.rnn_stack(cell, x, batch_sizes, hx, cx, layer_weights,
-                                                     dropout, training)
+    if len(layer_weights) > 1 and x.size(0) and not ops.graph_mode(x) and _stack_to_torch(
+            cell, x, batch_sizes, hx, cx, layer_weights, backend):
+        if validate:
+            _check_stack(cell, x, batch_sizes, hx, cx, layer_weights)
+        return backends.get("torch").impl.rnn_stack(cell, x, batch_sizes, hx, cx, layer_weights, dropout, training)
     hns, cns = [], []
     for layer, weights in enumerate(layer_weights):
         sl = slice(layer * D, (layer + 1) * D)
@@ -124,18 +125,51 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
     return x, hn, cn
 
 
-def _torch_runs_every_layer(cell, x, batch_sizes, hx, cx, layer_weights, backend, validate) -> bool:
-    """Whether the backend choice is torch for every layer; then one torch call runs the stack."""
-    if ops.graph_mode(x):
-        return False
+def torch_runs(cell: str, device: str, dtype: torch.dtype, *, input_size: int, hidden_size: int, proj_size: int,
+               batch: int, steps: int, directions: int, packed: bool, needs_grad, backend: str) -> bool:
+    """Whether a whole call, every layer, runs as one torch call (oneDNN fuses a stack, and the dropout
+    draws are torch's): backend "torch", or auto where it hands the first layer to torch. Deeper layers differ only in input
+    size (hidden * directions), which moves the pick's speed, never its result. `needs_grad` may be
+    a callable, asked only when a rule could hand the call to torch (a small call's cost counts)."""
+    name = dispatch.requested(backend)
+    if name != "auto" or not dispatch.torch_may_win(cell, device, dtype, steps, proj_size):
+        return name == "torch"
+    call = LayerCall(cell=cell, device=device, dtype=dtype, input_size=input_size, hidden_size=hidden_size,
+                     proj_size=proj_size, batch=batch, steps=steps, directions=directions, packed=packed,
+                     needs_grad=bool(needs_grad() if callable(needs_grad) else needs_grad))
+    return dispatch.pick("auto", call).name == "torch"
+
+
+def _stack_to_torch(cell, x, batch_sizes, hx, cx, layer_weights, backend) -> bool:
+    w_ih, w_hh, _, _, w_hr = layer_weights[0][0]
+    B = hx.size(1)
+    return torch_runs(
+        cell, x.device.type, x.dtype, input_size=x.size(1), hidden_size=w_hh.size(0) // gates(cell),
+        proj_size=0 if w_hr is None else w_hr.size(0), batch=B,
+        steps=(x.size(0) // B if B else 0) if batch_sizes is None else batch_sizes.numel(),
+        directions=len(layer_weights[0]), packed=batch_sizes is not None, backend=backend,
+        needs_grad=lambda: torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, hx, cx, *[w for ws in layer_weights for d in ws for w in d])))
+
+
+def _check_stack(cell, x, batch_sizes, hx, cx, layer_weights):
     D = len(layer_weights[0])
     for layer, weights in enumerate(layer_weights):
         sl = slice(layer * D, (layer + 1) * D)
-        h0, c0 = hx[sl], None if cx is None else cx[sl]
         in_size = x.size(1) if layer == 0 else D * hx.size(2)
-        problem = check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0, c0, weights) if validate else None
+        problem = check_layer_args(cell, (x.size(0), in_size), batch_sizes, hx[sl], None if cx is None else cx[sl],
+                                   weights)
         if problem:
             raise RuntimeError(problem)
-        if choose(cell, x, in_size, batch_sizes, h0, c0, weights, backend) != "torch":
-            return False
-    return True
+
+
+def cell_to_torch(device: str, dtype: torch.dtype, backend: str) -> bool:
+    """Whether auto runs a cell's single step in torch (fastrnn/dispatch.py: one_step_to_torch)."""
+    return dispatch.requested(backend) == "auto" and dispatch.one_step_to_torch(device, dtype)
+
+
+def check_backend(name: str) -> str:
+    """`name` if it is "auto" or a known backend; else torch's ValueError naming the known ones."""
+    if name != "auto":
+        backends.get(name)
+    return name

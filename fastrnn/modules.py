@@ -10,21 +10,15 @@ gets torch's exact exception.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from fastrnn import _dynamo, backends, custom, functional
-from fastrnn.backends.native import one_step_to_torch, onednn_lstm_applies_to
+from fastrnn import _dynamo, custom, functional
 from fastrnn.cells import MODE_TO_CELL
 
-
-def _check_backend_name(backend: str) -> str:
-    if backend != "auto":
-        backends.get(backend)  # raises ValueError naming the known backends
-    return backend
+_check_backend_name = functional.check_backend
 
 
 _AUTOCAST_POLICY: dict = {}
@@ -233,33 +227,18 @@ class _RNNMixin:
 
 
 def _auto_hands_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
-    """Whether auto hands this whole call to torch: a float32 LSTM for oneDNN (the veto in
-    fastrnn.backends.cpp._prefer) or a single GRU/RNN step (native.torch_runs_one_step_faster).
-    Then torch's own forward runs the call as it stands, skipping our checks and per-layer
+    """Whether auto hands this whole call to torch (functional.torch_runs, fastrnn/dispatch.py):
+    then torch's own forward runs the call as it stands, skipping our checks and per-layer
     dispatch: same result and errors, and torch's per-call cost plus ~3 us for this test instead
-    of torch's plus ours (2-core EPYC, T=1 B=1 H=64 no_grad: RNN 88 -> 38 us, torch 31).  The
-    first layer's pick is taken for every layer: the veto's inputs are the same for all but the
-    input size (deeper layers' is hidden * directions), where a wider input only makes the
-    in-step projection that keeps a call on cpp less likely, and whether autograd records
-    (layers may differ in requires_grad); either way only the speed of the pick can differ,
-    never the result."""
-    if module.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
+    of torch's plus ours (2-core EPYC, T=1 B=1 H=64 no_grad: RNN 88 -> 38 us, torch 31)."""
+    if module.backend != "auto" or torch.is_autocast_enabled("cpu") or weight.dtype != input.dtype \
+            or weight.device != input.device:
         return False
-    device, dtype = input.device.type, input.dtype
-    cell = MODE_TO_CELL[module.mode]
-    one_step = one_step_to_torch(device, steps, dtype)
-    onednn = onednn_lstm_applies_to(cell, device, dtype, proj_size, packed=False)
-    if not (one_step or onednn):
-        return False  # the common case, decided without building a LayerCall
-    if torch.is_autocast_enabled("cpu") or weight.dtype != dtype or weight.device != input.device:
-        return False
-    if one_step and not onednn:  # every CPU backend vetoes a single float32/float64 step
-        return True
-    needs_grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-    call = backends.LayerCall(cell=cell, device=device, dtype=dtype, input_size=module.input_size,
-                              hidden_size=module.hidden_size, proj_size=proj_size, batch=batch, steps=steps,
-                              directions=directions, packed=False, needs_grad=needs_grad)
-    return backends.select("auto", call).name == "torch"
+    return functional.torch_runs(
+        MODE_TO_CELL[module.mode], input.device.type, input.dtype, input_size=module.input_size,
+        hidden_size=module.hidden_size, proj_size=proj_size, batch=batch, steps=steps, directions=directions,
+        packed=False, backend=module.backend,
+        needs_grad=lambda: torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
 
 
 def _torch_error_or_raise(torch_forward, input, hx, problem: str):
@@ -413,17 +392,15 @@ class _CellMixin:
         return hn[0] if is_batched else hn[0].squeeze(0)
 
     def _auto_picks_torch(self, input) -> bool:
-        """auto runs a single step in torch where fastrnn.backends.native.torch_runs_one_step_faster
-        says so (CPU, float32/float64): then torch's own cell runs the call as it stands, without
-        our checks and dispatch (the same result, errors and speed as torch)."""
-        if self.backend != "auto" or os.environ.get("FASTRNN_BACKEND", "auto") not in ("", "auto"):
-            return False
+        """auto runs a single step in torch where the dispatch table says so (functional.cell_to_torch):
+        then torch's own cell runs the call as it stands, without our checks and dispatch (the same
+        result, errors and speed as torch)."""
         if type(input) is not torch.Tensor or torch.is_autocast_enabled("cpu"):
             return False
         w = self.weight_ih
         if w.dtype != input.dtype or w.device != input.device:
             return False
-        return one_step_to_torch(input.device.type, 1, input.dtype)
+        return functional.cell_to_torch(input.device.type, input.dtype, self.backend)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

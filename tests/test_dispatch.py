@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastrnn
-from fastrnn import backends
+from fastrnn import backends, dispatch
 from fastrnn.backends import LayerCall
 
 
@@ -74,7 +74,7 @@ def test_explicit_backend_runs_that_backend(monkeypatch):
 
 def test_auto_fallback_is_logged_once(caplog):
     with caplog.at_level(logging.DEBUG, logger="fastrnn"):
-        backends._FALLBACK_LOGGED.clear()
+        dispatch._FALLBACK_LOGGED.clear()
         call = _call(device="cpu", dtype=torch.float16)
         b1 = backends.select("auto", call)
         b2 = backends.select("auto", call)
@@ -113,7 +113,7 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     """auto's veto (float32 LSTM, padded, no proj, oneDNN on) covers every layer, so the module
     runs torch's own forward before any of our input handling; a named backend, the env override,
     packed input, another dtype or autocast still go through fastrnn's layers."""
-    from fastrnn.backends.native import onednn_lstm_applies_to
+    from fastrnn.dispatch import onednn_lstm_applies as onednn_lstm_applies_to
     if not onednn_lstm_applies_to("lstm", "cpu", torch.float32, 0, False):
         pytest.skip("torch has no oneDNN LSTM here")
     from fastrnn import functional
@@ -169,7 +169,7 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
         pytest.skip("cpp backend not built")
     from fastrnn import functional
     assert backends.select("auto", _call(batch=4, hidden_size=1024, steps=100)).name == "cpp"
-    from fastrnn.backends.native import onednn_lstm_applies_to
+    from fastrnn.dispatch import onednn_lstm_applies as onednn_lstm_applies_to
     onednn = onednn_lstm_applies_to("lstm", "cpu", torch.float32, 0, False)
     veto = "torch" if onednn else "cpp"
     assert backends.select("auto", _call(batch=8, hidden_size=1024, steps=100)).name == veto
@@ -203,7 +203,7 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
                     reason="torch has no native bf16 CPU kernels here (then auto keeps every bf16 call)")
 def test_auto_hands_bf16_to_torch_where_torch_measured_faster():
     """bf16 runs upcast to float32 in cpp; torch's native oneDNN bf16 wins from a few rows (the
-    table beside cpp._TORCH_HALF), where auto must hand the call over."""
+    bfloat16.* rows of fastrnn/dispatch_table.py), where auto must hand the call over."""
     if "cpp" not in fastrnn.available_backends():
         pytest.skip("cpp backend not built")
     pick = lambda **kw: backends.select("auto", _call(dtype=torch.bfloat16, **kw)).name  # noqa: E731

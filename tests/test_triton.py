@@ -220,16 +220,17 @@ def test_through_functional_and_module():
 
 
 def test_dispatch_rules(monkeypatch):
+    from fastrnn import dispatch
     impl = _triton()
     b = backends.get("triton")
     call = backends.LayerCall(cell="lstm", device="cpu", dtype=torch.float32, input_size=4, hidden_size=8,
                               proj_size=0, batch=2, steps=3, directions=1, packed=False, needs_grad=True)
     assert b.supports(call)[0]                       # interpreter on: CPU allowed by name
-    assert not b.prefer(call)[0]                     # but auto never picks the interpreter
+    assert dispatch.torch_wins("triton", call)      # but auto never picks the interpreter
     assert backends.select("auto", call).name != "triton"
     cuda = backends.LayerCall(**{**call.__dict__, "device": "cuda"})
-    ok, why = b.prefer(cuda)  # no GPU measurement yet: auto leaves CUDA calls to cuDNN
-    assert not ok and "not yet measured" in why
+    why = dispatch.torch_wins("triton", cuda)  # no GPU measurement yet: auto leaves CUDA calls to cuDNN
+    assert "not yet measured" in why
     monkeypatch.delenv("TRITON_INTERPRET")
     ok, why = b.supports(call)
     assert not ok and "TRITON_INTERPRET" in why

@@ -1,4 +1,4 @@
-"""Backend registry: each backend declares what it supports; dispatch picks one.
+"""Backend registry: each backend declares what it can run; fastrnn/dispatch.py picks one.
 
 Every backend module exposes one op with the same signature (see
 `reference.rnn_layer`, the oracle):
@@ -11,21 +11,12 @@ import; heavy imports (the extension, numba, triton) happen in `load()`.
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
-log = logging.getLogger("fastrnn")
-
-# Preference order per device: auto takes the first that can run the call.
-_ORDER = {
-    "cpu": ("cpp", "numba", "torch", "reference", "triton"),
-    "cuda": ("triton", "cuda", "torch", "reference"),
-}
 # backend name -> module under fastrnn/backends/ ("torch" lives in native.py: a submodule
 # named torch would shadow the torch package inside this one)
 _MODULES = {"reference": "reference", "torch": "native", "cpp": "cpp", "numba": "numba",
@@ -62,8 +53,6 @@ class Backend:
     auto: bool = True           # may auto pick it at all (False: only by name)
     # Returns the module holding `rnn_layer`; raises ImportError/RuntimeError saying why not.
     load: Callable[[], object] = None
-    # Optional extra veto for auto only, e.g. "torch is faster at this shape".
-    prefer: Optional[Callable[[LayerCall], tuple[bool, str]]] = None
     # Optional veto for any call, for limits finer than the fields above.
     check: Optional[Callable[[LayerCall], tuple[bool, str]]] = None
     _state: dict = field(default_factory=dict, repr=False)
@@ -115,7 +104,6 @@ def _registry() -> dict[str, Backend]:
 
 
 _REGISTRY: dict[str, Backend] = {}
-_FALLBACK_LOGGED: set = set()
 
 
 def names() -> tuple[str, ...]:
@@ -136,8 +124,9 @@ def _device_type(device) -> str:
 def available_backends(device="cpu") -> list[str]:
     """Backends this install can run on `device`, in auto's preference order."""
     dev = _device_type(device)
+    from fastrnn.dispatch import ORDER
     out = []
-    for name in _ORDER.get(dev, ("torch", "reference")):
+    for name in ORDER.get(dev, ("torch", "reference")):
         b = get(name)
         if dev in b.devices and b.availability()[0]:
             out.append(name)
@@ -145,35 +134,6 @@ def available_backends(device="cpu") -> list[str]:
 
 
 def select(name: str, call: LayerCall, exclude: tuple = ()) -> Backend:
-    """The backend that runs `call`: the named one (or fail saying why), or auto's pick among
-    the backends not in `exclude`."""
-    if name == "auto":
-        name = os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
-    if name != "auto":
-        b = get(name)
-        ok, why = b.availability()
-        if not ok:
-            raise RuntimeError(f"fastrnn backend '{name}' is not available: {why}")
-        ok, why = b.supports(call)
-        if not ok:
-            raise RuntimeError(f"fastrnn backend '{name}' cannot run this call: it {why}")
-        return b
-    skipped = []
-    for cand in _ORDER.get(call.device, ("torch", "reference")):
-        b = get(cand)
-        if not b.auto or cand in exclude:
-            continue
-        ok, why = b.availability()
-        if ok:
-            ok, why = b.supports(call)
-        if ok and b.prefer is not None:
-            ok, why = b.prefer(call)
-        if ok:
-            if skipped:
-                key = (call.cell, call.device, call.dtype, tuple(skipped))
-                if key not in _FALLBACK_LOGGED:
-                    _FALLBACK_LOGGED.add(key)
-                    log.debug("fastrnn auto picked '%s' for %s: %s", cand, call, "; ".join(skipped))
-            return b
-        skipped.append(f"{cand}: {why}")
-    raise RuntimeError(f"no fastrnn backend can run {call}: " + "; ".join(skipped))
+    """The backend that runs `call`: the named one, or auto's pick (fastrnn/dispatch.py)."""
+    from fastrnn import dispatch
+    return dispatch.pick(name, call, exclude)

@@ -71,13 +71,6 @@ def saved_like(cell, x, batch_sizes, h0, c0, weights):
     return _compiled.saved_like(cell, x, h0, c0, weights, torch.float32 if x.dtype in _HALF else x.dtype)
 
 
-def _prefer(call: LayerCall) -> tuple[bool, str]:
-    # As the triton backend's: auto runs these kernels only where the measured table for this
-    # GPU class says they win (fastrnn/gpu_dispatch.py); backend="cuda" runs them regardless.
-    from fastrnn import gpu_dispatch
-    return gpu_dispatch.prefer("cuda", call)
-
-
 BACKEND = Backend(
     name="cuda",
     devices=frozenset(("cuda",)),
@@ -85,5 +78,4 @@ BACKEND = Backend(
     proj=True,
     packed=True,
     load=_load,
-    prefer=_prefer,
 )

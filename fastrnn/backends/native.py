@@ -46,36 +46,6 @@ def rnn_stack(cell, x, batch_sizes, hx, cx, layer_weights, dropout, training):
     return (out, res[1], res[2]) if cell == "lstm" else (out, res[1], None)
 
 
-def onednn_lstm_applies(call) -> bool:
-    """Whether torch runs this layer call through oneDNN's fused LSTM primitive (float32 LSTM
-    without projection on padded CPU input): its JIT GEMMs with pre-packed weights beat our
-    CPU loops there (measurements in fastrnn.backends.cpp._prefer), so auto leaves those
-    calls to torch whichever CPU backend is asked first."""
-    return onednn_lstm_applies_to(call.cell, call.device, call.dtype, call.proj_size, call.packed)
-
-
-# One step (a cell, or a layer with T = 1) has no time loop to fuse: torch runs it as its two
-# GEMMs and a pointwise pass with less per-call overhead than ours.  Measured on the 2-core AMD
-# EPYC Zen4, float32, torch time / cpp time, fwd | fwd+bwd: GRUCell B1 H64 0.54 | 0.82, B64 H256
-# 1.01 | 0.88, B256 H512 1.00 | 0.84; RNNCell B8 H64 0.45 | 0.51, B256 H512 1.05 | 0.82;
-# LSTMCell B64 H256 1.05 | 0.82, B64 H1024 0.97 | 0.83.  Half types stay with us (torch's
-# CPU half RNN paths are the slow ones).
-ONE_STEP_TO_TORCH = frozenset((torch.float32, torch.float64))
-
-
-def torch_runs_one_step_faster(call) -> bool:
-    return one_step_to_torch(call.device, call.steps, call.dtype)
-
-
-def one_step_to_torch(device: str, steps: int, dtype: torch.dtype) -> bool:
-    return device == "cpu" and steps == 1 and dtype in ONE_STEP_TO_TORCH
-
-
-def onednn_lstm_applies_to(cell: str, device: str, dtype: torch.dtype, proj_size: int, packed: bool) -> bool:
-    return (device == "cpu" and cell == "lstm" and dtype == torch.float32 and not proj_size and not packed
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
-
-
 BACKEND = Backend(
     name="torch",
     devices=frozenset(("cpu", "cuda")),

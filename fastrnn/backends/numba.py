@@ -38,7 +38,6 @@ import torch
 from fastrnn.cells import gates
 
 from fastrnn.checks import check_layer_args
-from fastrnn.backends.native import onednn_lstm_applies, torch_runs_one_step_faster
 from fastrnn.backends import ALL_DTYPES, Backend, LayerCall
 
 _DTYPES = frozenset((torch.float32, torch.float64))  # what the kernels compile for
@@ -276,60 +275,9 @@ def _load():
     return sys.modules[__name__]
 
 
-# Per-step recurrent GEMM size (2 * B * Hout * G * H flops) above which auto hands the
-# call to torch. The numba loop runs its per-step GEMMs single-threaded through OpenBLAS
-# (see the module docstring); torch runs MKL on all its threads. Measured on the 2-core
-# CI-class machine, float32, I = H, speed relative to torch (>1: numba faster), medians
-# of alternating runs in one process:
-#                                  CPU time,       wall, 2 threads,  wall, 2 threads,
-#                                  1 thread        quiet machine     shared machine
-#                                  fwd  fwd+bwd    fwd  fwd+bwd      fwd  fwd+bwd
-#   LSTM T=100 B=64 H=512 (134 MF) 0.88 0.97       0.56 (3.6)*       1.88 3.50
-#   GRU  T=200 B=16 H=128 (1.6 MF) 1.07 1.53       (*)  1.70         4.01 3.63
-#   RNN  T=100 B=32 H=256 (4.2 MF) 1.02 1.08       0.88 1.41         1.76 1.96
-#   LSTM T=100 B=1  H=256 (0.5 MF) 1.25 1.44       0.84 0.97         2.24 1.93
-# (*) another job started during the torch runs. "Shared": other jobs on the 2 cores,
-# where torch's per-step OpenMP barriers stall and the single-threaded loop does not.
-# Large steps are GEMM-bound and MKL on 2 threads wins; small steps are overhead-bound,
-# where fusion wins, and training keeps numba longer because its backward is fused
-# while torch's CPU RNN backward is per-op autograd. (2 OpenBLAS threads in the loop
-# were tried: with torch's OpenMP pool in the same process both slowed down 10-100x.)
-_TORCH_ABOVE_FLOPS = {False: 4e6, True: 16e6}  # keyed by needs_grad
-
-# Half types run upcast to float32 here.  Where torch's oneDNN has native kernels for the dtype
-# (the check named: bf16 on AVX-512, fp16 on AVX512-FP16/AMX-FP16) torch keeps every half call:
-# on the 2-core Intel Xeon (AVX512_BF16, AMX, AVX512_FP16), T=100, torch time / numba time, min of
-# 7 alternating calls, CPU time on one thread (numba's loop is single-threaded; torch has both
-# cores in real use, so these flatter numba): numba won only the smallest calls (bf16 LSTM B1 H256
-# fwd+bwd 2.42, GRU B1 H256 fwd 3.04, GRU B16 H128 fwd 1.18) and lost from 2 MF per step (bf16 RNN
-# B16 H256 fwd 0.77, B64 H128 fwd+bwd 0.88, GRU B16 H256 fwd+bwd 0.90, LSTM B2 H256 fwd+bwd 0.93;
-# fp16 LSTM B16 H256 fwd 0.67, RNN B16 H512 fwd 0.90, GRU B16 H512 fwd+bwd 0.95).  Elsewhere torch's
-# half path is emulated and slow (fp16 LSTM B64 H512 fwd+bwd on the Zen4: 22.3 s vs 0.43 s
-# upcast, issue 20), so the float32 rule above decides.
-_TORCH_NATIVE_HALF = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
-
-
-def _prefer(call: LayerCall) -> tuple[bool, str]:
-    """auto's veto: hand the call to torch where torch measured faster (table above)."""
-    native = _TORCH_NATIVE_HALF.get(call.dtype)
-    if native is not None and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, native)():
-        return False, "half types would run upcast to float32; torch runs them natively"
-    if torch_runs_one_step_faster(call):
-        return False, "a single float32/float64 step is faster in torch (no time loop to fuse)"
-    if onednn_lstm_applies(call):  # quiet-machine quick grid: numba 0.64-0.79x torch there
-        return False, "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input"
-    G = gates(call.cell)
-    flops = 2.0 * call.batch * (call.proj_size or call.hidden_size) * G * call.hidden_size
-    if flops > _TORCH_ABOVE_FLOPS[bool(call.needs_grad)]:
-        return False, (f"per-step GEMM of {flops / 1e6:.1f} MFLOP: torch's multithreaded MKL "
-                       f"is faster than the single-threaded numba loop there")
-    return True, ""
-
-
 BACKEND = Backend(
     name="numba",
     devices=frozenset(("cpu",)),
     dtypes=ALL_DTYPES,  # half types run in float32 (upcast, compute, cast back)
     load=_load,
-    prefer=_prefer,
 )

@@ -71,18 +71,8 @@ def _check(call):
     return True, ""
 
 
-def _prefer(call):
-    if call.device != "cuda":
-        return False, "auto never picks the Triton interpreter for CPU tensors"
-    # auto must never be slower than cuDNN: it runs these kernels only where the measured table
-    # for this GPU class (fastrnn/gpu_table.py, fitted from `make gpu-check`) says they win;
-    # without one it hands CUDA calls to torch. backend="triton" runs them regardless.
-    from fastrnn import gpu_dispatch
-    return gpu_dispatch.prefer("triton", call)
-
-
 BACKEND = Backend(name="triton", devices=frozenset(("cuda", "cpu")), dtypes=ALL_DTYPES,
-                  load=_load, prefer=_prefer, check=_check)
+                  load=_load, check=_check)
 
 
 # ---------------------------------------------------------------------------------------------

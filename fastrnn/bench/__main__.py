@@ -1,13 +1,15 @@
 """`python -m fastrnn.bench [run options]` times the grid; `python -m fastrnn.bench report`
 renders benchmarks/REPORT.md and benchmarks/plots/ from every results file;
 `python -m fastrnn.bench models` times whole models (training steps), each implementation in
-its own process (fastrnn.bench.models).
+its own process (fastrnn.bench.models); `python -m fastrnn.bench stream` times one frame per
+call (torch.nn and fastrnn modules with T=1, fastrnn.Stream.step, ONNX Runtime).
 
     python -m fastrnn.bench --quick                      # ~17 cases, a few minutes on 2 cores
     python -m fastrnn.bench --cell lstm --backend cpp    # the full LSTM grid, cpp vs torch only
     python -m fastrnn.bench --list                       # the case ids, nothing run
     python -m fastrnn.bench report
     python -m fastrnn.bench models --quick               # 9 whole models, torch.nn vs auto
+    python -m fastrnn.bench fit [RESULTS.json ...]       # refit auto's dispatch table from results
 """
 from __future__ import annotations
 
@@ -36,9 +38,15 @@ def main(argv=None) -> int:
         md, plots = report.write(a.results, a.out, a.plots)
         print(f"wrote {md}" + "".join(f"\nwrote {p}" for p in plots))
         return 0
+    if argv[:1] == ["fit"]:  # auto's dispatch table from the results files (fastrnn/bench/fit.py)
+        from fastrnn.bench import fit
+        print(fit.fit([Path(p) for p in argv[1:]]))
+        return 0
     if argv[:1] == ["models"]:
         from fastrnn.bench import models
         return models.main(argv[1:])
+    if argv[:1] == ["stream"]:
+        return stream_main(argv[1:])
     if argv[:1] == ["run"]:
         argv = argv[1:]
 
@@ -82,6 +90,33 @@ def main(argv=None) -> int:
     if notes:
         print("\n".join(notes))
     print(f"\n{len(cases)} cases in {doc['settings']['wall_s']:.0f} s; wrote {path}")
+    return 0
+
+
+def stream_main(argv) -> int:
+    from fastrnn.bench import cases as C
+    from fastrnn.bench import report, runner
+    ap = argparse.ArgumentParser(prog="python -m fastrnn.bench stream",
+                                 description="Per-step time of one frame per call, side by side.")
+    ap.add_argument("--cell", type=_csv, default=list(C.CELLS), help="comma list of lstm, gru, rnn")
+    ap.add_argument("--hidden", type=_csv, default=["64", "256"], help="comma list of hidden sizes (64,256)")
+    ap.add_argument("--batch", type=_csv, default=["1"], help="comma list of batch sizes (1)")
+    ap.add_argument("--impl", type=_csv, default=list(runner.STREAM_IMPLS),
+                    help="comma list of " + ", ".join(runner.STREAM_IMPLS) + " (or a fastrnn backend name)")
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed block (20)")
+    ap.add_argument("--rounds", type=int, default=200, help="minimum timed blocks per implementation (200)")
+    ap.add_argument("--min-time", type=float, default=1.0, help="minimum seconds per case (1)")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/stream/<hardware-id>.json)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cases = C.stream("cpu", hidden=[int(h) for h in a.hidden], batch=[int(b) for b in a.batch], cells=a.cell)
+    doc = runner.run_stream(cases, a.impl, a.steps, a.rounds, a.min_time,
+                            settings={"argv": argv, "command": " ".join(["python -m fastrnn.bench stream"] + argv)})
+    path = runner.save_stream(doc, a.out)
+    print(report.stream_table(doc))
+    print(f"\nwrote {path}")
     return 0
 
 

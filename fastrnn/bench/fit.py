@@ -1,0 +1,119 @@
+"""`python -m fastrnn.bench fit [RESULTS.json ...]`: auto's dispatch table from benchmark results.
+
+Reads benchmarks/results/cpu-*.json (default: every one) and rewrites fastrnn/dispatch_table.py:
+the hand-measured defaults, and per CPU class the thresholds its results file brackets. A
+threshold "torch above m" moves only where the file shows torch winning: it is set to the largest
+m at which the backend still won below the first loss (0 where the smallest measured case lost),
+so each edge sits at or below the last shape where we won and auto stays at least as fast as
+torch on every measured case. Where the file shows no loss, the default stays (an edge nobody
+measured is not extrapolated). Also refits the CUDA table (fastrnn.gpu_dispatch.fit).
+"""
+from __future__ import annotations
+
+import json
+import pprint
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLE_FILE = ROOT / "fastrnn" / "dispatch_table.py"
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+_HALF = {"bf16": "bfloat16", "f16": "float16"}
+
+
+def _step_flops(c) -> float:
+    H = c["H"]
+    return 2.0 * c["B"] * (c["proj"] or H) * GATES[c["cell"]] * H
+
+
+def _won(c, backend):
+    r = c.get("results", {})
+    if backend not in r or "torch" not in r or "median_s" not in r[backend] or "median_s" not in r["torch"]:
+        return None
+    return r["torch"]["median_s"] >= r[backend]["median_s"]
+
+
+def _edge(points):
+    """points: [(metric, won, case id)] -> (edge, evidence) or None where no loss was measured."""
+    points = sorted(points)
+    losses = [p for p in points if not p[1]]
+    if not losses:
+        return None
+    first_loss = losses[0][0]
+    wins = [p for p in points if p[1] and p[0] < first_loss]
+    edge = wins[-1][0] if wins else 0
+    shown = ([wins[-1]] if wins else []) + [losses[0]]
+    return edge, ", ".join(f"{cid} {'won' if w else 'lost'}" for _, w, cid in shown)
+
+
+def _ratio(c, backend):
+    r = c["results"]
+    return r["torch"]["median_s"] / r[backend]["median_s"]
+
+
+def fit_file(path: Path) -> dict:
+    """The fitted row of one CPU results file: {rule key: {"value", "from"}}."""
+    doc = json.loads(Path(path).read_text())
+    cases = doc["cases"]
+    name = Path(path).name
+    row: dict = {}
+
+    def put(key, fitted, what):
+        if fitted is not None:
+            value, evidence = fitted
+            row[key] = {"value": value, "from": f"{name}: {what}; {evidence}"}
+
+    def cid(c, backend):
+        return f"{c['id']} x{_ratio(c, backend):.2f}"
+
+    for mode in ("fwd", "fwdbwd"):
+        plain = [c for c in cases if c["mode"] == mode and c["dtype"] in ("f32", "f64") and c["T"] > 1
+                 and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
+        pts = [(_step_flops(c), _won(c, "numba"), cid(c, "numba")) for c in plain if _won(c, "numba") is not None]
+        put(f"numba_flops_above.{mode}", _edge(pts), "per-step GEMM flops where torch beat numba")
+        for short, half in _HALF.items():
+            hc = [c for c in cases if c["mode"] == mode and c["dtype"] == short and _won(c, "cpp") is not None]
+            fused = [c for c in hc if c["cell"] == "lstm" and not c["proj"] and not c["packed"]]
+            put(f"{half}.fused_lstm_rows_above.{mode}",
+                _edge([(c["B"], _won(c, "cpp"), cid(c, "cpp")) for c in fused]),
+                f"rows where torch's fused {half} LSTM beat cpp")
+            put(f"{half}.gemm_flops_above.{mode}",
+                _edge([(_step_flops(c), _won(c, "cpp"), cid(c, "cpp")) for c in hc if c not in fused]),
+                f"per-step GEMM flops where torch's {half} beat cpp")
+    one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None
+           and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
+    for short, full in (("f32", "float32"), ("f64", "float64")):
+        mine = [c for c in one if c["dtype"] == short]
+        if mine:
+            lost = [c for c in mine if not _won(c, "cpp")]
+            row[f"one_step_to_torch.{full}"] = {
+                "value": bool(lost), "from": f"{name}: one-step layer calls, "
+                + ", ".join(cid(c, "cpp") for c in (lost or mine)[:4])}
+    return row
+
+
+def fit(paths=None, out: Path | None = None) -> str:
+    """Refit the CPU table (and the CUDA one); returns a summary line per file."""
+    from fastrnn import dispatch_table, gpu_dispatch
+    paths = [Path(p) for p in paths or []] or sorted((ROOT / "benchmarks" / "results").glob("cpu-*.json"))
+    table = {"default": dispatch_table.TABLE["default"]}
+    lines = []
+    for path in paths:
+        doc = json.loads(path.read_text())
+        if doc.get("kind", "grid") != "grid" or not str(doc.get("hardware_id", "")).startswith("cpu"):
+            continue
+        row = fit_file(path)
+        table[doc["hardware_id"]] = row
+        lines.append(f"{doc['hardware_id']}: {len(row)} fitted thresholds "
+                     + ", ".join(f"{k}={v['value']}" for k, v in sorted(row.items())))
+    text = ('"""auto\'s dispatch thresholds (read by fastrnn/dispatch.py): written by `python -m fastrnn.bench\n'
+            'fit` from benchmarks/results/cpu-*.json; edit only the "default" row (the hand measurements).\n'
+            'Each value names the measurement it came from."""\n'
+            f"TABLE = {pprint.pformat(table, width=110, sort_dicts=True)}\n")
+    Path(out or TABLE_FILE).write_text(text)
+    if out is None:
+        import importlib
+        from fastrnn import dispatch
+        importlib.reload(dispatch_table)
+        dispatch.table.cache_clear()
+    lines.append(gpu_dispatch.fit() if out is None else "CUDA table not refitted (out= given)")
+    return "\n".join(lines) or "no CPU results file"

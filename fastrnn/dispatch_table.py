@@ -1,0 +1,147 @@
+"""auto's dispatch thresholds (read by fastrnn/dispatch.py): written by `python -m fastrnn.bench
+fit` from benchmarks/results/cpu-*.json; edit only the "default" row (the hand measurements).
+Each value names the measurement it came from."""
+TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epyc-avx2-2c.json: per-step GEMM flops '
+                                                            'where torch beat numba; '
+                                                            'gru-T100-B1-H256-L1-fwd-f32 x1.91 won, '
+                                                            'rnn-T100-B16-H256-L1-bi-fwd-f32 x0.90 lost',
+                                                    'value': 393216.0},
+                          'numba_flops_above.fwdbwd': {'from': 'cpu-amd-epyc-avx2-2c.json: per-step GEMM '
+                                                               'flops where torch beat numba; '
+                                                               'rnn-T50-B16-H256-L1-fwdbwd-f32 x1.04 won, '
+                                                               'gru-T50-B16-H256-L1-fwdbwd-f32 x0.99 lost',
+                                                       'value': 2097152.0}},
+ 'cpu-amd-epyc-avx512-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epyc-avx512-2c.json: per-step GEMM '
+                                                              'flops where torch beat numba; '
+                                                              'rnn-T5-B3-I10-H20-L1-fwd-f32 x0.55 lost',
+                                                      'value': 0},
+                            'numba_flops_above.fwdbwd': {'from': 'cpu-amd-epyc-avx512-2c.json: per-step GEMM '
+                                                                 'flops where torch beat numba; '
+                                                                 'rnn-T5-B3-I10-H20-L1-fwdbwd-f32 x0.78 lost',
+                                                         'value': 0},
+                            'one_step_to_torch.float32': {'from': 'cpu-amd-epyc-avx512-2c.json: one-step '
+                                                                  'layer calls, gru-T1-B1-H64-L1-fwd-f32 '
+                                                                  'x0.96, rnn-T1-B1-H64-L1-fwd-f32 x0.78, '
+                                                                  'gru-T1-B1-H64-L1-fwdbwd-f32 x0.95, '
+                                                                  'rnn-T1-B1-H64-L1-fwdbwd-f32 x0.71',
+                                                          'value': True}},
+ 'cpu-intel-xeon-avx512-2c': {'bfloat16.fused_lstm_rows_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.json: '
+                                                                             "rows where torch's fused "
+                                                                             'bfloat16 LSTM beat cpp; '
+                                                                             'lstm-T100-B16-H256-L1-fwd-bf16 '
+                                                                             'x0.33 lost',
+                                                                     'value': 0},
+                              'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.json: per-step '
+                                                                'GEMM flops where torch beat numba; '
+                                                                'lstm-T100-B4-H512-P128-L1-fwd-f32 x40.86 '
+                                                                'won, '
+                                                                'gru-T100-B16-H256-L1-packed-unsorted-fwd-f32 '
+                                                                'x0.95 lost',
+                                                        'value': 2097152.0}},
+ 'default': {'bfloat16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                            'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
+                                                            'T=100, I=H, torch time / cpp time, min of 7 '
+                                                            'alternating calls of CPU time on one thread '
+                                                            '(shared cores, load 5-8); bf16 LSTM fwd B1 '
+                                                            'H128/256/512 0.56/0.50/0.37, B16 0.20-0.32: '
+                                                            'torch at any batch',
+                                                    'value': 0},
+             'bfloat16.fused_lstm_rows_above.fwdbwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                               'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
+                                                               'T=100, I=H, torch time / cpp time, min of 7 '
+                                                               'alternating calls of CPU time on one thread '
+                                                               '(shared cores, load 5-8); bf16 LSTM fwd+bwd '
+                                                               'B1 1.36-2.43, B2 H256 1.77 | B4 H128/256 '
+                                                               '0.77/0.88',
+                                                       'value': 2},
+             'bfloat16.gemm_flops_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                       'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, T=100, '
+                                                       'I=H, torch time / cpp time, min of 7 alternating '
+                                                       'calls of CPU time on one thread (shared cores, load '
+                                                       '5-8); bf16 GRU/RNN fwd 1.6-2.1 MFLOP 1.11-1.97 | GRU '
+                                                       '6.3 MF 0.84, RNN 8.4 MF 0.55',
+                                               'value': 4000000.0},
+             'bfloat16.gemm_flops_above.fwdbwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                          'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
+                                                          'T=100, I=H, torch time / cpp time, min of 7 '
+                                                          'alternating calls of CPU time on one thread '
+                                                          '(shared cores, load 5-8); bf16 fwd+bwd GRU 6.3 MF '
+                                                          '1.02-1.08 | RNN 8.4 MF 0.58, GRU 25 MF 0.52',
+                                                  'value': 8000000.0},
+             'float16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                           'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
+                                                           'T=100, I=H, torch time / cpp time, min of 7 '
+                                                           'alternating calls of CPU time on one thread '
+                                                           '(shared cores, load 5-8); fp16 LSTM fwd B16 '
+                                                           'H128/256/512 1.24/1.02/1.05 | B64 0.84-0.89',
+                                                   'value': 16},
+             'float16.fused_lstm_rows_above.fwdbwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                              'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
+                                                              'T=100, I=H, torch time / cpp time, min of 7 '
+                                                              'alternating calls of CPU time on one thread '
+                                                              '(shared cores, load 5-8); torch has no fused '
+                                                              'fp16 LSTM backward: the GEMM rule applies',
+                                                      'value': None},
+             'float16.gemm_flops_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                      'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, T=100, '
+                                                      'I=H, torch time / cpp time, min of 7 alternating '
+                                                      'calls of CPU time on one thread (shared cores, load '
+                                                      '5-8); fp16 fwd RNN 8.4 MF 1.15, GRU 25 MF 1.01 | RNN '
+                                                      '33.5 MF 1.00, GRU 100 MF 0.96',
+                                              'value': 30000000.0},
+             'float16.gemm_flops_above.fwdbwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                         'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, T=100, '
+                                                         'I=H, torch time / cpp time, min of 7 alternating '
+                                                         'calls of CPU time on one thread (shared cores, '
+                                                         'load 5-8); fp16 fwd+bwd LSTM 33.5 MF 1.10 | RNN '
+                                                         '33.5 MF 0.78, GRU 100 MF 0.84',
+                                                 'value': 30000000.0},
+             'numba_flops_above.fwd': {'from': '2-core CI-class machine, float32, I=H, torch time / numba '
+                                               'time, medians of alternating runs, CPU time on 1 thread | '
+                                               'wall 2 threads quiet: LSTM T100 B64 H512 (134 MF) 0.88 | '
+                                               '0.56, GRU T200 B16 H128 (1.6 MF) 1.07, RNN T100 B32 H256 '
+                                               '(4.2 MF) 1.02 | 0.88, LSTM B1 H256 (0.5 MF) 1.25 | 0.84',
+                                       'value': 4000000.0},
+             'numba_flops_above.fwdbwd': {'from': 'same runs fwd+bwd: LSTM 134 MF 0.97, GRU 1.6 MF 1.53 | '
+                                                  '1.70, RNN 4.2 MF 1.08 | 1.41; training keeps numba to 16 '
+                                                  "MFLOP a step (its backward is fused, torch's CPU RNN "
+                                                  'backward is per-op autograd)',
+                                          'value': 16000000.0},
+             'numba_half_to_torch': {'from': '2-core Intel Xeon (Sapphire Rapids class: AVX512_BF16, AMX, '
+                                             'AVX512_FP16), torch 2.13, T=100, I=H, torch time / cpp time, '
+                                             'min of 7 alternating calls of CPU time on one thread (shared '
+                                             'cores, load 5-8); numba: won only bf16 LSTM B1 H256 fwd+bwd '
+                                             '2.42, GRU B1 H256 fwd 3.04, GRU B16 H128 fwd 1.18, lost from 2 '
+                                             'MFLOP a step (bf16 RNN B16 H256 fwd 0.77, fp16 LSTM B16 H256 '
+                                             'fwd 0.67)',
+                                     'value': True},
+             'one_step_to_torch.float32': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / '
+                                                   'ours side by side in one process, one step fwd | '
+                                                   'fwd+bwd: GRUCell B1 H64 0.54 | 0.82, B64 H256 1.01 | '
+                                                   '0.88, RNNCell B8 H64 0.45 | 0.51, B256 H512 1.05 | 0.82, '
+                                                   'LSTMCell B64 H256 1.05 | 0.82, B64 H1024 0.97 | 0.83',
+                                           'value': True},
+             'one_step_to_torch.float64': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / '
+                                                   'ours side by side in one process: as float32 (same '
+                                                   'loops, same per-call cost)',
+                                           'value': True},
+             'onednn_few_rows': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / ours side by '
+                                         'side in one process, LSTM vs oneDNN: B1 H256 1.09 | 1.18 (fwd | '
+                                         'fwd+bwd)',
+                                 'value': 2},
+             'onednn_mid_hidden': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / ours side '
+                                           'by side in one process, LSTM vs oneDNN at 3-4 rows: B4 H512 1.05 '
+                                           '| 1.29 but B3 H512 at T=50 0.93 fwd+bwd: rows of 257-1023 units '
+                                           'stay with oneDNN unless the panel loop runs the step',
+                                   'value': [256, 1024]},
+             'onednn_narrow_rows': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / ours side '
+                                            'by side in one process, LSTM vs oneDNN: B4 H128 1.15-1.32 | '
+                                            '1.41, B4 H1024 1.70 | 1.04',
+                                    'value': 4},
+             'onednn_short_steps': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / ours side '
+                                            'by side in one process, LSTM vs oneDNN at T=1 | 5 | 20 | 50 '
+                                            'fwd: B3 H512 4.64 | 3.63 | 2.10 | 1.39, B8 H768 5.12 | 1.29 | '
+                                            '1.06 | 1.06, B16 H1024 1.25 | 1.03 | 1.18 | 1.19, B64 H1024 '
+                                            '1.05 | 1.26 | 1.07 | 1.00; fwd+bwd B3 H512 1.56 | 1.17 | 1.02 | '
+                                            '0.93 (oneDNN reorders the weights on every call)',
+                                    'value': 20}}}

@@ -1,0 +1,59 @@
+"""auto's dispatch table (fastrnn/dispatch_table.py) is data fitted from the benchmark results.
+
+The committed table is what `python -m fastrnn.bench fit` writes from the committed results, and
+the fit moves an edge only to where a results file shows torch winning."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from fastrnn import dispatch
+from fastrnn.backends import LayerCall
+from fastrnn.bench import fit
+
+
+def test_committed_table_is_the_fit_of_the_committed_results(tmp_path):
+    out = tmp_path / "table.py"
+    fit.fit(out=out)
+    assert out.read_text() == fit.TABLE_FILE.read_text(), "run `python -m fastrnn.bench fit` and commit the table"
+
+
+def _case(cell, B, H, mode, torch_s, numba_s, T=100, dtype="f32"):
+    return {"cell": cell, "T": T, "B": B, "H": H, "I": H, "layers": 1, "bidir": False, "proj": 0, "packed": "",
+            "mode": mode, "dtype": dtype, "id": f"{cell}-B{B}-H{H}-{mode}",
+            "results": {"torch": {"median_s": torch_s}, "numba": {"median_s": numba_s}}}
+
+
+def test_fit_moves_an_edge_only_to_a_measured_loss(tmp_path):
+    cases = [_case("gru", 1, 128, "fwd", 2.0, 1.0), _case("gru", 16, 128, "fwd", 2.0, 1.0),
+             _case("gru", 64, 256, "fwd", 1.0, 2.0), _case("gru", 64, 512, "fwd", 2.0, 1.0),  # a win past a loss
+             _case("gru", 16, 128, "fwdbwd", 2.0, 1.0)]                                     # no loss: no edge
+    path = tmp_path / "cpu-test-2c.json"
+    path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "cases": cases}))
+    row = fit.fit_file(path)
+    assert row["numba_flops_above.fwd"]["value"] == 2.0 * 16 * 128 * 3 * 128   # the last win below the loss
+    assert "gru-B64-H256-fwd x0.50 lost" in row["numba_flops_above.fwd"]["from"]
+    assert "numba_flops_above.fwdbwd" not in row
+
+
+def test_rules_read_the_table(monkeypatch):
+    call = LayerCall(cell="gru", device="cpu", dtype=torch.float32, input_size=64, hidden_size=64, proj_size=0,
+                     batch=4, steps=50, directions=1, packed=False, needs_grad=False)
+    t = dict(dispatch.table())
+    monkeypatch.setattr(dispatch, "table", lambda: {**t, "numba_flops_above.fwd": 0})
+    assert "numba loop" in dispatch.torch_wins("numba", call)
+    monkeypatch.setattr(dispatch, "table", lambda: {**t, "numba_flops_above.fwd": 1e12})
+    assert dispatch.torch_wins("numba", call) == ""
+    one = LayerCall(**{**call.__dict__, "steps": 1})
+    monkeypatch.setattr(dispatch, "table", lambda: {**t, "one_step_to_torch.float32": False})
+    assert dispatch.torch_wins("cpp", one) == ""
+    monkeypatch.setattr(dispatch, "table", lambda: {**t, "one_step_to_torch.float32": True})
+    assert "single" in dispatch.torch_wins("cpp", one)
+    assert dispatch.source("onednn_short_steps")
+
+
+def test_unknown_cpu_gets_the_defaults():
+    d = dispatch.table("cpu-never-seen-avx2-64c")
+    from fastrnn.dispatch_table import TABLE
+    assert d == {k: v["value"] for k, v in TABLE["default"].items()}

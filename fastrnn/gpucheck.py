@@ -51,9 +51,11 @@ from pathlib import Path
 
 import torch
 
+from fastrnn.cells import gates
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPILE_BUDGET = 60          # distinct Triton compiles `make gpu-check` may ask for (issue 18)
-CELLS = {"lstm": ("LSTM", 4), "gru": ("GRU", 3), "rnn_tanh": ("RNN", 1)}
+CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN"}   # the cells measured -> torch.nn class
 DTYPES = {"f32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16,
           "f64": torch.float64}
 
@@ -210,7 +212,7 @@ class _Layer(torch.nn.Module):
 def _modules(case: Case, device, backend_name):
     """(float64 reference, torch in the case's dtype, fastrnn in the case's dtype), same weights:
     torch.nn's own init, rounded to the dtype first so the reference computes the same function."""
-    tcls = getattr(torch.nn, CELLS[case.cell][0])
+    tcls = getattr(torch.nn, CELLS[case.cell])
     kw = dict(bidirectional=case.D == 2)
     if case.proj:
         kw["proj_size"] = case.proj
@@ -331,7 +333,7 @@ def _tf32(on: bool):
 
 def flops(case: Case) -> float:
     """Multiply-adds x 2 of the layer: input projection + recurrence (+ projection); fwd+bwd = 3x."""
-    G, hout = CELLS[case.cell][1], case.proj or case.H
+    G, hout = gates(case.cell), case.proj or case.H
     per_step = 2 * case.B * case.D * (G * case.H * (case.I + hout) + (case.H * case.proj if case.proj else 0))
     return case.T * per_step * (3 if case.grad else 1)
 
@@ -603,7 +605,7 @@ def dispatch_variants():
 
 
 def _record_layer(tb, cell, dtype, H, proj, grad, bias, B=3, I=5, D=2):
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    G = gates(cell)
     hout = proj or H
     mk = lambda *s: torch.randn(*s).to(dtype).requires_grad_(grad)  # noqa: E731
     weights = [(mk(G * H, I), mk(G * H, hout), mk(G * H) if bias else None, mk(G * H) if bias else None,

@@ -11,10 +11,11 @@ _ext = pytest.importorskip("fastrnn._ext", reason="the C++ extension is not buil
 
 from fastrnn.backends import LayerCall, cpp, reference  # noqa: E402
 from fastrnn import ops  # noqa: E402
+from fastrnn.cells import gates
 
 
 def _args(cell="lstm", D=1, B=3, T=4, I=5, H=6, dtype=torch.float64, proj=0):
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    G = gates(cell)
     hout = proj or H
     x = torch.randn(T * B, I, dtype=dtype)
     h0 = torch.randn(D, B, hout, dtype=dtype)
@@ -118,7 +119,7 @@ def test_double_backward_matches_reference():
 def test_matches_reference_packed_bidirectional(cell, dtype):
     """Packed batch sizes [5,5,3,2,2,1], both directions, H=37, I != H, outputs and all grads."""
     torch.manual_seed(0)
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    G = gates(cell)
     H, I, bs = 37, 11, torch.tensor([5, 5, 3, 2, 2, 1])
     N, B = int(bs.sum()), 5
     dt = dict(dtype=dtype, requires_grad=True)
@@ -183,7 +184,7 @@ def test_avx2_panel_kernel_where_avx512_is_picked():
 
 def _layer_problem(cell, D, B, T, I, H, packed, dtype):
     """Random weights/inputs for one layer; packed: descending lengths from T down to 1."""
-    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    G = gates(cell)
     if packed:
         lengths = torch.linspace(T, 1, B).round().long()
         batch_sizes = torch.tensor([int((lengths > t).sum()) for t in range(T)], dtype=torch.long)

@@ -7,8 +7,8 @@ from torch.autograd import gradcheck
 
 from conftest import CPU_BACKENDS
 from fastrnn.functional import rnn_layer
+from fastrnn.cells import gates
 
-G = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 def _case(cell, D, proj, packed, bias):
@@ -22,8 +22,8 @@ def _case(cell, D, proj, packed, bias):
     c0 = torch.randn(D, B, H, **dt) if cell == "lstm" else None
     weights = []
     for _ in range(D):
-        w = [torch.randn(G[cell] * H, I, **dt) * 0.5, torch.randn(G[cell] * H, hout, **dt) * 0.5]
-        w += [torch.randn(G[cell] * H, **dt), torch.randn(G[cell] * H, **dt)] if bias else [None, None]
+        w = [torch.randn(gates(cell) * H, I, **dt) * 0.5, torch.randn(gates(cell) * H, hout, **dt) * 0.5]
+        w += [torch.randn(gates(cell) * H, **dt), torch.randn(gates(cell) * H, **dt)] if bias else [None, None]
         w += [torch.randn(hout, H, **dt) * 0.5 if proj else None]
         weights.append(w)
     return x, batch_sizes, h0, c0, weights

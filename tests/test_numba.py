@@ -19,6 +19,7 @@ from conftest import assert_close
 from fastrnn.backends import get
 from fastrnn.backends import reference
 from fastrnn import ops
+from fastrnn.cells import CELLS, gates
 
 
 def numba_layer(cell, *args):
@@ -29,7 +30,6 @@ def numba_layer(cell, *args):
 BACKEND = get("numba")
 pytestmark = pytest.mark.skipif(not BACKEND.availability()[0],
                                 reason=f"numba backend unavailable: {BACKEND.availability()[1]}")
-G = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
 
@@ -44,8 +44,8 @@ def _case(cell, D, I, H, proj, sizes, B, bias, dtype, T=4):
     s = 1 / H ** 0.5
     weights = []
     for _ in range(D):
-        w = [torch.randn(G[cell] * H, I, **kw) * s, torch.randn(G[cell] * H, hout, **kw) * s]
-        w += [torch.randn(G[cell] * H, **kw) * s, torch.randn(G[cell] * H, **kw) * s] if bias else [None, None]
+        w = [torch.randn(gates(cell) * H, I, **kw) * s, torch.randn(gates(cell) * H, hout, **kw) * s]
+        w += [torch.randn(gates(cell) * H, **kw) * s, torch.randn(gates(cell) * H, **kw) * s] if bias else [None, None]
         w += [torch.randn(hout, H, **kw) * s if proj else None]
         weights.append(tuple(w))
     return x, batch_sizes, h0, c0, weights
@@ -111,7 +111,7 @@ def test_op_matches_reference(case, dtype):
             assert_close(got[k], want[k], k, **TOL[dtype])
 
 
-@pytest.mark.parametrize("cell", list(G))
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_no_grad_path_matches_grad_path(cell):
     """Inference skips saving activations; results must not change."""
     args = _case(cell, 2, 5, 7, 0, [4, 3, 3, 1], 4, True, torch.float64)

@@ -23,9 +23,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 from fastrnn import backends  # noqa: E402
 from fastrnn.backends import reference  # noqa: E402
+from fastrnn.cells import CELLS as ALL_CELLS, gates
 
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-CELLS = tuple(GATES)
+CELLS = tuple(ALL_CELLS)
 
 
 def _triton():
@@ -44,7 +44,7 @@ def _triton():
 
 def _problem(cell, T, B, I, H, D=1, proj=0, bias=True, sizes=None, dtype=torch.float64):
     """Random inputs, weights and output-weights for a scalar loss, all leaves requiring grad."""
-    G, Hout = GATES[cell], proj or H
+    G, Hout = gates(cell), proj or H
     mk = lambda *s: (torch.randn(*s, dtype=torch.float64) * 0.5).to(dtype).requires_grad_()  # noqa: E731
     weights = [(mk(G * H, I), mk(G * H, Hout), mk(G * H) if bias else None, mk(G * H) if bias else None,
                 mk(Hout, H) if proj else None) for _ in range(D)]

@@ -27,28 +27,9 @@ from __future__ import annotations
 import torch
 
 from fastrnn.backends import ALL_DTYPES, Backend, this_module
+from fastrnn.cells import pointwise
 
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def _pointwise(cell: str, gi, gh, h, c):
-    """One step of the cell from pre-activations gi = W_ih x + b_ih, gh = W_hh h + b_hh."""
-    if cell == "lstm":
-        i, f, g, o = (gi + gh).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
-    if cell == "gru":
-        ir, iz, inn = gi.chunk(3, dim=1)
-        hr, hz, hn = gh.chunk(3, dim=1)
-        r = torch.sigmoid(ir + hr)
-        z = torch.sigmoid(iz + hz)
-        n = torch.tanh(inn + r * hn)
-        return n + z * (h - n), None
-    if cell == "rnn_tanh":
-        return torch.tanh(gi + gh), None
-    if cell == "rnn_relu":
-        return torch.relu(gi + gh), None
-    raise ValueError(f"Unknown cell type {cell!r}")
 
 
 def _direction(cell, gi, sizes, offsets, h0, c0, w_hh, b_hh, w_hr, reverse):
@@ -91,7 +72,7 @@ def _step(cell, gi_t, h, c, w_hh, b_hh, w_hr):
     gh = h @ w_hh.t()
     if b_hh is not None:
         gh = gh + b_hh
-    h, c = _pointwise(cell, gi_t, gh, h, c)
+    h, c = pointwise(cell, gi_t, gh, h, c)
     if w_hr is not None:
         h = h @ w_hr.t()
     return h, c

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from fastrnn.backends import ALL_DTYPES, Backend
+from fastrnn.cells import gates
 
 _HALF = (torch.float16, torch.bfloat16)
 _K = None  # fastrnn.kernels.triton.rnn, imported by _load()
@@ -322,16 +323,12 @@ def _tl_dtype(acc):
 
 def _config(cell, sizes, x, h0, weights, store_s) -> _Cfg:
     D, w_hh, proj = len(weights), weights[0][1], weights[0][4] is not None
-    H = w_hh.size(0) // _gates(cell)
+    H = w_hh.size(0) // gates(cell)
     dtype = x.dtype
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     prec = "tf32" if (x.is_cuda and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
     return _Cfg(cell, sizes, h0.size(1), H, h0.size(2), D, dtype, acc, prec, proj, store_s,
                 _persistent(cell, H, proj, dtype), str(x.device))
-
-
-def _gates(cell):
-    return {"lstm": 4, "gru": 3}.get(cell, 1)
 
 
 def _sizes(batch_sizes, x, B) -> tuple:
@@ -460,7 +457,7 @@ def _unpack(weights, present):
 def _fake_forward(cell, batch_sizes, x, h0, c0, weights, present, store_s):
     flat = _unpack(weights, present)
     N, D, B, Hout = x.size(0), len(flat) // 5, h0.size(1), h0.size(2)
-    H = flat[1].size(0) // _gates(cell)
+    H = flat[1].size(0) // gates(cell)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     e = lambda: x.new_empty(0)  # noqa: E731
     res = [x.new_empty(N, D * Hout), x.new_empty(D, B, Hout), x.new_empty(D, B, H) if cell == "lstm" else e()]

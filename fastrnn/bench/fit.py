@@ -14,15 +14,16 @@ import json
 import pprint
 from pathlib import Path
 
+from fastrnn.cells import gates
+
 ROOT = Path(__file__).resolve().parents[2]
 TABLE_FILE = ROOT / "fastrnn" / "dispatch_table.py"
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _HALF = {"bf16": "bfloat16", "f16": "float16"}
 
 
 def _step_flops(c) -> float:
     H = c["H"]
-    return 2.0 * c["B"] * (c["proj"] or H) * GATES[c["cell"]] * H
+    return 2.0 * c["B"] * (c["proj"] or H) * gates("rnn_tanh" if c["cell"] == "rnn" else c["cell"]) * H
 
 
 def _won(c, backend):

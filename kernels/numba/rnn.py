@@ -45,12 +45,15 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from fastrnn.cells import CELLS
+
 _JIT = dict(cache=True, error_model="numpy")
 
-LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
-CELL_IDS = {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU}
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-SAVED = {"lstm": 4, "gru": 4, "rnn_tanh": 1, "rnn_relu": 1}
+# The cells' facts come from fastrnn/cells.py; the ids are the constants the njit code branches on.
+CELL_IDS = {name: c.id for name, c in CELLS.items()}
+LSTM, GRU, RNN_TANH, RNN_RELU = (CELL_IDS[n] for n in ("lstm", "gru", "rnn_tanh", "rnn_relu"))
+GATES = {name: c.gates for name, c in CELLS.items()}
+SAVED = {name: c.saved for name, c in CELLS.items()}
 
 
 # ---------------------------------------------------------------- activations

@@ -47,11 +47,15 @@ import torch
 import triton
 import triton.language as tl
 
-LSTM, GRU, RNN_TANH, RNN_RELU, NONE = 0, 1, 2, 3, 4
-CELL_IDS = {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU}
-GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1}
-# Saved fp32 activations per row, in units of H: lstm i,f,g,o; gru r,z,n,(W_hn h + b_hn); rnn h.
-SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 1, RNN_RELU: 1}
+from fastrnn.cells import CELLS
+
+# The cells' facts come from fastrnn/cells.py (CELL below is their id, a constexpr); the saved
+# fp32 activations per row, in units of H: lstm i,f,g,o; gru r,z,n,(W_hn h + b_hn); rnn h.
+CELL_IDS = {name: c.id for name, c in CELLS.items()}
+LSTM, GRU, RNN_TANH, RNN_RELU = (CELL_IDS[n] for n in ("lstm", "gru", "rnn_tanh", "rnn_relu"))
+NONE = 4  # no cell: the kernels' projection-only variant
+GATES = {c.id: c.gates for c in CELLS.values()}
+SAVED = {c.id: c.saved for c in CELLS.values()}
 
 
 def _jit(fn):

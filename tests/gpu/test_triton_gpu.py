@@ -25,9 +25,9 @@ from test_triton import _names, _rel
 
 from fastrnn import backends
 from fastrnn.backends import reference
+from fastrnn.cells import CELLS, gates
 
 pytestmark = pytest.mark.gpu
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 DT = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64}
 PERSIST_H = {"f32": 32, "bf16": 64, "f16": 64}   # the backend's persistent limits, at the limit
 
@@ -56,11 +56,11 @@ class Case:
 _PACKED = (40, 40, 40, 33, 33, 33, 33, 17, 16, 2, 1)
 CASES = (
     # every cell, dtype and kernel at an odd size: uni padded, bi packed
-    [Case(c, 17, 37, 50, 67, D=1, dtype=d) for c in GATES for d in ("f32", "bf16", "f16")]
-    + [Case(c, len(_PACKED), 40, 24, 67, D=2, sizes=_PACKED, dtype=d) for c in GATES for d in ("f32", "bf16", "f16")]
-    + [Case(c, 17, 37, 50, PERSIST_H[d], D=1, dtype=d, kernel="persistent") for c in GATES for d in ("f32", "bf16", "f16")]
+    [Case(c, 17, 37, 50, 67, D=1, dtype=d) for c in CELLS for d in ("f32", "bf16", "f16")]
+    + [Case(c, len(_PACKED), 40, 24, 67, D=2, sizes=_PACKED, dtype=d) for c in CELLS for d in ("f32", "bf16", "f16")]
+    + [Case(c, 17, 37, 50, PERSIST_H[d], D=1, dtype=d, kernel="persistent") for c in CELLS for d in ("f32", "bf16", "f16")]
     + [Case(c, len(_PACKED), 40, 24, PERSIST_H[d], D=2, sizes=_PACKED, dtype=d, kernel="persistent")
-       for c in GATES for d in ("f32", "bf16", "f16")]
+       for c in CELLS for d in ("f32", "bf16", "f16")]
     # real bf16/fp16 tl.dot below H=67 and small odd H on the step kernels
     + [Case(c, 9, 5, 16, 19, D=2, dtype=d) for c in ("lstm", "gru") for d in ("bf16", "f16")]
     # aligned sizes
@@ -80,7 +80,7 @@ def problem(case: Case, seed=0, device="cpu"):
     as float64 leaves on `device`."""
     g = torch.Generator().manual_seed(seed)
     dt, k = DT[case.dtype], 1 / math.sqrt(case.H)
-    G, hout = GATES[case.cell], case.proj or case.H
+    G, hout = gates(case.cell), case.proj or case.H
 
     def leaf(*shape, scale=None):
         t = torch.randn(*shape, generator=g, dtype=torch.float64) if scale is None else \

@@ -23,7 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cells.h"
+#include "kernel_table.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -191,8 +191,8 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
                    float* h_state, int64_t B, const float* w_hh, const StepInput& in, float* gi, int64_t ldgi,
                    float* out, int64_t ldout, float* save, float* hprev, float* gh_buf, bool split) {
   constexpr int64_t G = Cell::G, S = Cell::S;
-  constexpr bool kReadsH = Cell::kId == 1;
-  constexpr int64_t kApartGate = Cell::kId == 1 ? 2 : -1;  // gru's n: input and hidden halves apart
+  constexpr bool kReadsH = Cell::kDirectPrevH;
+  constexpr int64_t kApartGate = Cell::kSplitGate;  // gru's n: input and hidden halves apart
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
   const bool step_input = in.x != nullptr;
   const int64_t I = step_input ? in.I : 0, KP = I + H;
@@ -288,7 +288,7 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
                     float* dh, const float* w_hh, const StepInputGrad& in, const float* save, const float* hprev,
                     const float* dout, float* dgi, float* dgh, int64_t ldg, bool split) {
   constexpr int64_t G = Cell::G, S = Cell::S;
-  constexpr bool kAcc = Cell::kId == 1;  // gru's pass leaves the direct term dh_t * z in dh
+  constexpr bool kAcc = Cell::kDirectPrevH;  // gru's pass leaves the direct term dh_t * z in dh
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
   at::Tensor wp = pack_col_panels(w_hh, GH, H);
   const float* P = wp.data_ptr<float>();

@@ -34,7 +34,8 @@
 #include <thread>
 #include <vector>
 
-#include "cells.h"
+#include "cell_math.h"
+#include "kernel_table.h"
 #include "fused_steps.h"
 #include "layer_checks.h"
 #include "layer_grads.h"
@@ -336,14 +337,14 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
   constexpr int G = Cell::G, S = Cell::S;
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = G * H, nT = d.T;
   auto opt = x.options();
-  const bool is_gru = Cell::kId == 1;
   // ATen needs no GIL: other Python threads run while this layer does (GEMMs included).
   pybind11::gil_scoped_release no_gil;
 
   // Input projection of all steps and both directions, biases folded in: gi rows start as the
   // summed biases, then one BLAS GEMM per direction adds x W_ih^T into its column block (no
   // concatenated copy of the weights, no ATen op per bias: a layer call of one step is a few
-  // microseconds of work).  GRU keeps b_hn out of it: n = tanh(gi_n + r * (W_hn h + b_hn)).
+  // microseconds of work).  The split gate's recurrent bias stays out of it (GRU's b_hn: n =
+  // tanh(gi_n + r * (W_hn h + b_hn)); cell_math.h's kSplitGate).
   std::vector<const T*> bhn(D, nullptr);
   bool has_bias = false;
   std::vector<T> bias(D * GH, T(0));
@@ -356,9 +357,10 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
     }
     if (given(b_hh[k])) {
       const T* p = b_hh[k]->data_ptr<T>();
-      const int64_t folded = is_gru ? 2 * H : GH;
-      for (int64_t j = 0; j < folded; ++j) bk[j] += p[j];
-      if (is_gru) bhn[k] = p + 2 * H;
+      const int64_t s0 = Cell::kSplitRecurrentBias ? Cell::kSplitGate * H : GH, s1 = s0 + H;
+      for (int64_t j = 0; j < s0; ++j) bk[j] += p[j];
+      for (int64_t j = s1; j < GH; ++j) bk[j] += p[j];
+      if (Cell::kSplitRecurrentBias) bhn[k] = p + s0;
       has_bias = true;
     }
   }
@@ -474,14 +476,14 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
                                      const OptTensor& dcn, bool need_dx, bool need_dw) {
   constexpr int G = Cell::G, S = Cell::S;
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = G * H, nT = d.T;
-  const bool is_gru = Cell::kId == 1;
+  constexpr bool kSplit = Cell::kSplitRecurrentBias;
   auto opt = x.options();
   const Tensor& save = saved[0];
   const Tensor& hprev = saved[1];
   pybind11::gil_scoped_release no_gil;
 
   Tensor dgi = scratch({N, D * GH}, opt);
-  Tensor dgh = is_gru ? scratch({N, D * GH}, opt) : dgi;
+  Tensor dgh = kSplit ? scratch({N, D * GH}, opt) : dgi;
   Tensor dh = dhn.clone();
   Tensor dc = Cell::has_c ? dcn->clone() : Tensor();
   Tensor dHt = d.proj ? scratch({D, N, Hout}, opt) : Tensor();
@@ -502,11 +504,11 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   // (T=5 B=3 H=20 fwd+bwd vs torch, in the steps / after: RNN 1.32 / 1.17, GRU 2.52 / 2.25).
   const bool step_dw = need_dw && fused && (step_grads || B < kStepInputMinRows) &&
                        kernels().rank_update_f != nullptr;
-  std::vector<Tensor> dw;  // per direction: dw_ih, dw_hh, db_ih, db_hh (gru only: the others' is db_ih)
+  std::vector<Tensor> dw;  // per direction: dw_ih, dw_hh, db_ih, db_hh (kSplit only: the others' is db_ih)
   if (step_dw)
     for (int64_t k = 0; k < D; ++k)
       dw.insert(dw.end(), {at::zeros({GH, d.I}, opt), at::zeros({GH, H}, opt), at::zeros({GH}, opt),
-                           is_gru ? at::zeros({GH}, opt) : Tensor()});
+                           kSplit ? at::zeros({GH}, opt) : Tensor()});
   {
     auto direction = [&](int64_t k, bool split) {
       const bool rev = k == 1;
@@ -539,7 +541,7 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
             in.dw_ih = dw[4 * k].data_ptr<float>();
             in.dw_hh = dw[4 * k + 1].data_ptr<float>();
             in.db_ih = dw[4 * k + 2].data_ptr<float>();
-            in.db_hh = is_gru ? dw[4 * k + 3].data_ptr<float>() : nullptr;
+            in.db_hh = kSplit ? dw[4 * k + 3].data_ptr<float>() : nullptr;
           }
           fused_backward<Cell>(kernels(), bwd_dout, a, step_spans(d.sizes, d.offs, rev), dhs, w_hh[k].data_ptr<T>(),
                                in, save_k, hprev_k, dout_p, dgi_p, dgh_p, D * GH, split);
@@ -573,8 +575,8 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
           a.lddh = Hout;
         }
         run_pointwise<T>(fn, a, bs * H, kGrain / G);
-        // dL/dh_{t-1} = dG_h W_hh (+ the direct term the gru pass left in dh).
-        rec(bs, a.dgh, D * GH, is_gru ? T(1) : T(0), dhs, Hout);
+        // dL/dh_{t-1} = dG_h W_hh (+ the direct term a kDirectPrevH cell's pass left in dh).
+        rec(bs, a.dgh, D * GH, Cell::kDirectPrevH ? T(1) : T(0), dhs, Hout);
       }
     };
     run_directions(D, fused, direction);
@@ -585,7 +587,7 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   if (dx1.defined()) dx.add_(dx1);
   std::vector<OptTensor> res;
   append_layer_grads(res, x, w_ih, dgi, dgh, hprev, dh, Cell::has_c ? OptTensor(dc) : OptTensor(), dHt,
-                     d.proj ? saved[2] : Tensor(), D, GH, is_gru, need_dx, need_dw, dx, dw);
+                     d.proj ? saved[2] : Tensor(), D, GH, kSplit, need_dx, need_dw, dx, dw);
   return res;
 }
 
@@ -593,17 +595,11 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
 // Entry points.
 template <typename Fn>
 auto dispatch(int cell, c10::ScalarType dt, Fn&& fn) {
-  auto by_type = [&](auto cell_tag) {
+  return with_cell(cell, [&](auto cell_tag) {
     using C = decltype(cell_tag);
     if (dt == at::kDouble) return fn(C{}, double{});
     return fn(C{}, float{});
-  };
-  switch (cell) {
-    case 0: return by_type(LSTM{});
-    case 1: return by_type(GRU{});
-    case 2: return by_type(RNN_TANH{});
-    default: return by_type(RNN_RELU{});
-  }
+  });
 }
 
 std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward(
@@ -633,8 +629,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
                                 const OptTensor& dcn, bool need_dx, bool need_dw) {
   Dims d = check_layer(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
   const auto dt = x.scalar_type();
-  int S = d.cell == 0 ? LSTM::S : d.cell == 1 ? GRU::S : 1;
-  checks::check_backward(kWhere, d, x, S, dt, saved, dout, dhn, dcn);
+  checks::check_backward(kWhere, d, x, cell_traits(d.cell).S, dt, saved, dout, dhn, dcn);
   return dispatch(d.cell, dt, [&](auto c, auto t) {
     return backward_impl<decltype(c), decltype(t)>(d, x, w_ih, w_hh, w_hr, saved, dout, dhn, dcn, need_dx,
                                                    need_dw);

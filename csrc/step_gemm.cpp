@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "cells.h"
+#include "kernel_table.h"
 
 namespace fastrnn {
 namespace isa_avx2 {

@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cells.h"
+#include "kernel_table.h"
 
 namespace fastrnn {
 namespace isa_avx512 {

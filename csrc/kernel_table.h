@@ -77,6 +77,16 @@ struct KernelTable {
   const char* isa;
 };
 
+// The table of this CPU (isa.cpp), and its pointwise passes by cell id and dtype.
+const KernelTable& kernels();
+template <typename T> FwdFn<T> fwd_kernel(int cell, bool save, bool out);
+template <> inline FwdFn<float> fwd_kernel<float>(int c, bool s, bool o) { return kernels().fwd_f[c][s][o]; }
+template <> inline FwdFn<double> fwd_kernel<double>(int c, bool s, bool o) { return kernels().fwd_d[c][s][o]; }
+template <typename T> BwdFn<T> bwd_kernel(int cell, bool dout);
+template <> inline BwdFn<float> bwd_kernel<float>(int c, bool d) { return kernels().bwd_f[c][d]; }
+template <> inline BwdFn<double> bwd_kernel<double>(int c, bool d) { return kernels().bwd_d[c][d]; }
+
+// The tables compiled once per ISA (pointwise.cpp, step_gemm*.cpp).
 namespace isa_base { const KernelTable& kernels(); }
 namespace isa_avx2 {
 const KernelTable& kernels();

@@ -99,7 +99,7 @@ void check_shape(const Tensor& t, const std::string& name, at::IntArrayRef want)
 // cell's traits (cell_math.h), which this loop reads at run time instead of per-cell templates.
 struct Dims : checks::LayerDims {
   int S = 0, dtype = 0;
-  CellTraits cell_traits{};
+  CellTraits traits{};
 };
 
 Dims check_layer(const std::string& cell, const Tensor& x, const OptTensor& batch_sizes, const Tensor& h0,
@@ -110,8 +110,8 @@ Dims check_layer(const std::string& cell, const Tensor& x, const OptTensor& batc
   Dims d;
   d.dtype = dtype_id(x.scalar_type());
   static_cast<checks::LayerDims&>(d) = checks::check_layer(kWhere, cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
-  d.cell_traits = cell_traits(d.cell);
-  d.S = d.cell_traits.S;
+  d.traits = cell_traits(d.cell);
+  d.S = d.traits.S;
   return d;
 }
 
@@ -163,8 +163,8 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward(
     }
   }
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = d.G * d.H, S = d.S, nT = d.T;
-  const bool has_c = d.cell_traits.has_c;
-  const int split_gate = d.cell_traits.split_gate;
+  const bool has_c = d.traits.has_c;
+  const int split_gate = d.traits.split_gate;
   const auto optT = x.options();
   const auto optA = optT.dtype(acc_type(x.scalar_type()));
   OnDevice on(x);
@@ -286,7 +286,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
   checks::check_backward(kWhere, d, x, d.S, adt, saved, dout, dhn, dcn);
 
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = d.G * d.H, S = d.S, nT = d.T;
-  const bool has_c = d.cell_traits.has_c, split = d.cell_traits.split_gate >= 0;
+  const bool has_c = d.traits.has_c, split = d.traits.split_gate >= 0;
   const auto optT = x.options();
   const auto optA = optT.dtype(adt);
   const Tensor& save = saved[0];
@@ -345,7 +345,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
       check_launch(launch_bwd(d.cell, d.dtype, a, stream), "the backward cell kernel");
       // dL/dh_{t-1} = dG_h W_hh (+ the direct term a kDirectPrevH cell's kernel left in dh).
       Tensor& dprev = dh_rows[bs];
-      if (d.cell_traits.direct_prev_h)
+      if (d.traits.direct_prev_h)
         at::addmm_out(dprev, dprev, dg_steps[t], w_hh[k]);
       else
         at::mm_out(dprev, dg_steps[t], w_hh[k]);

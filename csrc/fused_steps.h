@@ -8,7 +8,8 @@
 //   backward, thread owning hidden units J:  dh[:, J] (+)= dG_{t+1} W_hh[:, J]
 //                                            cell grad(J) -> dG_t[:, gates of J]
 // Forward reads all of h_{t-1} while other threads write h_t, hence two h buffers.  Used for
-// float32 without proj_size when the CPU has AVX2+FMA; rnn.cpp keeps the BLAS loop otherwise.
+// float32 without proj_size when the CPU has AVX2+FMA; layer_*.cpp keep the BLAS loop otherwise
+// (loop_plan.cpp decides).
 // From 4 rows the loops also take over the input side (StepInput, StepInputGrad): each forward
 // step multiplies [x_t, h_{t-1}] by the stacked [W_ih; W_hh] panels, and each backward step makes
 // its dx rows (and, AVX-512, adds to the weight gradients), so every large product of the layer
@@ -20,10 +21,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
-#include "cells.h"
+#include "kernel_table.h"
+#include "overrides.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -98,7 +99,7 @@ inline at::Tensor pack_col_panels(const float* W, int64_t K, int64_t N) {
 // The input projection gi[:, gate columns] (+)= x W_ih^T of all steps on the panel kernel, W_ih
 // [G*H, K] packed into gate panels once.  Work items are (row block, panel) pairs in row-block-
 // major order, so each thread's contiguous share keeps its x rows in L2 while the panels stream.
-// For large products: rnn.cpp's use_panel_input_gemm has the measurements.
+// For large products: loop_plan.cpp's use_panel_input_gemm has the measurements.
 inline void panel_input_projection(const KernelTable& kt, int64_t N, int64_t K, const float* x, const float* w_ih,
                                    int64_t G, int64_t H, float* gi, int64_t ldgi, bool accumulate) {
   if (N == 0 || K == 0) return;
@@ -121,15 +122,14 @@ inline void panel_input_projection(const KernelTable& kt, int64_t N, int64_t K, 
 // microseconds.  Measured on the 2-core AMD EPYC Zen4, T=100, fwd ms split / one thread:
 // RNN B1 H128 (16k) 0.25 / 0.19, GRU B1 H128 (49k) 0.40 / 0.39, RNN B1 H256 (66k) 0.43 / 0.45,
 // GRU B1 H256 (197k) 0.96 / 1.30, LSTM B1 H512 (1M) 6.3 / 8.4.  FASTRNN_PARALLEL_STEP_MACS
-// overrides it (read once per layer call, for measuring).
+// overrides it (overrides.h, for measuring).
 constexpr int64_t kParallelStepMacs = 50000;
 
 // The smallest step (in multiply-adds) split across threads in this call; past any real step
 // when there is one thread.
 inline int64_t parallel_step_macs() {
   if (at::get_num_threads() <= 1) return INT64_MAX;
-  const char* env = std::getenv("FASTRNN_PARALLEL_STEP_MACS");
-  return env ? std::atoll(env) : kParallelStepMacs;
+  return overrides().parallel_step_macs.value_or(kParallelStepMacs);
 }
 
 struct StepSpan {
@@ -169,7 +169,7 @@ void run_steps(int64_t n, int64_t nb, const Split& split, const Step& step) {
 }
 
 // The input side of a forward loop that does each step's input projection itself
-// (rnn.cpp's use_step_input_gemm): x [N, I] (rows as the steps' row0), W_ih [G*H, I] and the
+// (loop_plan.cpp's use_step_input_gemm): x [N, I] (rows as the steps' row0), W_ih [G*H, I] and the
 // summed biases [G*H] that the BLAS path folds into gi (gru: without b_hn).
 struct StepInput {
   const float* x = nullptr;
@@ -191,8 +191,8 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
                    float* h_state, int64_t B, const float* w_hh, const StepInput& in, float* gi, int64_t ldgi,
                    float* out, int64_t ldout, float* save, float* hprev, float* gh_buf, bool split) {
   constexpr int64_t G = Cell::G, S = Cell::S;
-  constexpr bool kReadsH = Cell::kId == 1;
-  constexpr int64_t kApartGate = Cell::kId == 1 ? 2 : -1;  // gru's n: input and hidden halves apart
+  constexpr bool kReadsH = Cell::kDirectPrevH;
+  constexpr int64_t kApartGate = Cell::kSplitGate;  // gru's n: input and hidden halves apart
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
   const bool step_input = in.x != nullptr;
   const int64_t I = step_input ? in.I : 0, KP = I + H;
@@ -276,7 +276,7 @@ struct StepInputGrad {
 constexpr int64_t kWeightGradRows = 256;
 
 // Backward of one direction, steps in the forward's order (this walks them in reverse).
-// dh [B, H] holds dL/dh_n on entry and dL/dh_0 on exit; `a` as in rnn.cpp's BLAS loop.
+// dh [B, H] holds dL/dh_n on entry and dL/dh_0 on exit; `a` as in layer_backward.cpp's BLAS loop.
 // With `in.dx`, the phase that lets a step's dG flow into dh also computes that step's dx rows,
 // on the same threads (each takes the share of dx's 16-column blocks matching its hidden blocks)
 // while dG is still in cache.  With `in.dw_ih`, each thread adds the rank update of the last
@@ -288,7 +288,7 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
                     float* dh, const float* w_hh, const StepInputGrad& in, const float* save, const float* hprev,
                     const float* dout, float* dgi, float* dgh, int64_t ldg, bool split) {
   constexpr int64_t G = Cell::G, S = Cell::S;
-  constexpr bool kAcc = Cell::kId == 1;  // gru's pass leaves the direct term dh_t * z in dh
+  constexpr bool kAcc = Cell::kDirectPrevH;  // gru's pass leaves the direct term dh_t * z in dh
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
   at::Tensor wp = pack_col_panels(w_hh, GH, H);
   const float* P = wp.data_ptr<float>();

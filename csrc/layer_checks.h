@@ -9,13 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "cell_math.h"
+
 namespace fastrnn {
 namespace checks {
 
 using at::Tensor;
 using OptTensor = c10::optional<at::Tensor>;
-
-enum CellId : int { kLSTM = 0, kGRU = 1, kRNNTanh = 2, kRNNRelu = 3 };
 
 inline bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
@@ -27,8 +27,6 @@ inline int cell_id(const char* where, const std::string& cell) {
   TORCH_CHECK_VALUE(false, where, ": unknown cell type '", cell, "'; expected 'lstm', 'gru', 'rnn_tanh' or 'rnn_relu'");
   return 0;
 }
-
-inline int gates_of_cell(int id) { return id == kLSTM ? 4 : id == kGRU ? 3 : 1; }
 
 inline void check_x_2d(const char* where, const Tensor& x) {
   TORCH_CHECK(x.defined() && x.dim() == 2, where, ": x must be 2-D [N, I]");
@@ -62,7 +60,7 @@ inline LayerDims check_layer(const char* where, const std::string& cell, const T
                              const std::vector<OptTensor>& w_hr) {
   LayerDims d;
   d.cell = cell_id(where, cell);
-  d.G = gates_of_cell(d.cell);
+  d.G = cell_traits(d.cell).G;
   const auto dt = x.scalar_type();
   check_tensor(where, x, "x", x, dt, 2);
   check_tensor(where, h0, "h0", x, dt, 3);
@@ -95,7 +93,7 @@ inline LayerDims check_layer(const char* where, const std::string& cell, const T
       check_shape(where, *w_hr[k], "w_hr" + s, {d.Hout, d.H});
     }
   }
-  TORCH_CHECK(given(c0) == (d.cell == kLSTM), where, ": c0 must be given for lstm and only for lstm");
+  TORCH_CHECK(given(c0) == cell_traits(d.cell).has_c, where, ": c0 must be given for lstm and only for lstm");
   if (given(c0)) {
     check_tensor(where, *c0, "c0", x, dt, 3);
     check_shape(where, *c0, "c0", {d.D, d.B, d.H});
@@ -151,7 +149,7 @@ inline void check_backward(const char* where, const LayerDims& d, const Tensor& 
   check_shape(where, dout, "dout", {d.N, d.D * d.Hout});
   check_tensor(where, dhn, "dhn", x, dt, 3);
   check_shape(where, dhn, "dhn", {d.D, d.B, d.Hout});
-  TORCH_CHECK(given(dcn) == (d.cell == kLSTM), where, ": dcn must be given for lstm and only for lstm");
+  TORCH_CHECK(given(dcn) == cell_traits(d.cell).has_c, where, ": dcn must be given for lstm and only for lstm");
   if (given(dcn)) {
     check_tensor(where, *dcn, "dcn", x, dt, 3);
     check_shape(where, *dcn, "dcn", {d.D, d.B, d.H});

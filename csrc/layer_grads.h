@@ -1,8 +1,8 @@
-// The end of a layer's backward, shared by the CPU (csrc/rnn.cpp) and CUDA (csrc/cuda/rnn.cpp)
+// The end of a layer's backward, shared by the CPU (csrc/layer.cpp) and CUDA (csrc/cuda/rnn.cpp)
 // host code: after the reverse time loop has left dL/d(pre-activation) of every step in dgi
-// (input side) and dgh (recurrent side; the same tensor but for GRU), the input gradient and
-// every weight gradient is one GEMM (or one reduction) over all steps.  Only ATen calls, so the
-// same code serves both devices.
+// (input side) and dgh (recurrent side; the same tensor unless the cell has kSplitRecurrentBias,
+// cell_math.h: GRU), the input gradient and every weight gradient is one GEMM (or one reduction)
+// over all steps.  Only ATen calls, so the same code serves both devices.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,7 +19,7 @@ namespace fastrnn {
 inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, const at::Tensor& x,
                                const std::vector<at::Tensor>& w_ih, const at::Tensor& dgi, const at::Tensor& dgh,
                                const at::Tensor& hprev, const at::Tensor& dh0, const c10::optional<at::Tensor>& dc0,
-                               const at::Tensor& dht, const at::Tensor& r, int64_t D, int64_t GH, bool is_gru,
+                               const at::Tensor& dht, const at::Tensor& r, int64_t D, int64_t GH, bool split_recurrent,
                                bool need_dx, bool need_dw, const at::Tensor& dx_done = at::Tensor(),
                                const std::vector<at::Tensor>& dw_done = {}) {
   using OptTensor = c10::optional<at::Tensor>;
@@ -34,12 +34,12 @@ inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, cons
   res.push_back(dh0);
   res.push_back(dc0);
   if (!need_dw) return;
-  if (!dw_done.empty()) {  // per direction dw_ih, dw_hh, db_ih, db_hh (gru; others: db_ih again)
+  if (!dw_done.empty()) {  // per direction dw_ih, dw_hh, db_ih, db_hh (split_recurrent; else db_ih again)
     for (int64_t k = 0; k < D; ++k) {
       res.push_back(dw_done[4 * k]);
       res.push_back(dw_done[4 * k + 1]);
       res.push_back(dw_done[4 * k + 2]);
-      res.push_back(is_gru ? dw_done[4 * k + 3] : dw_done[4 * k + 2].clone());
+      res.push_back(split_recurrent ? dw_done[4 * k + 3] : dw_done[4 * k + 2].clone());
       res.push_back(OptTensor());  // no proj in the loops that make them
     }
     return;
@@ -52,7 +52,7 @@ inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, cons
     res.push_back(at::mm(dgh_k.t(), hprev[k]));
     const at::Tensor dbi = dgi_k.sum(0);
     res.push_back(dbi);
-    res.push_back(is_gru ? dgh_k.sum(0) : dbi.clone());  // distinct tensors: each becomes a .grad
+    res.push_back(split_recurrent ? dgh_k.sum(0) : dbi.clone());  // distinct tensors: each becomes a .grad
     res.push_back(dht.defined() ? OptTensor(at::mm(dht[k].t(), r[k])) : OptTensor());
   }
 }

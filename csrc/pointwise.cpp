@@ -2,9 +2,9 @@
 //
 // CMake compiles this file three times: for baseline x86-64 (namespace isa_base), with
 // -mavx2 -mfma (isa_avx2, FASTRNN_ISA_AVX2) and with AVX-512 (isa_avx512, FASTRNN_ISA_AVX512).
-// rnn.cpp picks the table at run time from the CPU, so wheels run on any x86-64 and still use
+// isa.cpp picks the table at run time from the CPU, so wheels run on any x86-64 and still use
 // the widest lanes present.  No torch headers here: this unit compiles in seconds.
-#include "cells.h"
+#include "kernel_table.h"
 
 #if defined(FASTRNN_ISA_AVX512)
 #define FASTRNN_ISA_NS isa_avx512
@@ -27,7 +27,7 @@ void fwd_range(const FwdArgs<T>& a, int64_t begin, int64_t end) {
   while (begin < end) {
     const int64_t b = begin / H, j0 = begin - b * H;
     const int64_t j1 = (end - b * H) < H ? (end - b * H) : H;
-    Cell::template fwd<T, kSave, kOut>(a, b, j0, j1);
+    fwd_row<Cell, T, kSave, kOut>(a, b, j0, j1);
     begin = b * H + j1;
   }
 }
@@ -38,7 +38,7 @@ void bwd_range(const BwdArgs<T>& a, int64_t begin, int64_t end) {
   while (begin < end) {
     const int64_t b = begin / H, j0 = begin - b * H;
     const int64_t j1 = (end - b * H) < H ? (end - b * H) : H;
-    Cell::template bwd<T, kDout>(a, b, j0, j1);
+    bwd_row<Cell, T, kDout>(a, b, j0, j1);
     begin = b * H + j1;
   }
 }
@@ -62,10 +62,7 @@ void fill(KernelTable& k) {
 
 KernelTable make() {
   KernelTable k{};
-  fill<LSTM>(k);
-  fill<GRU>(k);
-  fill<RNN_TANH>(k);
-  fill<RNN_RELU>(k);
+  for (int c = 0; c < kNumCells; ++c) with_cell(c, [&](auto cell) { fill<decltype(cell)>(k); });
   k.isa = FASTRNN_ISA_NAME;
 #if defined(FASTRNN_ISA_AVX2) || defined(FASTRNN_ISA_AVX512)
   k.panel_f = &panel_gemm;

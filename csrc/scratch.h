@@ -25,11 +25,11 @@
 #endif
 
 #include <cstdint>
-#include <cstdlib>
 #include <mutex>
-#include <string>
 #include <utility>
 #include <vector>
+
+#include "overrides.h"
 
 namespace fastrnn {
 
@@ -39,6 +39,8 @@ constexpr size_t kHugePage = size_t(2) << 20;
 // Only those are taken over (smaller ones measured faster through malloc: RNN B=256 fwd 45 ms
 // via malloc vs 52 ms on fresh huge pages).
 constexpr int64_t kHugeMinBytes = int64_t(32) << 20;
+// The most memory kept mapped between calls (MiB), unless FASTRNN_SCRATCH_CACHE_MB says otherwise.
+constexpr size_t kScratchCacheMB = 1024;
 
 #ifdef __linux__
 class ScratchCache {
@@ -90,10 +92,7 @@ class ScratchCache {
   }
 
  private:
-  ScratchCache() {
-    const char* env = std::getenv("FASTRNN_SCRATCH_CACHE_MB");
-    budget_ = (env ? static_cast<size_t>(std::atoll(env)) : size_t(1024)) << 20;
-  }
+  ScratchCache() { budget_ = overrides().scratch_cache_mb.value_or(kScratchCacheMB) << 20; }
   std::mutex m_;
   std::vector<std::pair<char*, size_t>> free_;
   size_t kept_ = 0, budget_ = 0;
@@ -117,11 +116,7 @@ inline char* map_huge(size_t len) {
 inline at::Tensor scratch(at::IntArrayRef sizes, const at::TensorOptions& opt) {
   const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(opt.dtype().itemsize());
 #ifdef __linux__
-  static const bool enabled = [] {
-    const char* env = std::getenv("FASTRNN_HUGE_PAGES");
-    return !(env && std::string(env) == "0");
-  }();
-  if (enabled && bytes >= kHugeMinBytes) {
+  if (overrides().huge_pages && bytes >= kHugeMinBytes) {
     const size_t want = (static_cast<size_t>(bytes) + kHugePage - 1) / kHugePage * kHugePage;
     auto kept = ScratchCache::get().take(want);
     char* p = kept.first;

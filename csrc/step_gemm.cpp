@@ -3,14 +3,14 @@
 // Why not MKL here: the per-step product is a short-and-wide GEMM (M = batch, often 1-64 rows)
 // and MKL reaches only 15-65 GFLOP/s on such shapes on the 2-core EPYC (torch.mm [16,256]x[256,1024]:
 // 42 GFLOP/s; the same library does 145 on [1600,256]x[256,1024]).  With the weight packed once
-// per layer call into 16-column panels (rnn.cpp), one tile here streams its panel row by row
+// per layer call into 16-column panels (fused_steps.h), one tile here streams its panel row by row
 // (64 contiguous bytes per k) and keeps MR x 16 results in registers.  Compiled only into the
-// AVX2 object library; the baseline kernel table has no panel GEMM and rnn.cpp then uses MKL.
+// AVX2 object library; the baseline kernel table has no panel GEMM and the loops then use MKL.
 #include <immintrin.h>
 
 #include <cstdint>
 
-#include "cells.h"
+#include "kernel_table.h"
 
 namespace fastrnn {
 namespace isa_avx2 {

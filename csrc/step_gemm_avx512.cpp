@@ -8,13 +8,13 @@
 // (which runs a zmm FMA as two 256-bit halves, so the peak is AVX2's), GFLOP/s for
 // [M, 256] x [256, 1024] AVX2 / AVX-512: M=4 99 / 112, M=16 88-110 / 115, M=32 106 / 116,
 // M=64 (K=512, N=2048) 110 / 115.  On Intel server parts with two 512-bit FMA units the
-// peak itself doubles.  Compiled into the AVX-512 table with pointwise.cpp; rnn.cpp picks it at run time.
+// peak itself doubles.  Compiled into the AVX-512 table with pointwise.cpp; isa.cpp picks it at run time.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
 
-#include "cells.h"
+#include "kernel_table.h"
 
 namespace fastrnn {
 namespace isa_avx512 {

@@ -1,13 +1,8 @@
-// Cell definitions for the cuda backend: each cell type is data (DESIGN §4b).
-//
-// The same math as csrc/cells.h (the cpp backend) and fastrnn/backends/reference.py, written
-// per element: thread (b, j) of a step computes hidden unit j of active row b.  A cell is a
-// struct with its gate count G, the values per hidden unit it saves for backward (S), and
-//   fwd: pre-activations (gi from the input GEMM, gh from the recurrent GEMM) and the state in,
-//        new state / output / saved values out;
-//   bwd: grad of h_t (and c_t) plus the saved values in, grads of the pre-activations and of
-//        the previous state out.
-// The kernels (pointwise.cu) and the host loop (rnn.cpp) are written once against this.
+// The cuda backend's side of the cells of ../cell_math.h (DESIGN §4b): the math is written there
+// once for both backends; this header adds what is CUDA's own, per element: thread (b, j) of a
+// step computes hidden unit j of active row b (forward_unit, backward_unit), reading and writing
+// through the FwdArgs/BwdArgs of launch.h.  The kernels (pointwise.cu) and the host loop (rnn.cpp)
+// are written once against this.
 //
 // Precision: values are loaded from the storage type T into A (float, or double for double),
 // all math is in A, and results are rounded to T once when stored.  The cell state c, dc and
@@ -22,13 +17,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "../cell_math.h"
 #include "launch.h"
-
-#if defined(__CUDACC__)
-#define FASTRNN_HD __host__ __device__ __forceinline__
-#else
-#define FASTRNN_HD inline
-#endif
 
 namespace fastrnn {
 namespace cuda {
@@ -48,6 +38,12 @@ FASTRNN_HD double fexp(double x) { return exp(x); }
 FASTRNN_HD float ftanh(float x) { return tanhf(x); }
 FASTRNN_HD double ftanh(double x) { return tanh(x); }
 template <typename A> FASTRNN_HD A fsigmoid(A x) { return A(1) / (A(1) + fexp(-x)); }
+
+// The cells' Act (cell_math.h) on the device.
+struct DeviceAct {
+  template <typename A> static FASTRNN_HD A sigmoid(A x) { return fsigmoid(x); }
+  template <typename A> static FASTRNN_HD A tanh(A x) { return ftanh(x); }
+};
 
 // The FwdArgs/BwdArgs of launch.h with typed pointers.
 template <typename T, typename A>
@@ -107,125 +103,68 @@ struct Bwd {
 };
 
 // ---------------------------------------------------------------------------------------
-// The cells.  Saved layout per row (blocks of H): see S and the comments.
-struct LSTM {
-  static constexpr int kId = kLSTM, G = 4, S = 6;    // saved: i f g o c_{t-1} tanh(c_t)
-
-  template <typename T, typename A>
-  static FASTRNN_HD void fwd(const Fwd<T, A>& a, int64_t b, int64_t j) {
-    const int64_t H = a.H;
-    const A i = fsigmoid(a.gate(0, b, j));
-    const A f = fsigmoid(a.gate(1, b, j));
-    const A g = ftanh(a.gate(2, b, j));
-    const A o = fsigmoid(a.gate(3, b, j));
-    if (a.hprev) a.take_hprev(b, j);
-    A* c = a.c + b * a.ldc;
-    const A cp = c[j];
-    const A cn = f * cp + i * g;
-    const A tc = ftanh(cn);
-    c[j] = cn;
-    a.put_h(b, j, o * tc);
-    if (a.save) {
-      A* s = a.save + b * a.ldsave;
-      s[j] = i; s[H + j] = f; s[2 * H + j] = g; s[3 * H + j] = o;
-      s[4 * H + j] = cp; s[5 * H + j] = tc;
-    }
+// The io of cell_math.h at thread (b, j).
+template <class Cell, typename T, typename A_>
+struct UnitFwd {
+  using A = A_;
+  const Fwd<T, A>& a;
+  int64_t b, j;
+  A hp;   // h_{t-1}, read before h_t is written (hout may alias hin)
+  FASTRNN_HD A pre(int k) const { return a.gate(k, b, j); }
+  FASTRNN_HD A pre_input(int k) const { return Conv<T, A>::load(a.gi[b * a.ldgi + k * a.H + j]); }
+  // The split gate's bias sits inside r * (...): it is not folded into gi like the other hidden biases.
+  FASTRNN_HD A pre_recurrent(int k) const {
+    return Conv<T, A>::load(a.gh[b * a.ldgh + k * a.H + j]) + (a.bhn ? a.bhn[j] : A(0));
   }
-
-  template <typename T, typename A>
-  static FASTRNN_HD void bwd(const Bwd<T, A>& a, int64_t b, int64_t j) {
-    const int64_t H = a.H;
-    const A d = a.grad_h(b, j);
-    const A* s = a.save + b * a.ldsave;
-    const A i = s[j], f = s[H + j], g = s[2 * H + j], o = s[3 * H + j];
-    const A cp = s[4 * H + j], tc = s[5 * H + j];
-    A* dc = a.dc + b * a.lddc;
-    const A dcs = dc[j] + d * o * (A(1) - tc * tc);
-    T* dg = a.dgi + b * a.lddgi;
-    dg[j] = Conv<T, A>::store(dcs * g * i * (A(1) - i));
-    dg[H + j] = Conv<T, A>::store(dcs * cp * f * (A(1) - f));
-    dg[2 * H + j] = Conv<T, A>::store(dcs * i * (A(1) - g * g));
-    dg[3 * H + j] = Conv<T, A>::store(d * tc * o * (A(1) - o));
-    dc[j] = dcs * f;
+  FASTRNN_HD A h_prev() const { return hp; }
+  FASTRNN_HD A c_prev() const { return a.c[b * a.ldc + j]; }
+  FASTRNN_HD void set_c(A v) const { a.c[b * a.ldc + j] = v; }
+  FASTRNN_HD void set_h(A v) const { a.put_h(b, j, v); }
+  FASTRNN_HD void save(int k, A v) const {
+    if (a.save) a.save[b * a.ldsave + k * a.H + j] = v;
   }
 };
 
-struct GRU {
-  static constexpr int kId = kGRU, G = 3, S = 4;     // saved: r z n (W_hn h + b_hn)
-
-  template <typename T, typename A>
-  static FASTRNN_HD void fwd(const Fwd<T, A>& a, int64_t b, int64_t j) {
-    const int64_t H = a.H;
-    const A r = fsigmoid(a.gate(0, b, j));
-    const A z = fsigmoid(a.gate(1, b, j));
-    // b_hn sits inside r * (...): it is not folded into gi like the other hidden biases.
-    const A ghn = Conv<T, A>::load(a.gh[b * a.ldgh + 2 * H + j]) + (a.bhn ? a.bhn[j] : A(0));
-    const A n = ftanh(Conv<T, A>::load(a.gi[b * a.ldgi + 2 * H + j]) + r * ghn);
-    const A hp = Conv<T, A>::load(a.take_hprev(b, j));
-    a.put_h(b, j, n + z * (hp - n));              // (1 - z) * n + z * h
-    if (a.save) {
-      A* s = a.save + b * a.ldsave;
-      s[j] = r; s[H + j] = z; s[2 * H + j] = n; s[3 * H + j] = ghn;
-    }
+template <class Cell, typename T, typename A_>
+struct UnitBwd {
+  using A = A_;
+  const Bwd<T, A>& a;
+  int64_t b, j;
+  FASTRNN_HD A grad_h() const { return a.grad_h(b, j); }
+  FASTRNN_HD A grad_c() const { return a.dc[b * a.lddc + j]; }
+  FASTRNN_HD A saved(int k) const { return a.save[b * a.ldsave + k * a.H + j]; }
+  FASTRNN_HD A h_prev() const { return Conv<T, A>::load(a.hprev[b * a.ldhp + j]); }
+  FASTRNN_HD void set_grad(int k, A v) const {
+    a.dgi[b * a.lddgi + k * a.H + j] = Conv<T, A>::store(v);
+    if (Cell::kSplitRecurrentBias) a.dgh[b * a.lddgh + k * a.H + j] = Conv<T, A>::store(v);
   }
-
-  template <typename T, typename A>
-  static FASTRNN_HD void bwd(const Bwd<T, A>& a, int64_t b, int64_t j) {
-    const int64_t H = a.H;
-    const A d = a.grad_h(b, j);
-    const A* s = a.save + b * a.ldsave;
-    const A r = s[j], z = s[H + j], n = s[2 * H + j], ghn = s[3 * H + j];
-    const A hp = Conv<T, A>::load(a.hprev[b * a.ldhp + j]);
-    const A dan = d * (A(1) - z) * (A(1) - n * n);
-    const A dar = dan * ghn * r * (A(1) - r);
-    const A daz = d * (hp - n) * z * (A(1) - z);
-    T* dgi = a.dgi + b * a.lddgi;
-    T* dgh = a.dgh + b * a.lddgh;
-    dgi[j] = Conv<T, A>::store(dar);
-    dgi[H + j] = Conv<T, A>::store(daz);
-    dgi[2 * H + j] = Conv<T, A>::store(dan);
-    dgh[j] = Conv<T, A>::store(dar);
-    dgh[H + j] = Conv<T, A>::store(daz);
-    dgh[2 * H + j] = Conv<T, A>::store(dan * r);
-    a.dh[b * a.lddh + j] = Conv<T, A>::store(d * z);  // the direct path h_{t-1} -> h_t; the GEMM adds W_hh^T dgh
+  FASTRNN_HD void set_grad_split(int k, A input, A recurrent) const {
+    a.dgi[b * a.lddgi + k * a.H + j] = Conv<T, A>::store(input);
+    a.dgh[b * a.lddgh + k * a.H + j] = Conv<T, A>::store(recurrent);
   }
+  FASTRNN_HD void set_grad_c(A v) const { a.dc[b * a.lddc + j] = v; }
+  FASTRNN_HD void set_grad_h_direct(A v) const { a.dh[b * a.lddh + j] = Conv<T, A>::store(v); }
 };
 
-template <bool kRelu>
-struct RNN {
-  static constexpr int kId = kRelu ? kRNNRelu : kRNNTanh, G = 1, S = 1;   // saved: h_t
-
-  template <typename T, typename A>
-  static FASTRNN_HD void fwd(const Fwd<T, A>& a, int64_t b, int64_t j) {
-    const A p = a.gate(0, b, j);
-    const A h = kRelu ? (p > A(0) ? p : A(0)) : ftanh(p);
-    if (a.hprev) a.take_hprev(b, j);
-    a.put_h(b, j, h);
-    if (a.save) a.save[b * a.ldsave + j] = h;
-  }
-
-  template <typename T, typename A>
-  static FASTRNN_HD void bwd(const Bwd<T, A>& a, int64_t b, int64_t j) {
-    const A d = a.grad_h(b, j);
-    const A h = a.save[b * a.ldsave + j];
-    a.dgi[b * a.lddgi + j] = Conv<T, A>::store(kRelu ? (h > A(0) ? d : A(0)) : d * (A(1) - h * h));
-  }
-};
-
-using RNN_TANH = RNN<false>;
-using RNN_RELU = RNN<true>;
-
-// Calls fn(Cell{}) for a runtime cell id (host side: the launchers pick their kernel with it).
-template <typename Fn>
-inline const char* with_cell(int cell, Fn&& fn) {
-  switch (cell) {
-    case kLSTM: return fn(LSTM{});
-    case kGRU: return fn(GRU{});
-    case kRNNTanh: return fn(RNN_TANH{});
-    case kRNNRelu: return fn(RNN_RELU{});
-    default: return "fastrnn._cuda_ext: unknown cell id";
-  }
+// Hidden unit j of row b, one step.  h_{t-1} is copied for backward here (when asked) for every
+// cell, and read by the cells whose h_t depends on it directly.
+template <class Cell, typename T, typename A>
+FASTRNN_HD void forward_unit(const Fwd<T, A>& a, int64_t b, int64_t j) {
+  A hp = A(0);
+  if (Cell::kDirectPrevH)
+    hp = Conv<T, A>::load(a.take_hprev(b, j));
+  else if (a.hprev)
+    a.take_hprev(b, j);
+  Cell::template forward<DeviceAct>(UnitFwd<Cell, T, A>{a, b, j, hp});
 }
+
+template <class Cell, typename T, typename A>
+FASTRNN_HD void backward_unit(const Bwd<T, A>& a, int64_t b, int64_t j) {
+  Cell::backward(UnitBwd<Cell, T, A>{a, b, j});
+}
+
+// The cell ids launch_fwd/launch_bwd accept (the host checks cell names before any launch).
+inline bool known_cell(int cell) { return cell >= 0 && cell < kNumCells; }
 
 }  // namespace cuda
 }  // namespace fastrnn

@@ -2,8 +2,8 @@
 //
 // Built together with rnn.cpp under FASTRNN_CUDA_EMULATE (tests/test_cuda_build.py does this
 // with torch.utils.cpp_extension), it runs the cuda backend's host time loop, its GEMM calls and
-// the very cell definitions of cells.cuh on CPU tensors, one element at a time in the kernels'
-// (row, unit) order.  Only the launch mechanics (grid, stream, memcpy) differ from pointwise.cu.
+// the very cell definitions of cell_math.h (through cells.cuh) on CPU tensors, one element at a
+// time in the kernels' (row, unit) order.  Only the launch mechanics (grid, stream, memcpy) differ from pointwise.cu.
 // It is never part of a build that ships.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -30,24 +30,26 @@ const char* with_types(int dtype, Fn&& fn) {
 }  // namespace
 
 const char* launch_fwd(int cell, int dtype, const FwdArgs& args, void*) {
+  if (!known_cell(cell)) return "fastrnn._cuda_ext: unknown cell id";
   return with_cell(cell, [&](auto c) {
     return with_types(dtype, [&](auto t, auto acc) -> const char* {
       using Cell = decltype(c);
       const Fwd<decltype(t), decltype(acc)> a(args);
       for (int64_t b = 0; b < args.rows; ++b)
-        for (int64_t j = 0; j < args.H; ++j) Cell::fwd(a, b, j);
+        for (int64_t j = 0; j < args.H; ++j) forward_unit<Cell>(a, b, j);
       return nullptr;
     });
   });
 }
 
 const char* launch_bwd(int cell, int dtype, const BwdArgs& args, void*) {
+  if (!known_cell(cell)) return "fastrnn._cuda_ext: unknown cell id";
   return with_cell(cell, [&](auto c) {
     return with_types(dtype, [&](auto t, auto acc) -> const char* {
       using Cell = decltype(c);
       const Bwd<decltype(t), decltype(acc)> a(args);
       for (int64_t b = 0; b < args.rows; ++b)
-        for (int64_t j = 0; j < args.H; ++j) Cell::bwd(a, b, j);
+        for (int64_t j = 0; j < args.H; ++j) backward_unit<Cell>(a, b, j);
       return nullptr;
     });
   });

@@ -1,9 +1,9 @@
 // The interface between the host time loop (rnn.cpp) and the device kernels (pointwise.cu).
 //
-// Plain C++ with no CUDA or torch types, so the host file compiles with only ATen's generic
-// API plus c10/cuda (no cuBLAS headers: the GEMMs go through at::mm_out), and so a CPU
-// implementation of the same interface (emulate.cpp) can drive the whole host loop in tests on
-// machines without a GPU.
+// Plain C++ with no CUDA or torch types (cell_math.h is plain C++ too), so the host file compiles
+// with only ATen's generic API plus c10/cuda (no cuBLAS headers: the GEMMs go through
+// at::mm_out), and so a CPU implementation of the same interface (emulate.cpp) can drive the whole
+// host loop in tests on machines without a GPU.
 //
 // Pointers are untyped; `dtype` says what the storage type T is.  T is the type of everything a
 // GEMM reads or writes (pre-activations, h, outputs, gradients of pre-activations); A ("acc") is
@@ -14,17 +14,19 @@
 
 #include <cstdint>
 
+#include "../cell_math.h"
+
 namespace fastrnn {
 namespace cuda {
 
 enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
-enum CellId : int { kLSTM = 0, kGRU = 1, kRNNTanh = 2, kRNNRelu = 3 };
 
-// One step of one direction, forward: `rows` active rows x H hidden units.
+// One step of one direction, forward: `rows` active rows x H hidden units.  `cell` is a CellId
+// (cell_math.h).
 struct FwdArgs {
   const void* gi; int64_t ldgi;   // T: W_ih x + biases (lstm/rnn: b_ih + b_hh; gru: b_ih + [b_hr, b_hz, 0])
   const void* gh; int64_t ldgh;   // T: W_hh h_{t-1} (no bias)
-  const void* bhn;                // A: gru b_hn [H], or nullptr
+  const void* bhn;                // A: the split gate's recurrent bias [H] (gru: b_hn), or nullptr
   const void* hin; int64_t ldhin; // T: h_{t-1} (gru reads it; copied to hprev when hprev != nullptr)
   void* hout; int64_t ldhout;     // T: h_t, or r_t = o * tanh(c_t) with proj; may alias hin
   void* hprev; int64_t ldhprev;   // T: copy of h_{t-1} for backward (needs Hout == H), or nullptr
@@ -53,10 +55,6 @@ const char* launch_bwd(int cell, int dtype, const BwdArgs& a, void* stream);
 // dst[r, :cols] = src[r, :cols] for r < rows (elements of `elem_bytes` bytes).
 const char* copy_rows(void* dst, int64_t lddst, const void* src, int64_t ldsrc, int64_t rows, int64_t cols,
                       int64_t elem_bytes, void* stream);
-
-// Values saved per hidden unit for backward (the S of cells.cuh), by cell id.
-inline int saved_per_unit(int cell) { return cell == kLSTM ? 6 : cell == kGRU ? 4 : 1; }
-inline int gates_of(int cell) { return cell == kLSTM ? 4 : cell == kGRU ? 3 : 1; }
 
 }  // namespace cuda
 }  // namespace fastrnn

@@ -1,5 +1,6 @@
 // The cuda backend's device code: one fused pointwise kernel per cell and direction of pass,
-// instantiated from the cell definitions in cells.cuh for float, double, half and bfloat16.
+// instantiated from the cells of ../cell_math.h (through cells.cuh) for float, double, half and
+// bfloat16.
 //
 // A step's kernel covers the rows x H active block with one thread per (row, hidden unit): it
 // reads the G gate pre-activations of that unit from the input projection (gi) and the recurrent
@@ -45,7 +46,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(FwdArgs args) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
     const int64_t b = e / args.H;
-    Cell::fwd(a, b, e - b * args.H);
+    forward_unit<Cell>(a, b, e - b * args.H);
   }
 }
 
@@ -56,7 +57,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(BwdArgs args) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
     const int64_t b = e / args.H;
-    Cell::bwd(a, b, e - b * args.H);
+    backward_unit<Cell>(a, b, e - b * args.H);
   }
 }
 
@@ -85,6 +86,7 @@ const char* with_types(int dtype, Fn&& fn) {
 }  // namespace
 
 const char* launch_fwd(int cell, int dtype, const FwdArgs& a, void* stream) {
+  if (!known_cell(cell)) return "fastrnn._cuda_ext: unknown cell id";
   const int64_t n = a.rows * a.H;
   if (n <= 0) return nullptr;
   return with_cell(cell, [&](auto c) {
@@ -97,6 +99,7 @@ const char* launch_fwd(int cell, int dtype, const FwdArgs& a, void* stream) {
 }
 
 const char* launch_bwd(int cell, int dtype, const BwdArgs& a, void* stream) {
+  if (!known_cell(cell)) return "fastrnn._cuda_ext: unknown cell id";
   const int64_t n = a.rows * a.H;
   if (n <= 0) return nullptr;
   return with_cell(cell, [&](auto c) {

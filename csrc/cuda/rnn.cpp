@@ -96,9 +96,10 @@ void check_shape(const Tensor& t, const std::string& name, at::IntArrayRef want)
 }
 
 // The shared checks (layer_checks.h) plus what this backend adds: the kernels' dtype id and the
-// number of values saved per hidden unit.
+// cell's traits (cell_math.h), which this loop reads at run time instead of per-cell templates.
 struct Dims : checks::LayerDims {
   int S = 0, dtype = 0;
+  CellTraits traits{};
 };
 
 Dims check_layer(const std::string& cell, const Tensor& x, const OptTensor& batch_sizes, const Tensor& h0,
@@ -109,7 +110,8 @@ Dims check_layer(const std::string& cell, const Tensor& x, const OptTensor& batc
   Dims d;
   d.dtype = dtype_id(x.scalar_type());
   static_cast<checks::LayerDims&>(d) = checks::check_layer(kWhere, cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
-  d.S = saved_per_unit(d.cell);
+  d.traits = cell_traits(d.cell);
+  d.S = d.traits.S;
   return d;
 }
 
@@ -161,7 +163,8 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward(
     }
   }
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = d.G * d.H, S = d.S, nT = d.T;
-  const bool is_gru = d.cell == kGRU, has_c = d.cell == kLSTM;
+  const bool has_c = d.traits.has_c;
+  const int split_gate = d.traits.split_gate;
   const auto optT = x.options();
   const auto optA = optT.dtype(acc_type(x.scalar_type()));
   OnDevice on(x);
@@ -169,7 +172,8 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward(
   pybind11::gil_scoped_release no_gil;
 
   // Input projection of all steps and both directions: one GEMM with the biases folded in
-  // (summed in A, rounded to T once).  GRU keeps b_hn out: n = tanh(gi_n + r * (W_hn h + b_hn)).
+  // (summed in A, rounded to T once).  The split gate's recurrent bias stays out (GRU: n =
+  // tanh(gi_n + r * (W_hn h + b_hn))); cell_math.h's kSplitGate.
   Tensor wcat = D == 1 ? w_ih[0] : at::cat({w_ih[0], w_ih[1]}, 0);
   bool has_bias = false;
   std::vector<Tensor> bias_parts, bhn(D);
@@ -178,9 +182,11 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward(
     if (given(b_ih[k])) b.add_(b_ih[k]->to(optA.dtype()));
     if (given(b_hh[k])) {
       Tensor bh = b_hh[k]->to(optA.dtype());
-      if (is_gru) {
-        b.narrow(0, 0, 2 * H).add_(bh.narrow(0, 0, 2 * H));
-        bhn[k] = bh.narrow(0, 2 * H, H).contiguous();
+      if (split_gate >= 0) {
+        const int64_t s0 = split_gate * H, s1 = s0 + H;   // the split gate's block
+        b.narrow(0, 0, s0).add_(bh.narrow(0, 0, s0));
+        if (s1 < GH) b.narrow(0, s1, GH - s1).add_(bh.narrow(0, s1, GH - s1));
+        bhn[k] = bh.narrow(0, s0, H).contiguous();
       } else {
         b.add_(bh);
       }
@@ -280,7 +286,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
   checks::check_backward(kWhere, d, x, d.S, adt, saved, dout, dhn, dcn);
 
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = d.G * d.H, S = d.S, nT = d.T;
-  const bool is_gru = d.cell == kGRU, has_c = d.cell == kLSTM;
+  const bool has_c = d.traits.has_c, split = d.traits.split_gate >= 0;
   const auto optT = x.options();
   const auto optA = optT.dtype(adt);
   const Tensor& save = saved[0];
@@ -290,7 +296,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
   pybind11::gil_scoped_release no_gil;
 
   Tensor dgi = uninit({N, D * GH}, optT);
-  Tensor dgh = is_gru ? uninit({N, D * GH}, optT) : dgi;
+  Tensor dgh = split ? uninit({N, D * GH}, optT) : dgi;
   Tensor dh = dhn.clone();
   Tensor dc = has_c ? dcn->to(optA, /*non_blocking=*/false, /*copy=*/true) : Tensor();
   Tensor dHt = d.proj ? uninit({D, N, Hout}, optT) : Tensor();
@@ -337,9 +343,9 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
         a.dout = at_elem(dout, row0 * D * Hout + k * Hout);
       }
       check_launch(launch_bwd(d.cell, d.dtype, a, stream), "the backward cell kernel");
-      // dL/dh_{t-1} = dG_h W_hh (+ the direct term the gru kernel left in dh).
+      // dL/dh_{t-1} = dG_h W_hh (+ the direct term a kDirectPrevH cell's kernel left in dh).
       Tensor& dprev = dh_rows[bs];
-      if (is_gru)
+      if (d.traits.direct_prev_h)
         at::addmm_out(dprev, dprev, dg_steps[t], w_hh[k]);
       else
         at::mm_out(dprev, dg_steps[t], w_hh[k]);
@@ -349,7 +355,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
   // dx and the weight gradients: one GEMM each over all steps (layer_grads.h).
   std::vector<OptTensor> res;
   append_layer_grads(res, x, w_ih, dgi, dgh, hprev, dh, has_c ? OptTensor(dc.to(dt)) : OptTensor(), dHt,
-                     d.proj ? saved[2] : Tensor(), D, GH, is_gru, need_dx, need_dw);
+                     d.proj ? saved[2] : Tensor(), D, GH, split, need_dx, need_dw);
   return res;
 }
 

@@ -8,7 +8,7 @@ Both extensions export one layer (all directions) as two C++ calls with the same
         -> (dx, dh0, dc0, then per direction dw_ih, dw_hh, db_ih, db_hh, dw_hr)
 
 with saved = [save [D, N, S*H], hprev [D, N, Hout], R [D, N, H] with proj_size] (S values per hidden
-unit: csrc/cells.h).  These adapt them to the op layer's kernel contract (fastrnn/ops.py).
+unit: csrc/cell_math.h).  These adapt them to the op layer's kernel contract (fastrnn/ops.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from fastrnn.cells import gates
 
-# values saved per hidden unit and step (csrc/cells.h: LSTM i f g o c_{t-1} tanh(c_t); GRU r z n
+# values saved per hidden unit and step (csrc/cell_math.h: LSTM i f g o c_{t-1} tanh(c_t); GRU r z n
 # W_hn h + b_hn; RNN h_t)
 SAVED_PER_UNIT = {"lstm": 6, "gru": 4, "rnn_tanh": 1, "rnn_relu": 1}
 

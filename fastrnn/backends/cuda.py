@@ -8,7 +8,7 @@ dh_{t-1} GEMM), then every weight gradient as one GEMM over all steps.  It suppl
 of the op layer's contract (fastrnn/ops.py).
 
 float32 and float64; float16/bfloat16 natively (half GEMMs with fp32 accumulation, fp32 cell
-math, fp32 cell state and saved activations: see csrc/cuda/cells.cuh).  Only in CUDA builds
+math, fp32 cell state and saved activations: see csrc/cell_math.h).  Only in CUDA builds
 (FASTRNN_BUILD_CUDA=1, or auto with nvcc and a CUDA torch).
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _load():
 
 
 # The kernel contract of fastrnn/ops.py: every dtype natively (half types with float state and
-# saved activations, csrc/cuda/cells.cuh).
+# saved activations, csrc/cell_math.h).
 COMPUTE_DTYPES = ALL_DTYPES
 
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "bf16.h"
 #include "blas.h"
 #include "kernel_table.h"
 #include "layer.h"
@@ -19,6 +20,13 @@ namespace fastrnn {
 namespace {
 
 std::string isa() { return kernels().isa; }
+
+// The native bfloat16 path of this CPU ("amx_bf16": AMX input projection and AVX512_BF16 steps,
+// "avx512_bf16"), "" where bf16 runs upcast to float32 (fastrnn/backends/cpp.py reads it once).
+std::string native_bf16() {
+  if (bf16_kernels() == nullptr) return "";
+  return amx_input_gemm() ? "amx_bf16" : bf16_kernels()->isa;
+}
 
 // How many distinct threads one at::parallel_for over `n` unit items runs on: torch's thread
 // count when the extension was built with OpenMP, 1 when the pragma compiled away (a build
@@ -72,6 +80,8 @@ PYBIND11_MODULE(_ext, m) {
         pybind11::arg("dout"), pybind11::arg("dhn"), pybind11::arg("dcn"), pybind11::arg("need_dx"),
         pybind11::arg("need_dw"));
   m.def("isa", &fastrnn::isa, "The instruction set the pointwise kernels were picked for");
+  m.def("native_bf16", &fastrnn::native_bf16,
+        "The native bfloat16 path: 'amx_bf16', 'avx512_bf16', or '' (bf16 runs upcast to float32)");
   m.def("gemm_path", &fastrnn::gemm_path, "How per-step GEMMs run: mkl-packed, blas or aten");
   m.def("loop_plan", &fastrnn::loop_plan, pybind11::arg("proj"), pybind11::arg("batch"), pybind11::arg("steps"),
         pybind11::arg("input_size"), pybind11::arg("hidden"), pybind11::arg("gates"),

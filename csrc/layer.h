@@ -26,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bf16.h"
 #include "cell_math.h"
 #include "fused_steps.h"
 #include "layer_checks.h"
@@ -46,6 +47,16 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
                                 const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& w_hr,
                                 const std::vector<Tensor>& saved, const Tensor& dout, const Tensor& dhn,
                                 const OptTensor& dcn, bool need_dx, bool need_dw);
+
+namespace layer {
+using Dims = checks::LayerDims;
+}
+
+// The native bfloat16 forward (layer_forward_bf16.cpp), for a call check_layer passed with x bf16.
+std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16(
+    const layer::Dims& d, const Tensor& x, const Tensor& h0, const OptTensor& c0, const std::vector<Tensor>& w_ih,
+    const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& b_ih, const std::vector<OptTensor>& b_hh,
+    const std::vector<OptTensor>& w_hr, bool train);
 
 namespace layer {
 
@@ -107,7 +118,10 @@ inline Dims check_layer(const std::string& cell, const Tensor& x, const OptTenso
   checks::check_x_2d(kWhere, x);
   TORCH_CHECK(x.device().is_cpu(), kWhere, ": x must be a CPU tensor, got device ", x.device());
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, kWhere, ": the cpp kernels run float32 and float64, got ", dt);
+  if (dt == at::kBFloat16 && bf16_kernels() != nullptr)  // native bf16: bf16 operands, float32 state
+    return checks::check_layer(kWhere, cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, at::kFloat);
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, kWhere, ": the cpp kernels run float32 and float64",
+              bf16_kernels() ? " and bfloat16" : "", ", got ", dt);
   return checks::check_layer(kWhere, cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
 }
 

@@ -142,6 +142,8 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
                                 const std::vector<Tensor>& saved, const Tensor& dout, const Tensor& dhn,
                                 const OptTensor& dcn, bool need_dx, bool need_dw) {
   using namespace layer;
+  TORCH_CHECK(x.scalar_type() != at::kBFloat16, kWhere, ": backward runs float32 and float64 (bfloat16 "
+              "layers run backward upcast to float32: fastrnn/ops.py), got x of dtype ", x.scalar_type());
   Dims d = check_layer(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
   const auto dt = x.scalar_type();
   checks::check_backward(kWhere, d, x, cell_traits(d.cell).S, dt, saved, dout, dhn, dcn);

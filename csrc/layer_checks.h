@@ -57,13 +57,15 @@ struct LayerDims {
 inline LayerDims check_layer(const char* where, const std::string& cell, const Tensor& x,
                              const OptTensor& batch_sizes, const Tensor& h0, const OptTensor& c0,
                              const std::vector<Tensor>& w_ih, const std::vector<Tensor>& w_hh,
-                             const std::vector<OptTensor>& w_hr) {
+                             const std::vector<OptTensor>& w_hr, c10::optional<c10::ScalarType> state_dtype = {}) {
+  // state_dtype: h0/c0's dtype where it is not x's (native bf16: float32 state)
   LayerDims d;
   d.cell = cell_id(where, cell);
   d.G = cell_traits(d.cell).G;
   const auto dt = x.scalar_type();
   check_tensor(where, x, "x", x, dt, 2);
-  check_tensor(where, h0, "h0", x, dt, 3);
+  const auto sdt = state_dtype.value_or(dt);
+  check_tensor(where, h0, "h0", x, sdt, 3);
   d.N = x.size(0);
   d.I = x.size(1);
   d.D = h0.size(0);
@@ -95,7 +97,7 @@ inline LayerDims check_layer(const char* where, const std::string& cell, const T
   }
   TORCH_CHECK(given(c0) == cell_traits(d.cell).has_c, where, ": c0 must be given for lstm and only for lstm");
   if (given(c0)) {
-    check_tensor(where, *c0, "c0", x, dt, 3);
+    check_tensor(where, *c0, "c0", x, sdt, 3);
     check_shape(where, *c0, "c0", {d.D, d.B, d.H});
   }
   if (given(batch_sizes)) {

@@ -172,6 +172,7 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward(
       }
     }
   }
+  if (x.scalar_type() == at::kBFloat16) return forward_bf16(d, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, train);
   return layer::with_cell_and_type(d.cell, x.scalar_type(), [&](auto c, auto t) {
     return layer::forward_impl<decltype(c), decltype(t)>(d, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, train);
   });

@@ -21,6 +21,8 @@ Overrides read_overrides() {
   const char* isa = std::getenv("FASTRNN_ISA");
   o.isa_baseline = env_is(isa, "baseline");
   o.isa_no_avx512 = o.isa_baseline || env_is(isa, "avx2");
+  o.isa_no_bf16 = o.isa_no_avx512 || env_is(isa, "avx512");
+  o.isa_no_amx = o.isa_no_bf16 || env_is(isa, "avx512_bf16");
   const char* gemm = std::getenv("FASTRNN_GEMM");
   o.gemm_aten = env_is(gemm, "aten");
   o.gemm_nopack = env_is(gemm, "nopack");

@@ -15,10 +15,14 @@
 namespace fastrnn {
 
 struct Overrides {
-  // FASTRNN_ISA=avx2|baseline: cap the kernel table picked from the CPU (isa.cpp); unset: the
+  // FASTRNN_ISA=avx2|baseline|avx512|avx512_bf16: cap the kernel table picked from the CPU (isa.cpp); unset: the
   // widest the CPU has (AVX-512 F/DQ/VL/BW, else AVX2+FMA, else baseline x86-64).
   bool isa_no_avx512 = false;
   bool isa_baseline = false;
+  // FASTRNN_ISA=avx512 (and the caps above): no native bf16 kernels (bf16.h), bf16 runs upcast;
+  // FASTRNN_ISA=avx512_bf16: native bf16 without AMX (the input projection on vdpbf16ps too).
+  bool isa_no_bf16 = false;
+  bool isa_no_amx = false;
   // FASTRNN_GEMM=aten: per-step GEMMs through at::mm_out instead of torch's BLAS symbols;
   // FASTRNN_GEMM=nopack: BLAS, without MKL's packed-weight GEMM (blas.cpp).
   bool gemm_aten = false;

@@ -1,0 +1,52 @@
+// Native bfloat16 kernels of the cpp backend: bf16 weights and activations, float32 accumulation
+// and float32 state (the numerics of oneDNN's bf16 RNNs).  No torch dependency: step_gemm_bf16.cpp
+// is compiled with AVX512_BF16 flags and picked at run time (isa.cpp: bf16_kernels()).
+//
+// The GEMM operand layout is the 16-column panel of step_gemm*.cpp with k taken in pairs, the
+// layout `vdpbf16ps` reads: panel element (k2, c, p) = W[col c][2*k2 + p], zero past K and past
+// the matrix's columns, so one 64-byte panel row is one zmm of 16 (even, odd) pairs.  A's pairs
+// (A[m, 2k2], A[m, 2k2 + 1]) are broadcast as one 32-bit value; an odd K's last k reads A[m, K-1]
+// alone (it never reads past a row).
+#pragma once
+
+#include <cstdint>
+
+namespace fastrnn {
+
+// C[m, :ncols] (+)= A[m, :K] P for m < M, A bf16 (raw bits) rows lda apart, P one pair panel of
+// ceil(K/2) x 16 x 2 bf16.
+struct PanelBf16Args {
+  int64_t M, K;
+  const uint16_t* A; int64_t lda;
+  const uint16_t* P;
+  float* C; int64_t ldc;
+  int64_t ncols;
+  bool accumulate;
+};
+
+struct Bf16Kernels {
+  void (*panel)(const PanelBf16Args&);
+  // dst[i] = bf16(src[i]) for i < n, round to nearest even (vcvtneps2bf16), NaN kept NaN
+  void (*to_bf16)(const float* src, uint16_t* dst, int64_t n);
+  const char* isa;  // "avx512_bf16"
+};
+
+// The bf16 kernels of this CPU, or nullptr where it has no AVX512_BF16 (or FASTRNN_ISA caps the
+// table below it): the op layer then runs bf16 upcast to float32 (fastrnn/ops.py).
+const Bf16Kernels* bf16_kernels();
+
+// Whether the input projection runs on AMX tiles (oneDNN's brgemm through ATen, which requests the
+// AMX tile-data permission itself): the CPU has AMX-BF16, torch's oneDNN can use it, and
+// FASTRNN_ISA does not cap it (FASTRNN_ISA=avx512_bf16).
+bool amx_input_gemm();
+
+namespace isa_bf16 {
+void panel_gemm(const PanelBf16Args& g);
+void to_bf16(const float* src, uint16_t* dst, int64_t n);
+}
+
+constexpr int64_t kPairPanel = 32;  // bf16 values in one panel row: 16 columns x 2 k
+
+inline int64_t pairs_of(int64_t K) { return (K + 1) / 2; }
+
+}  // namespace fastrnn

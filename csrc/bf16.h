@@ -35,11 +35,6 @@ struct Bf16Kernels {
 // table below it): the op layer then runs bf16 upcast to float32 (fastrnn/ops.py).
 const Bf16Kernels* bf16_kernels();
 
-// Whether the input projection runs on AMX tiles (oneDNN's brgemm through ATen, which requests the
-// AMX tile-data permission itself): the CPU has AMX-BF16, torch's oneDNN can use it, and
-// FASTRNN_ISA does not cap it (FASTRNN_ISA=avx512_bf16).
-bool amx_input_gemm();
-
 namespace isa_bf16 {
 void panel_gemm(const PanelBf16Args& g);
 void to_bf16(const float* src, uint16_t* dst, int64_t n);
@@ -48,5 +43,36 @@ void to_bf16(const float* src, uint16_t* dst, int64_t n);
 constexpr int64_t kPairPanel = 32;  // bf16 values in one panel row: 16 columns x 2 k
 
 inline int64_t pairs_of(int64_t K) { return (K + 1) / 2; }
+
+}  // namespace fastrnn
+
+namespace fastrnn {
+
+// One product on AMX tiles (a recurrent step, or a row block of the input projection): C[m, panel cols] = A[m, :K] P for m < Mp and the pair
+// panels p = b0*G .. b1*G - 1 (panel p = (jb, g) -> columns g*H + 16jb .. +16, the last block of
+// each gate stored only up to H).  Mp a multiple of 16 (A and C have Mp rows; rows past the live
+// ones are computed and ignored), K a multiple of 32 (A's and the panels' padding is zero), so
+// every tile is full and one tile configuration serves every call.  The caller has the tile
+// configuration loaded (amx_begin / amx_end around a thread's work).
+struct AmxStepArgs {
+  int64_t Mp, K;
+  const uint16_t* A; int64_t lda;
+  const uint16_t* P;  // panels K/2 x 16 x 2, K*16 values apart
+  int64_t G, H, b0, b1;
+  float* C; int64_t ldc;
+  bool load_c;  // C (+)=: start from C's values (the biases) instead of zero
+};
+
+// Whether the products (input projection and recurrent steps) may run on AMX: the CPU has AMX-BF16, Linux granted this process
+// the tile-data state (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once: the one
+// process-level change of this path, made by every AMX user, oneDNN included), FASTRNN_ISA
+// allows it.
+bool amx_steps();
+
+namespace isa_bf16 {
+void amx_begin();  // loads this thread's tile configuration
+void amx_end();    // releases it (the thread leaves as it came)
+void amx_step(const AmxStepArgs& a);
+}
 
 }  // namespace fastrnn

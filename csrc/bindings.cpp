@@ -21,11 +21,11 @@ namespace {
 
 std::string isa() { return kernels().isa; }
 
-// The native bfloat16 path of this CPU ("amx_bf16": AMX input projection and AVX512_BF16 steps,
-// "avx512_bf16"), "" where bf16 runs upcast to float32 (fastrnn/backends/cpp.py reads it once).
+// The native bfloat16 path of this CPU ("amx_bf16": AMX tiles for the products, "avx512_bf16":
+// vdpbf16ps), "" where bf16 runs upcast to float32 (fastrnn/backends/cpp.py reads it once).
 std::string native_bf16() {
   if (bf16_kernels() == nullptr) return "";
-  return amx_input_gemm() ? "amx_bf16" : bf16_kernels()->isa;
+  return amx_steps() ? "amx_bf16" : bf16_kernels()->isa;
 }
 
 // How many distinct threads one at::parallel_for over `n` unit items runs on: torch's thread

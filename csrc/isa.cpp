@@ -1,13 +1,16 @@
 // Which kernel table this CPU runs: AVX-512 (F/DQ/VL/BW) or AVX2+FMA where the CPU has it,
 // baseline x86-64 otherwise, picked once.  FASTRNN_ISA=avx2|baseline caps the choice (overrides.h;
 // read once, at the first call: tests run it in a fresh interpreter).
-#include <ATen/native/CPUBlas.h>
-
 #include "bf16.h"
 #include "kernel_table.h"
 #include "overrides.h"
 
 #include <string>
+
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace fastrnn {
 
@@ -43,19 +46,21 @@ const Bf16Kernels* bf16_kernels() {
   return k;
 }
 
-// AMX-BF16 for the input projection: oneDNN's ukernel (at::native::cpublas::brgemm) runs it on
-// AMX tiles.  could_pack(bf16) is ATen's own test that oneDNN can (the CPU has AMX-BF16 and the
-// build has the ukernel API); oneDNN asks Linux for the AMX tile-data state itself
-// (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), once per process, as every AMX user must:
-// the one process-level change this path makes, and torch's own bf16 ops make it too) and says
-// "no" where that is refused.  FASTRNN_ISA=avx512_bf16 keeps the input projection on vdpbf16ps.
-bool amx_input_gemm() {
+// AMX tiles for the bf16 products (our own kernel, step_gemm_bf16.cpp).  Linux keeps the 8 KiB
+// tile-data state off until a process asks for it: arch_prctl(ARCH_REQ_XCOMP_PERM,
+// XFEATURE_XTILEDATA), once, process-wide and permanent (there is no "give back"; oneDNN and every
+// other AMX user make the same request, and torch's own bf16 GEMMs on this CPU already have).  A
+// refusal (an old kernel, a seccomp policy) leaves the steps on AVX512_BF16.
+bool amx_steps() {
   static const bool amx = [] {
     if (bf16_kernels() == nullptr || overrides().isa_no_amx) return false;
-#if defined(__x86_64__) || defined(__i386__)
-    if (!__builtin_cpu_supports("amx-bf16")) return false;
+#if defined(__linux__) && defined(__x86_64__)
+    if (!__builtin_cpu_supports("amx-bf16") || !__builtin_cpu_supports("amx-tile")) return false;
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
 #endif
-    return at::native::cpublas::could_pack(at::kBFloat16);
   }();
   return amx;
 }

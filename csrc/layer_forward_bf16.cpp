@@ -2,8 +2,8 @@
 // float32 accumulation, float32 state and pointwise math (the fp32 cell passes of the kernel
 // table), so h_t is rounded to bf16 only as the next step's GEMM operand, as oneDNN does.
 //
-//   input projection  gi [N, D*G*H] fp32 = bias + x W_ih^T: AMX tiles (oneDNN's brgemm through
-//                     ATen) where the CPU has AMX-BF16, else the AVX512_BF16 pair-panel kernel;
+//   input projection  gi [N, D*G*H] fp32 = bias + x W_ih^T: AMX tiles where the CPU has AMX-BF16,
+//                     else the AVX512_BF16 pair-panel kernel;
 //   recurrence        per step gh = bf16(h_{t-1}) W_hh^T on the pair panels (W_hh packed once per
 //                     call), each thread owning a range of hidden blocks for the product and the
 //                     cell pass (fused_steps.h's loop: one barrier a step);
@@ -11,15 +11,19 @@
 //
 // Outputs and saved values are float32 (the op layer casts out/hn/cn to bf16; backward runs the
 // float32 loops on the saved values: fastrnn/ops.py).
-#include <ATen/native/CPUBlas.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <cstring>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "bf16.h"
 #include "kernel_table.h"
 #include "layer.h"
+#include "overrides.h"
 #include "scratch.h"
 
 namespace fastrnn {
@@ -36,9 +40,10 @@ inline float bf16_to_float(uint16_t v) {
 }
 
 // W [G*H, K] bf16 as pair panels (bf16.h): panel (jb, g) = gate g's columns for hidden units
-// 16jb.., layout [nb][G][ceil(K/2)][16][2].  Packed once per call (not cached: see fused_steps.h).
-Tensor pack_pair_panels(const uint16_t* W, int64_t G, int64_t H, int64_t K) {
-  const int64_t nb = blocks_of(H), K2 = pairs_of(K);
+// 16jb.., layout [nb][G][Kp/2][16][2], zero past K (Kp: K rounded up to even, or to 32 for AMX
+// tiles).  Packed once per call (not cached: see fused_steps.h).
+Tensor pack_pair_panels(const uint16_t* W, int64_t G, int64_t H, int64_t K, int64_t Kp = 0) {
+  const int64_t nb = blocks_of(H), K2 = std::max(pairs_of(K), Kp / 2);
   Tensor out = at::empty({nb, G, K2, kPairPanel}, at::kBFloat16);
   uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   const int64_t panels = nb * G, grain = panels * K2 * kPairPanel >= 2 * kParallelPackFloats ? 1 : panels;
@@ -61,61 +66,99 @@ Tensor pack_pair_panels(const uint16_t* W, int64_t G, int64_t H, int64_t K) {
   return out;
 }
 
-// gi[:, gate columns] += x W^T for all N rows (gi holds the biases), W [G*H, K].
-void input_projection(const Bf16Kernels& bk, int64_t N, int64_t K, const uint16_t* x, const uint16_t* w, int64_t G,
-                      int64_t H, float* gi, int64_t ldgi) {
-  if (N == 0 || K == 0) return;
-  const int64_t GH = G * H;
-  if (amx_input_gemm()) {
-    // oneDNN's brgemm on AMX tiles: W^T [K, GH] in its VNNI layout (cpublas::pack), then blocks of
-    // kRows x kCols, each thread releasing the tile configuration it set (a call leaves the threads
-    // as it found them).
-    constexpr int64_t kRows = 32, kCols = 64;
-    const int64_t nc = (GH + kCols - 1) / kCols, K2 = pairs_of(K) * 2;
-    Tensor wt = at::zeros({K2, GH}, at::kBFloat16);  // W^T, K rounded up to even with a zero row
-    wt.narrow(0, 0, K).copy_(at::from_blob(const_cast<uint16_t*>(w), {GH, K}, at::kBFloat16).t());
-    Tensor xp;  // x with K even (a zero column), the VNNI pairs of A
-    const uint16_t* xa = x;
-    int64_t lda = K;
-    if (K2 != K) {
-      xp = at::zeros({N, K2}, at::kBFloat16);
-      xp.narrow(1, 0, K).copy_(at::from_blob(const_cast<uint16_t*>(x), {N, K}, at::kBFloat16));
-      xa = bits(xp);
-      lda = K2;
-    }
-    Tensor packed = at::empty({nc, K2, kCols}, at::kBFloat16);
-    for (int64_t c = 0; c < nc; ++c) {
-      const int64_t n = std::min(kCols, GH - c * kCols);
-      Tensor blk = at::zeros({K2, kCols}, at::kBFloat16);
-      blk.narrow(1, 0, n).copy_(wt.narrow(1, c * kCols, n));
-      at::native::cpublas::pack(K2, kCols, kCols, kCols, at::kBFloat16, at::kBFloat16, blk.data_ptr(),
-                                packed[c].data_ptr());
-    }
-    const at::BFloat16* pk = packed.data_ptr<at::BFloat16>();
-    const int64_t rb = (N + kRows - 1) / kRows;
-    at::parallel_for(0, rb * nc, 1, [&](int64_t i0, int64_t i1) {
-      float tmp[kRows * kCols];
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t r = i / nc, c = i - r * nc, r0 = r * kRows, m = std::min(kRows, N - r0);
-        const int64_t n = std::min(kCols, GH - c * kCols);
-        const at::BFloat16* A = reinterpret_cast<const at::BFloat16*>(xa + r0 * lda);
-        if (n == kCols) {  // straight into gi, added to the biases there
-          at::native::cpublas::brgemm(m, kCols, K2, lda, kCols, ldgi, true, A, pk + c * K2 * kCols,
-                                      gi + r0 * ldgi + c * kCols);
-          continue;
-        }
-        at::native::cpublas::brgemm(m, kCols, K2, lda, kCols, kCols, false, A, pk + c * K2 * kCols, tmp);
-        for (int64_t mm = 0; mm < m; ++mm) {
-          float* dst = gi + (r0 + mm) * ldgi + c * kCols;
-          const float* src = tmp + mm * kCols;
-          for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
-        }
-      }
-      at::native::cpublas::brgemm_release();
-    });
+// Steps of at least this many rows run their recurrent product on AMX tiles (where amx_steps()),
+// fewer on vdpbf16ps.  A tile multiplies 16 rows whatever the live ones; measured below.
+constexpr int64_t kAmxStepRows = 1;
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// The operand layout of one call's recurrent products: K padded to 32 and rows to 16 where AMX
+// may run (so every tile is full), else K to even.
+struct StepLayout {
+  bool amx = false;
+  int64_t amx_rows = 0;
+  StepLayout() {
+    amx = amx_steps();
+    amx_rows = overrides().amx_step_rows.value_or(kAmxStepRows);
+  }
+  int64_t kpad(int64_t K) const { return amx ? round_up(K, 32) : pairs_of(K) * 2; }
+  int64_t rows(int64_t B) const { return amx ? round_up(B, 16) : B; }
+};
+
+// One step's product for hidden blocks [b0, b1): C[:bs, gate cols] = A[:bs, :K] W^T, A bf16 rows Kp
+// apart (zero past K), P W's panels packed with Kp, C rows ldc apart (AMX writes rows up to bs
+// rounded to 16: C and A have them).
+inline void step_product_ld(const Bf16Kernels& bk, const StepLayout& L, int64_t G, int64_t H, int64_t K,
+                            int64_t Kp, int64_t lda, int64_t bs, const uint16_t* A, const uint16_t* P, float* C,
+                            int64_t ldc, int64_t b0, int64_t b1) {
+  if (L.amx && bs >= L.amx_rows) {
+    isa_bf16::amx_begin();
+    isa_bf16::amx_step(AmxStepArgs{round_up(bs, 16), Kp, A, lda, P, G, H, b0, b1, C, ldc, false});
+    isa_bf16::amx_end();
     return;
   }
-  const int64_t nb = blocks_of(H), panels = nb * G, K2 = pairs_of(K);
+  const int64_t K2 = Kp / 2;
+  for (int64_t jb = b0; jb < b1; ++jb)
+    for (int64_t g = 0; g < G; ++g)
+      bk.panel(PanelBf16Args{bs, K, A, lda, P + (jb * G + g) * K2 * kPairPanel, C + g * H + jb * kPanel, ldc,
+                             std::min(kPanel, H - jb * kPanel), false});
+}
+
+inline void step_product(const Bf16Kernels& bk, const StepLayout& L, int64_t G, int64_t H, int64_t K, int64_t Kp,
+                         int64_t bs, const uint16_t* A, const uint16_t* P, float* C, int64_t ldc, int64_t b0,
+                         int64_t b1) {
+  step_product_ld(bk, L, G, H, K, Kp, Kp, bs, A, P, C, ldc, b0, b1);
+}
+
+// gi[:, gate columns] += x W^T for all N rows (gi holds the biases), W [G*H, K].  AMX: tiles over
+// blocks of kRows rows x kBlocks hidden blocks (every gate of them), W packed with K padded to 32;
+// x is read in place when K is a multiple of 32, and the last < 32 rows (or all of x, for another
+// K) go through a zero-padded copy, so a tile never reads or writes past x or gi.
+void input_projection(const Bf16Kernels& bk, bool amx, int64_t N, int64_t K, const uint16_t* x, const uint16_t* w,
+                      int64_t G, int64_t H, float* gi, int64_t ldgi) {
+  if (N == 0 || K == 0) return;
+  const int64_t nb = blocks_of(H);
+  if (amx) {
+    constexpr int64_t kRows = 256, kBlocks = 8;
+    const int64_t Kp = round_up(K, 32), Nmain = (K == Kp) ? N / 32 * 32 : 0;
+    Tensor wp = pack_pair_panels(w, G, H, K, Kp);
+    const uint16_t* P = bits(wp);
+    const int64_t rb = (Nmain + kRows - 1) / kRows, cb = (nb + kBlocks - 1) / kBlocks;
+    at::parallel_for(0, rb * cb, 1, [&](int64_t i0, int64_t i1) {
+      isa_bf16::amx_begin();
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / cb, c = i - r * cb, r0 = r * kRows, rows = std::min(kRows, Nmain - r0);
+        isa_bf16::amx_step(AmxStepArgs{rows, Kp, x + r0 * K, K, P, G, H, c * kBlocks, std::min(nb, (c + 1) * kBlocks),
+                                       gi + r0 * ldgi, ldgi, true});
+      }
+      isa_bf16::amx_end();
+    });
+    const int64_t rest = N - Nmain;
+    if (rest == 0) return;
+    // The remaining rows through padded copies: A [rows rounded to 32, Kp], C [same rows, G*H].
+    const int64_t Mp = round_up(rest, 32), GH = G * H;
+    Tensor xa = at::zeros({Mp, Kp}, at::kBFloat16);
+    xa.narrow(0, 0, rest).narrow(1, 0, K).copy_(at::from_blob(const_cast<uint16_t*>(x + Nmain * K), {rest, K}, at::kBFloat16));
+    Tensor ca = at::zeros({Mp, GH}, at::kFloat);
+    float* cp = ca.data_ptr<float>();
+    const int64_t mb = Mp / 32;
+    at::parallel_for(0, mb * cb, 1, [&](int64_t i0, int64_t i1) {
+      isa_bf16::amx_begin();
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / cb, c = i - r * cb;
+        isa_bf16::amx_step(AmxStepArgs{32, Kp, bits(xa) + r * 32 * Kp, Kp, P, G, H, c * kBlocks,
+                                       std::min(nb, (c + 1) * kBlocks), cp + r * 32 * GH, GH, false});
+      }
+      isa_bf16::amx_end();
+    });
+    for (int64_t m = 0; m < rest; ++m) {
+      float* dst = gi + (Nmain + m) * ldgi;
+      const float* src = cp + m * GH;
+      for (int64_t j = 0; j < GH; ++j) dst[j] += src[j];
+    }
+    return;
+  }
+  const int64_t panels = nb * G, K2 = pairs_of(K);
   constexpr int64_t kRows = 256;
   const int64_t row_blocks = (N + kRows - 1) / kRows;
   Tensor wp = pack_pair_panels(w, G, H, K);
@@ -130,33 +173,90 @@ void input_projection(const Bf16Kernels& bk, int64_t N, int64_t K, const uint16_
   });
 }
 
-// The recurrent products of one step for hidden blocks [b0, b1): gh[:, gate cols] = hb W^T.
-inline void step_product(const Bf16Kernels& bk, int64_t G, int64_t H, int64_t K, int64_t bs, const uint16_t* hb,
-                         const uint16_t* P, float* gh, int64_t b0, int64_t b1) {
-  const int64_t K2 = pairs_of(K), GH = G * H;
-  for (int64_t jb = b0; jb < b1; ++jb)
-    for (int64_t g = 0; g < G; ++g)
-      bk.panel(PanelBf16Args{bs, K, hb, K, P + (jb * G + g) * K2 * kPairPanel, gh + g * H + jb * kPanel, GH,
-                             std::min(kPanel, H - jb * kPanel), false});
-}
+// The input side of a direction's loop: each thread makes the input projection of its own hidden
+// blocks for the next chunk of steps when the chunk starts, into a ring of chunk rows, so gi stays
+// in cache instead of a [N, G*H] float32 buffer written, re-read and read again from memory
+// (LSTM B=64 H=512: 52 MB a call, measured 31 ms of a 61 ms single-thread call).
+struct ChunkInput {
+  const uint16_t* x; int64_t I;  // x [N, I] bf16
+  const uint16_t* P; int64_t Kp;  // W_ih pair panels, K padded to Kp
+  const float* bias;              // [G*H] summed biases (GRU: without b_hn)
+};
+
+// Rows of a chunk of this many (or one step of more) run each input projection; measured on the
+// 2-core Xeon (single-thread CPU time, LSTM B64 H512): see the notes in the report.
+constexpr int64_t kChunkRows = 64;
 
 // One direction without proj_size: fused_steps.h's loop shape (threads own hidden blocks; one
 // barrier a step) with bf16 operands.  h_state [B, H] fp32 holds h0 on entry and h_n on exit.
+// `fold`: the step's product accumulates onto its gi rows (gh = gi + h W^T, one buffer read by the
+// cell pass), for cells whose gates take one sum and unpacked input (rows past bs would add their
+// h into the next step's rows).
 template <class Cell>
-void recurrence(const Bf16Kernels& bk, FwdFn<float> fwd, FwdArgs<float> a, const std::vector<StepSpan>& steps,
-                float* h_state, int64_t B, const uint16_t* P, float* gi, int64_t ldgi, float* out,
-                int64_t ldout, float* save, float* hprev, float* gh, bool split) {
+void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, FwdArgs<float> a,
+                const std::vector<StepSpan>& steps, float* h_state, int64_t B, const uint16_t* P,
+                const ChunkInput& in, bool packed, float* out, int64_t ldout, float* save, float* hprev, float* gh,
+                bool split) {
   constexpr int64_t G = Cell::G, S = Cell::S;
   constexpr bool kReadsH = Cell::kDirectPrevH;
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
+  const bool fold = Cell::kSplitGate < 0 && !packed;
   Tensor spare = at::empty({B, H}, at::kFloat);
-  Tensor hbt = at::empty({2, B, H}, at::kBFloat16);
+  const int64_t Kp = L.kpad(H), Bp = L.rows(B);
+  Tensor hbt = at::zeros({2, Bp, Kp}, at::kBFloat16);  // bf16 h_{t-1} / h_t, zero past H and B
   float* hbuf[2] = {h_state, spare.data_ptr<float>()};
   uint16_t* hb[2] = {reinterpret_cast<uint16_t*>(hbt.data_ptr<at::BFloat16>()), nullptr};
-  hb[1] = hb[0] + B * H;
-  bk.to_bf16(h_state, hb[0], B * H);
+  hb[1] = hb[0] + Bp * Kp;
+  for (int64_t b = 0; b < B; ++b) bk.to_bf16(h_state + b * H, hb[0] + b * Kp, H);
   const bool train = save != nullptr;
   const int64_t n = static_cast<int64_t>(steps.size()), min_split = parallel_step_macs();
+  // Chunks of steps: [chunk_start, +chunk) and their rows [lo, hi) (consecutive steps hold
+  // consecutive rows, in either direction).
+  const int64_t chunk = std::max<int64_t>(1, overrides().bf16_chunk_rows.value_or(kChunkRows) / std::max<int64_t>(B, 1));
+  int64_t max_rows = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+    int64_t rows = 0;
+    for (int64_t si = c0; si < std::min(n, c0 + chunk); ++si) rows += steps[si].bs;
+    max_rows = std::max(max_rows, rows);
+  }
+  const int64_t ring_rows = round_up(max_rows, 16) + 16;
+  Tensor ring = at::empty({ring_rows, GH}, at::kFloat);
+  float* gic = ring.data_ptr<float>();
+  const int64_t team = std::max<int64_t>(1, at::get_num_threads());
+  Tensor xat = at::zeros({team, ring_rows, in.Kp}, at::kBFloat16);  // per thread: the chunk's x, padded
+  uint16_t* xa = reinterpret_cast<uint16_t*>(xat.data_ptr<at::BFloat16>());
+  std::vector<float> zero_row(fold ? GH : 0, 0.f);
+  auto chunk_lo = [&](int64_t si) {
+    const int64_t c0 = si - si % chunk, c1 = std::min(n, c0 + chunk);
+    int64_t lo = INT64_MAX;
+    for (int64_t c = c0; c < c1; ++c) lo = std::min(lo, steps[c].row0);
+    return lo;
+  };
+  auto project = [&](int64_t si, int64_t b0, int64_t b1, int64_t j0, int64_t w) {
+    const int64_t c1 = std::min(n, si + chunk), lo = chunk_lo(si);
+    int64_t rows = 0;
+    for (int64_t c = si; c < c1; ++c) rows += steps[c].bs;
+#ifdef _OPENMP
+    const int64_t tid = std::min<int64_t>(omp_get_thread_num(), team - 1);
+#else
+    const int64_t tid = 0;
+#endif
+    uint16_t* xt = xa + tid * ring_rows * in.Kp;
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(xt + r * in.Kp, in.x + (lo + r) * in.I, sizeof(uint16_t) * in.I);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < G; ++g) std::memcpy(gic + r * GH + g * H + j0, in.bias + g * H + j0, sizeof(float) * w);
+    if (L.amx) {
+      isa_bf16::amx_begin();
+      isa_bf16::amx_step(AmxStepArgs{round_up(rows, 16), in.Kp, xt, in.Kp, in.P, G, H, b0, b1, gic, GH, true});
+      isa_bf16::amx_end();
+      return;
+    }
+    const int64_t K2 = in.Kp / 2;
+    for (int64_t jb = b0; jb < b1; ++jb)
+      for (int64_t g = 0; g < G; ++g)
+        bk.panel(PanelBf16Args{rows, in.I, xt, in.Kp, in.P + (jb * G + g) * K2 * kPairPanel, gic + g * H + jb * kPanel,
+                               GH, std::min(kPanel, H - jb * kPanel), true});
+  };
   auto step = [&](int64_t si, int64_t b0, int64_t b1) {
     const StepSpan& st = steps[si];
     const float* hc = hbuf[si & 1];
@@ -165,24 +265,43 @@ void recurrence(const Bf16Kernels& bk, FwdFn<float> fwd, FwdArgs<float> a, const
     uint16_t* hbn = hb[(si & 1) ^ 1];
     const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H), w = j1 - j0;
     if (w <= 0) return;
+    if (si % chunk == 0) project(si, b0, b1, j0, w);
+    float* gi_rows = gic + (st.row0 - chunk_lo(si)) * GH;
     for (int64_t b = kReadsH ? 0 : st.bs; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
     if (train)
       for (int64_t b = 0; b < st.bs; ++b)
         std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
-    step_product(bk, G, H, H, st.bs, hbc, P, gh, b0, b1);
     FwdArgs<float> s = a;
-    s.gi = gi + st.row0 * ldgi;
-    s.ldgi = ldgi;
-    s.gh = gh;
+    if (fold) {
+      if (L.amx && st.bs >= L.amx_rows) {
+        isa_bf16::amx_begin();
+        isa_bf16::amx_step(AmxStepArgs{round_up(st.bs, 16), Kp, hbc, Kp, P, G, H, b0, b1, gi_rows, GH, true});
+        isa_bf16::amx_end();
+      } else {
+        const int64_t K2 = Kp / 2;
+        for (int64_t jb = b0; jb < b1; ++jb)
+          for (int64_t g = 0; g < G; ++g)
+            bk.panel(PanelBf16Args{st.bs, H, hbc, Kp, P + (jb * G + g) * K2 * kPairPanel, gi_rows + g * H + jb * kPanel,
+                                   GH, std::min(kPanel, H - jb * kPanel), true});
+      }
+      s.gi = zero_row.data();
+      s.ldgi = 0;
+      s.gh = gi_rows;
+    } else {
+      step_product(bk, L, G, H, H, Kp, st.bs, hbc, P, gh, GH, b0, b1);
+      s.gi = gi_rows;
+      s.ldgi = GH;
+      s.gh = gh;
+    }
     s.ldgh = GH;
     s.h = hn;
     s.ldh = H;
     s.out = out + st.row0 * ldout;
     s.save = train ? save + st.row0 * S * H : nullptr;
     for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
-    for (int64_t b = 0; b < B; ++b) bk.to_bf16(hn + b * H + j0, hbn + b * H + j0, w);
+    for (int64_t b = 0; b < B; ++b) bk.to_bf16(hn + b * H + j0, hbn + b * Kp + j0, w);
   };
-  run_steps(n, nb, [&](int64_t si) { return split && steps[si].bs * GH * H >= min_split; }, step);
+  run_steps(n, nb, [&](int64_t si) { return split && steps[si].bs * GH * (H + in.I) >= min_split; }, step);
   if (n & 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
 }
 
@@ -217,13 +336,18 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
       }
     }
   }
-  Tensor gi = scratch({N, D * GH}, opt);
-  float* gi_p = gi.data_ptr<float>();
-  at::parallel_for(0, N, 1024, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) std::memcpy(gi_p + r * D * GH, bias.data(), sizeof(float) * D * GH);
-  });
-  for (int64_t k = 0; k < D; ++k)
-    input_projection(bk, N, d.I, bits(x), bits(w_ih[k]), G, H, gi_p + k * GH, D * GH);
+  // proj_size: the input projection of all steps first (the loop below runs step by step);
+  // otherwise each direction's loop makes it chunk by chunk (ChunkInput).
+  const StepLayout L;
+  Tensor gi = d.proj ? scratch({N, D * GH}, opt) : Tensor();
+  float* gi_p = d.proj ? gi.data_ptr<float>() : nullptr;
+  if (d.proj) {
+    at::parallel_for(0, N, 1024, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) std::memcpy(gi_p + r * D * GH, bias.data(), sizeof(float) * D * GH);
+    });
+    for (int64_t k = 0; k < D; ++k)
+      input_projection(bk, L.amx, N, d.I, bits(x), bits(w_ih[k]), G, H, gi_p + k * GH, D * GH);
+  }
 
   Tensor out = at::empty({N, D * Hout}, opt);
   Tensor hn = h0.clone();
@@ -234,15 +358,17 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
     hprev = scratch({D, N, Hout}, opt);
     if (d.proj) R = scratch({D, N, H}, opt);
   }
-  Tensor gh = at::empty({D, B, GH}, opt);
+  const int64_t Bp = L.rows(B);
+  Tensor gh = at::empty({D, Bp, GH}, opt);
   float* out_p = out.data_ptr<float>();
   const auto fwd = fwd_kernel<float>(Cell::kId, train, !d.proj);
   auto direction = [&](int64_t k, bool split) {
     const bool rev = k == 1;
-    Tensor wp = pack_pair_panels(bits(w_hh[k]), G, H, Hout);
+    const int64_t Kp = L.kpad(Hout);
+    Tensor wp = pack_pair_panels(bits(w_hh[k]), G, H, Hout, Kp);
     const uint16_t* P = bits(wp);
     float* hs = hn.data_ptr<float>() + k * B * Hout;
-    float* gh_k = gh.data_ptr<float>() + k * B * GH;
+    float* gh_k = gh.data_ptr<float>() + k * Bp * GH;
     FwdArgs<float> a{};
     a.gh = gh_k;
     a.ldgh = GH;
@@ -257,25 +383,36 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
     float* hprev_k = train ? hprev.data_ptr<float>() + k * N * Hout : nullptr;
     const auto steps = step_spans(d.sizes, d.offs, rev);
     if (!d.proj) {
-      recurrence<Cell>(bk, fwd, a, steps, hs, B, P, gi_p + k * GH, D * GH, out_p + k * Hout, D * Hout, save_k,
-                       hprev_k, gh_k, split);
+      const int64_t Kpi = L.kpad(d.I);
+      Tensor wi = pack_pair_panels(bits(w_ih[k]), G, H, d.I, Kpi);
+      const ChunkInput in{bits(x), d.I, bits(wi), Kpi, bias.data() + k * GH};
+      recurrence<Cell>(bk, L, fwd, a, steps, hs, B, P, in, d.packed, out_p + k * Hout, D * Hout, save_k, hprev_k, gh_k,
+                       split);
       return;
     }
     // proj_size (LSTM): gates on Hout-wide h, then h_t = W_hr r_t; each product split over its
     // column blocks when a step is large enough.
-    Tensor wr = pack_pair_panels(bits(*w_hr[k]), 1, Hout, H);
+    const int64_t KpH = L.kpad(H);
+    Tensor wr = pack_pair_panels(bits(*w_hr[k]), 1, Hout, H, KpH);
     const uint16_t* PR = bits(wr);
     Tensor rbuf = at::empty({B, H}, opt);
-    Tensor bt = at::empty({B, std::max(H, Hout)}, at::kBFloat16);
+    Tensor hpad = at::empty({Bp, Hout}, opt);  // the projection's rows (AMX writes Bp)
+    Tensor bt = at::zeros({Bp, std::max(Kp, KpH)}, at::kBFloat16);  // bf16 operand, zero padding
     uint16_t* bb = reinterpret_cast<uint16_t*>(bt.data_ptr<at::BFloat16>());
+    const int64_t ldb = std::max(Kp, KpH);
     float* R_k = train ? R.data_ptr<float>() + k * N * H : nullptr;
     const int64_t nb = blocks_of(H), nbo = blocks_of(Hout), min_split = split ? parallel_step_macs() : INT64_MAX;
     for (int64_t s = 0; s < nT; ++s) {
       const StepSpan st = steps[s];
       if (train) std::memcpy(hprev_k + st.row0 * Hout, hs, sizeof(float) * st.bs * Hout);
-      bk.to_bf16(hs, bb, st.bs * Hout);
+      for (int64_t b = 0; b < st.bs; ++b) {
+        bk.to_bf16(hs + b * Hout, bb + b * ldb, Hout);
+        std::fill(bb + b * ldb + Hout, bb + b * ldb + ldb, uint16_t(0));
+      }
       const int64_t g1 = st.bs * GH * Hout >= min_split ? 1 : nb;
-      at::parallel_for(0, nb, g1, [&](int64_t b0, int64_t b1) { step_product(bk, G, H, Hout, st.bs, bb, P, gh_k, b0, b1); });
+      at::parallel_for(0, nb, g1, [&](int64_t b0, int64_t b1) {
+        step_product_ld(bk, L, G, H, Hout, Kp, ldb, st.bs, bb, P, gh_k, GH, b0, b1);
+      });
       FwdArgs<float> f = a;
       f.gi = gi_p + st.row0 * D * GH + k * GH;
       f.out = nullptr;
@@ -283,9 +420,16 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
       f.h = train ? R_k + st.row0 * H : rbuf.data_ptr<float>();
       f.ldh = H;
       run_pointwise<float>(fwd, f, st.bs * H, kGrain / G);
-      bk.to_bf16(f.h, bb, st.bs * H);
+      for (int64_t b = 0; b < st.bs; ++b) {
+        bk.to_bf16(f.h + b * H, bb + b * ldb, H);
+        std::fill(bb + b * ldb + H, bb + b * ldb + ldb, uint16_t(0));
+      }
       const int64_t g2 = st.bs * Hout * H >= min_split ? 1 : nbo;
-      at::parallel_for(0, nbo, g2, [&](int64_t b0, int64_t b1) { step_product(bk, 1, Hout, H, st.bs, bb, PR, hs, b0, b1); });
+      float* hp = hpad.data_ptr<float>();
+      at::parallel_for(0, nbo, g2, [&](int64_t b0, int64_t b1) {
+        step_product_ld(bk, L, 1, Hout, H, KpH, ldb, st.bs, bb, PR, hp, Hout, b0, b1);
+      });
+      std::memcpy(hs, hp, sizeof(float) * st.bs * Hout);
       float* o = out_p + st.row0 * D * Hout + k * Hout;
       for (int64_t b = 0; b < st.bs; ++b) std::memcpy(o + b * D * Hout, hs + b * Hout, sizeof(float) * Hout);
     }

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "overrides.h"
 
 #include <cstdlib>
@@ -27,6 +28,8 @@ Overrides read_overrides() {
   o.gemm_aten = env_is(gemm, "aten");
   o.gemm_nopack = env_is(gemm, "nopack");
   if (const char* macs = std::getenv("FASTRNN_PARALLEL_STEP_MACS")) o.parallel_step_macs = std::atoll(macs);
+  if (const char* rows = std::getenv("FASTRNN_AMX_STEP_ROWS")) o.amx_step_rows = std::atoll(rows);
+  if (const char* rows = std::getenv("FASTRNN_BF16_CHUNK_ROWS")) o.bf16_chunk_rows = std::max<long long>(1, std::atoll(rows));
   o.huge_pages = !env_is(std::getenv("FASTRNN_HUGE_PAGES"), "0");
   if (const char* mb = std::getenv("FASTRNN_SCRATCH_CACHE_MB"))
     o.scratch_cache_mb = static_cast<size_t>(std::atoll(mb));

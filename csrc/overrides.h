@@ -23,6 +23,12 @@ struct Overrides {
   // FASTRNN_ISA=avx512_bf16: native bf16 without AMX (the input projection on vdpbf16ps too).
   bool isa_no_bf16 = false;
   bool isa_no_amx = false;
+  // FASTRNN_AMX_STEP_ROWS: native bf16 steps of at least this many rows run on AMX tiles, fewer on
+  // vdpbf16ps (layer_forward_bf16.cpp: kAmxStepRows).
+  std::optional<int64_t> amx_step_rows;
+  // FASTRNN_BF16_CHUNK_ROWS: rows of steps whose input projection a native bf16 loop makes at once
+  // (layer_forward_bf16.cpp: kChunkRows).
+  std::optional<int64_t> bf16_chunk_rows;
   // FASTRNN_GEMM=aten: per-step GEMMs through at::mm_out instead of torch's BLAS symbols;
   // FASTRNN_GEMM=nopack: BLAS, without MKL's packed-weight GEMM (blas.cpp).
   bool gemm_aten = false;

@@ -6,7 +6,9 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "bf16.h"
 #include "kernel_table.h"
@@ -82,6 +84,128 @@ void to_bf16(const float* src, uint16_t* dst, int64_t n) {
     const __mmask16 m = __mmask16((1u << (n - i)) - 1u);
     _mm256_mask_storeu_epi16(dst + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
   }
+}
+
+}  // namespace isa_bf16
+}  // namespace fastrnn
+
+namespace fastrnn {
+namespace isa_bf16 {
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// 2 x 2 register blocking: tmm0-3 hold C of two 16-row blocks x two panels, tmm4-5 the two A
+// blocks (16 rows x 32 bf16), tmm6-7 the two B panels (16 pairs x 16 columns): per 32 k, four
+// tile loads feed four multiplies.  Panels are the outer loop so each pair of panels is read from
+// L2 once per step for all row blocks (W_hh of LSTM H=512 is 2 MiB: a loop over row blocks
+// outside would stream it from L3 once per 16 rows).
+const TileConfig& tile_config() {
+  static const TileConfig cfg = [] {
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) {
+      c.colsb[t] = 64;
+      c.rows[t] = 16;
+    }
+    return c;
+  }();
+  return cfg;
+}
+
+template <int NM, int NP>
+inline void amx_block(const AmxStepArgs& a, int64_t m0, int64_t p, float* tmp) {
+  const int64_t stride_p = a.K * 16;
+  // GCC's tile intrinsics are macros that paste the tile number: literal numbers only.
+  auto target = [&](int mi, int pi, int64_t& ncols) {
+    const int64_t q = p + pi, jb = q / a.G, g = q - jb * a.G;
+    ncols = std::min<int64_t>(16, a.H - jb * 16);
+    return a.C + (m0 + 16 * mi) * a.ldc + g * a.H + jb * 16;
+  };
+  auto spill = [&](float* C, int64_t ncols) {
+    for (int r = 0; r < 16; ++r) std::memcpy(C + r * a.ldc, tmp + r * 16, sizeof(float) * ncols);
+  };
+  auto gather = [&](const float* C, int64_t ncols) {
+    for (int r = 0; r < 16; ++r) {
+      std::memcpy(tmp + r * 16, C + r * a.ldc, sizeof(float) * ncols);
+      std::fill(tmp + r * 16 + ncols, tmp + r * 16 + 16, 0.f);
+    }
+  };
+#define FASTRNN_AMX_INIT(t, mi, pi)               \
+  if (NM > mi && NP > pi) {                       \
+    if (!a.load_c) {                              \
+      _tile_zero(t);                              \
+    } else {                                      \
+      int64_t ncols;                              \
+      float* C = target(mi, pi, ncols);           \
+      if (ncols == 16) {                          \
+        _tile_loadd(t, C, a.ldc * 4);             \
+      } else {                                    \
+        gather(C, ncols);                         \
+        _tile_loadd(t, tmp, 64);                  \
+      }                                           \
+    }                                             \
+  }
+  FASTRNN_AMX_INIT(0, 0, 0)
+  FASTRNN_AMX_INIT(1, 0, 1)
+  FASTRNN_AMX_INIT(2, 1, 0)
+  FASTRNN_AMX_INIT(3, 1, 1)
+#undef FASTRNN_AMX_INIT
+  const uint16_t* A = a.A + m0 * a.lda;
+  const uint16_t* P = a.P + p * stride_p;
+  for (int64_t k = 0; k < a.K; k += 32) {
+    _tile_loadd(4, A + k, a.lda * 2);
+    _tile_loadd(6, P + k * 16, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (NP > 1) {
+      _tile_loadd(7, P + stride_p + k * 16, 64);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    if (NM > 1) {
+      _tile_loadd(5, A + 16 * a.lda + k, a.lda * 2);
+      _tile_dpbf16ps(2, 5, 6);
+      if (NP > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+#define FASTRNN_AMX_STORE(t, mi, pi)              \
+  if (NM > mi && NP > pi) {                       \
+    int64_t ncols;                                \
+    float* C = target(mi, pi, ncols);             \
+    if (ncols == 16) {                            \
+      _tile_stored(t, C, a.ldc * 4);              \
+    } else {                                      \
+      _tile_stored(t, tmp, 64);                   \
+      spill(C, ncols);                            \
+    }                                             \
+  }
+  FASTRNN_AMX_STORE(0, 0, 0)
+  FASTRNN_AMX_STORE(1, 0, 1)
+  FASTRNN_AMX_STORE(2, 1, 0)
+  FASTRNN_AMX_STORE(3, 1, 1)
+#undef FASTRNN_AMX_STORE
+}
+
+template <int NP>
+inline void amx_panels(const AmxStepArgs& a, int64_t p, float* tmp) {
+  int64_t m0 = 0;
+  for (; m0 + 32 <= a.Mp; m0 += 32) amx_block<2, NP>(a, m0, p, tmp);
+  if (m0 < a.Mp) amx_block<1, NP>(a, m0, p, tmp);
+}
+
+}  // namespace
+
+void amx_begin() { _tile_loadconfig(&tile_config()); }
+void amx_end() { _tile_release(); }
+
+void amx_step(const AmxStepArgs& a) {
+  alignas(64) float tmp[16 * 16];
+  const int64_t p0 = a.b0 * a.G, p1 = a.b1 * a.G;
+  int64_t p = p0;
+  for (; p + 2 <= p1; p += 2) amx_panels<2>(a, p, tmp);
+  if (p < p1) amx_panels<1>(a, p, tmp);
 }
 
 }  // namespace isa_bf16

@@ -55,6 +55,10 @@ Tensor pack_pair_panels(const uint16_t* W, int64_t G, int64_t H, int64_t K, int6
       for (int64_t k2 = 0; k2 < K2; ++k2) {
         uint16_t* dst = panel + k2 * kPairPanel;
         const int64_t k = 2 * k2;
+        if (k >= K) {  // the padding to Kp: zero pairs (never a read past W's row)
+          std::fill(dst, dst + kPairPanel, uint16_t(0));
+          continue;
+        }
         for (int64_t c = 0; c < w; ++c) {
           dst[2 * c] = rows[c * K + k];
           dst[2 * c + 1] = k + 1 < K ? rows[c * K + k + 1] : uint16_t(0);

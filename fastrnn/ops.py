@@ -10,6 +10,8 @@ only kernels, in its module:
         -> (dx, dh0, dc0, per direction (dw_ih, dw_hh, db_ih, db_hh, dw_hr))
     saved_like(cell, x, batch_sizes, h0, c0, weights) -> list   (shapes only, for fake tensors)
     COMPUTE_DTYPES                                                 (the rest run upcast to float32)
+    NATIVE_DTYPES (optional)     half types whose forward runs natively: x and weights in that dtype,
+                                 h0/c0 float32; outputs and saved values float32, backward upcast
 
 on inputs that are contiguous and of a compute dtype. Everything else is here, once: contiguity,
 the half-type upcast, empty input, autograd and the registration with `torch.library`:
@@ -75,14 +77,19 @@ def _compute_dtype(kernels, dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in kernels.COMPUTE_DTYPES else torch.float32
 
 
-def _prepare(kernels, x, batch_sizes, h0, c0, flat):
+def _prepare(kernels, x, batch_sizes, h0, c0, flat, native: bool = False):
     """Contiguous inputs in the backend's compute dtype (half types: float32 state and
-    accumulation, like the reference), int64 batch sizes."""
+    accumulation, like the reference), int64 batch sizes.  `native` (forward only): a half type
+    the backend runs natively keeps x and the weights in it, with float32 states."""
     bs = batch_sizes if batch_sizes is None or batch_sizes.dtype == torch.int64 else batch_sizes.long()
     if x.dtype in kernels.COMPUTE_DTYPES:  # the common case, kept cheap: a small call is ~50 us
         return (x.contiguous(), bs, h0.contiguous(), None if c0 is None else c0.contiguous(),
                 [None if w is None else w.contiguous() for w in flat])
     ct = torch.float32
+    if native and x.dtype in getattr(kernels, "NATIVE_DTYPES", ()):
+        half = lambda t: None if t is None else t.to(x.dtype).contiguous()  # noqa: E731
+        return (x.contiguous(), bs, h0.to(ct).contiguous(), None if c0 is None else c0.to(ct).contiguous(),
+                [half(w) for w in flat])
     cast = lambda t: None if t is None else t.to(ct).contiguous()  # noqa: E731
     return cast(x), bs, cast(h0), cast(c0), [cast(w) for w in flat]
 
@@ -99,7 +106,7 @@ def layer_forward(cell: str, backend: str, x, batch_sizes, h0, c0, flat, train: 
         return (x.new_zeros(0, (len(flat) // 5) * h0.size(2)), h0.clone(),
                 None if c0 is None else c0.clone(), [])
     k = _kernels(backend)
-    xc, bs, h0c, c0c, fc = _prepare(k, x, batch_sizes, h0, c0, flat)
+    xc, bs, h0c, c0c, fc = _prepare(k, x, batch_sizes, h0, c0, flat, native=True)
     out, hn, cn, saved = k.forward(cell, xc, bs, h0c, c0c, _split(fc), train)
     if out.dtype != x.dtype:
         out, hn, cn = out.to(x.dtype), hn.to(x.dtype), _to(cn, x.dtype)

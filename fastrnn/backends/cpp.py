@@ -30,6 +30,9 @@ def _load():
             f"({e}); build it with `pip install --no-build-isolation -e .` (needs a C++ compiler, "
             "cmake and the torch this extension was built against)") from e
     _ext = ext
+    global NATIVE_DTYPES, NATIVE_ISA
+    NATIVE_ISA = ext.native_bf16()
+    NATIVE_DTYPES = frozenset((torch.bfloat16,)) if NATIVE_ISA else frozenset()
     import sys
     return sys.modules[__name__]
 
@@ -37,6 +40,22 @@ def _load():
 # The kernel contract of fastrnn/ops.py: float32 and float64 natively; the op layer runs the
 # half types upcast to float32 (fp32 state and accumulation, like the reference).
 COMPUTE_DTYPES = frozenset((torch.float32, torch.float64))
+# Half types whose forward runs natively (csrc/layer_forward_bf16.cpp: bf16 weights and activations,
+# float32 accumulation and state; AVX512_BF16 steps, AMX input projection): bf16 where the CPU has
+# AVX512_BF16 and FASTRNN_ISA does not cap it.  Their saved values are float32 and their backward
+# runs upcast on them.  Set when the extension loads (empty before).
+NATIVE_DTYPES: frozenset = frozenset()
+NATIVE_ISA = ""  # "amx_bf16", "avx512_bf16" or "" (_ext.native_bf16())
+
+
+def native_dtypes() -> frozenset:
+    """NATIVE_DTYPES, loading the extension first (empty where it does not load)."""
+    if _ext is None:
+        from fastrnn import backends
+        ok, _ = backends.get("cpp").availability()
+        if not ok:
+            return frozenset()
+    return NATIVE_DTYPES
 
 
 def forward(cell, x, batch_sizes, h0, c0, weights, train):

@@ -98,6 +98,12 @@ def _torch_has_native(dtype) -> bool:
     return check is not None and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, check)()
 
 
+def _cpp_native(dtype) -> bool:
+    """Whether the cpp backend runs this half type's forward natively (fastrnn/backends/cpp.py)."""
+    from fastrnn.backends import cpp
+    return dtype in cpp.native_dtypes()
+
+
 def _step_flops(call) -> float:
     """One direction's recurrent GEMM in one step: 2 * B * Hout * G*H."""
     return 2.0 * call.batch * (call.proj_size or call.hidden_size) * gates(call.cell) * call.hidden_size
@@ -116,18 +122,24 @@ def torch_wins(backend: str, call) -> str:
     t, mode = table(), "fwdbwd" if call.needs_grad else "fwd"
     onednn = onednn_lstm_applies(call.cell, call.device, call.dtype, call.proj_size, call.packed)
     half = _HALF_NAMES.get(call.dtype)
-    # Half types run upcast to float32 in our loops; where oneDNN has native kernels torch wins
-    # from a size on (the thresholds per dtype; numba, single-threaded, loses all but the smallest).
+    # Half types run upcast to float32 in our loops, or natively in cpp where the CPU has the
+    # instructions (bf16: AVX512_BF16 / AMX, `cpp.NATIVE_DTYPES`; its own "<dtype>.native.*"
+    # thresholds); where oneDNN has native kernels torch wins from a size on (the thresholds per
+    # dtype and path; numba, single-threaded, loses all but the smallest).
     if half and _torch_has_native(call.dtype):
         if backend == "numba" and t["numba_half_to_torch"]:
             return f"{half} would run upcast to float32 here; torch runs it natively"
-        rows = t[f"{half}.fused_lstm_rows_above.{mode}"]
+        ours = "our float32 upcast"
+        key = half
+        if backend == "cpp" and _cpp_native(call.dtype):
+            ours, key = f"our native {half}", f"{half}.native"
+        rows = t[f"{key}.fused_lstm_rows_above.{mode}"]
         fused = call.cell == "lstm" and not call.proj_size and not call.packed and torch.backends.mkldnn.enabled
         if fused and rows is not None:
             if call.batch > rows:
-                return f"torch's native {half} oneDNN LSTM is faster than our float32 upcast above {rows} rows"
-        elif _step_flops(call) > t[f"{half}.gemm_flops_above.{mode}"]:
-            return f"torch's native {half} GEMMs are faster than our float32 upcast at this size"
+                return f"torch's native {half} oneDNN LSTM is faster than {ours} above {rows} rows"
+        elif _step_flops(call) > t[f"{key}.gemm_flops_above.{mode}"]:
+            return f"torch's native {half} GEMMs are faster than {ours} at this size"
     if call.steps == 1 and (backend == "numba" or not onednn) and one_step_to_torch(call.device, call.dtype):
         return "a single float32/float64 step is faster in torch (no time loop to fuse)"
     if onednn and (backend == "numba" or not _cpp_beats_onednn(call, t)):

@@ -68,6 +68,52 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                           '(shared cores, load 5-8); bf16 fwd+bwd GRU 6.3 MF '
                                                           '1.02-1.08 | RNN 8.4 MF 0.58, GRU 25 MF 0.52',
                                                   'value': 8000000.0},
+             'bfloat16.native.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids '
+                                                                   'class: AVX512_BF16, AMX), torch 2.13, '
+                                                                   'T=100, I=H, cpp native bf16 (AMX tiles; '
+                                                                   'backward upcast), torch time / cpp time, '
+                                                                   'min of 5 (fwd) or 3 (fwd+bwd) '
+                                                                   'alternating calls of CPU time on one '
+                                                                   'thread (shared cores, load 2.3-3.1); '
+                                                                   'bf16 LSTM fwd B1 H128/256/512 '
+                                                                   '1.03/0.91/0.85, B16 0.86/0.83/1.34, B64 '
+                                                                   '0.74/0.81/0.81: torch at any batch '
+                                                                   "(oneDNN's fused bf16 LSTM)",
+                                                           'value': 0},
+             'bfloat16.native.fused_lstm_rows_above.fwdbwd': {'from': '2-core Intel Xeon (Sapphire Rapids '
+                                                                      'class: AVX512_BF16, AMX), torch 2.13, '
+                                                                      'T=100, I=H, cpp native bf16 (AMX '
+                                                                      'tiles; backward upcast), torch time / '
+                                                                      'cpp time, min of 5 (fwd) or 3 '
+                                                                      '(fwd+bwd) alternating calls of CPU '
+                                                                      'time on one thread (shared cores, '
+                                                                      'load 2.3-3.1); bf16 LSTM fwd+bwd B1 '
+                                                                      '1.66-2.71, B2 H256/512 1.97/2.17 | B4 '
+                                                                      'H128/256 0.92/1.18, B16 0.48-0.57',
+                                                              'value': 2},
+             'bfloat16.native.gemm_flops_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                              'AVX512_BF16, AMX), torch 2.13, T=100, I=H, '
+                                                              'cpp native bf16 (AMX tiles; backward upcast), '
+                                                              'torch time / cpp time, min of 5 (fwd) or 3 '
+                                                              '(fwd+bwd) alternating calls of CPU time on '
+                                                              'one thread (shared cores, load 2.3-3.1); bf16 '
+                                                              'GRU/RNN fwd won every measured case: B1-64 '
+                                                              'H128-512 1.70-17.0, GRU B64 H1024 (403 MF) '
+                                                              '1.46, GRU B256 H512 (403 MF) 1.57, RNN B256 '
+                                                              'H1024 (537 MF) 1.12; larger steps not '
+                                                              'measured',
+                                                      'value': 536870912.0},
+             'bfloat16.native.gemm_flops_above.fwdbwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
+                                                                 'AVX512_BF16, AMX), torch 2.13, T=100, I=H, '
+                                                                 'cpp native bf16 (AMX tiles; backward '
+                                                                 'upcast), torch time / cpp time, min of 5 '
+                                                                 '(fwd) or 3 (fwd+bwd) alternating calls of '
+                                                                 'CPU time on one thread (shared cores, load '
+                                                                 '2.3-3.1); bf16 fwd+bwd GRU B64 H128 (6.3 '
+                                                                 'MF) 1.35, GRU B16 H512 (25 MF) 1.09 | RNN '
+                                                                 'B16 H512 (8.4 MF) 1.00, RNN B64 H256 (8.4 '
+                                                                 'MF) 0.78, GRU B64 H256 (25 MF) 0.74',
+                                                         'value': 6291456.0},
              'float16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
                                                            'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
                                                            'T=100, I=H, torch time / cpp time, min of 7 '

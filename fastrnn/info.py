@@ -47,7 +47,7 @@ def _ext_paths() -> dict:
         return {"isa": f"n/a (cpp backend unavailable: {why})"}
     from fastrnn import _ext
     out = {}
-    for name in ("isa", "gemm_path", "parallel_threads"):
+    for name in ("isa", "native_bf16", "gemm_path", "parallel_threads"):
         fn = getattr(_ext, name, None)
         out[name] = fn() if fn is not None else "unknown (this build of _ext does not report it)"
     return out

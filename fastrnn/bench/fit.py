@@ -72,12 +72,14 @@ def fit_file(path: Path) -> dict:
         pts = [(_step_flops(c), _won(c, "numba"), cid(c, "numba")) for c in plain if _won(c, "numba") is not None]
         put(f"numba_flops_above.{mode}", _edge(pts), "per-step GEMM flops where torch beat numba")
         for short, half in _HALF.items():
+            # a file measured with cpp's native bf16 path fits that path's own keys
+            key = f"{half}.native" if short == "bf16" and doc.get("env", {}).get("cpp_native_bf16") else half
             hc = [c for c in cases if c["mode"] == mode and c["dtype"] == short and _won(c, "cpp") is not None]
             fused = [c for c in hc if c["cell"] == "lstm" and not c["proj"] and not c["packed"]]
-            put(f"{half}.fused_lstm_rows_above.{mode}",
+            put(f"{key}.fused_lstm_rows_above.{mode}",
                 _edge([(c["B"], _won(c, "cpp"), cid(c, "cpp")) for c in fused]),
                 f"rows where torch's fused {half} LSTM beat cpp")
-            put(f"{half}.gemm_flops_above.{mode}",
+            put(f"{key}.gemm_flops_above.{mode}",
                 _edge([(_step_flops(c), _won(c, "cpp"), cid(c, "cpp")) for c in hc if c not in fused]),
                 f"per-step GEMM flops where torch's {half} beat cpp")
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None

@@ -76,3 +76,4 @@ void amx_step(const AmxStepArgs& a);
 }
 
 }  // namespace fastrnn
+

@@ -78,7 +78,7 @@ PYBIND11_MODULE(_ext, m) {
         pybind11::arg("x"), pybind11::arg("batch_sizes"), pybind11::arg("h0"), pybind11::arg("c0"),
         pybind11::arg("w_ih"), pybind11::arg("w_hh"), pybind11::arg("w_hr"), pybind11::arg("saved"),
         pybind11::arg("dout"), pybind11::arg("dhn"), pybind11::arg("dcn"), pybind11::arg("need_dx"),
-        pybind11::arg("need_dw"));
+        pybind11::arg("need_dw"), pybind11::arg("bf16_gemms") = false);
   m.def("isa", &fastrnn::isa, "The instruction set the pointwise kernels were picked for");
   m.def("native_bf16", &fastrnn::native_bf16,
         "The native bfloat16 path: 'amx_bf16', 'avx512_bf16', or '' (bf16 runs upcast to float32)");

@@ -3,7 +3,9 @@
 //   forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, train)
 //       -> (out [N, D*Hout], hn [D, B, Hout], cn [D, B, H] | None, saved)
 //   backward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr, saved, dout, dhn, dcn,
-//            need_dx, need_dw) -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+//            need_dx, need_dw, bf16_gemms) -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+//       bf16_gemms (a bf16 layer's backward, its values upcast: fastrnn/ops.py): the GEMMs over all
+//       steps after the loop (dx, dw_ih, dw_hh, dw_hr) take bf16 operands (oneDNN, fp32 accumulation)
 //
 // Shapes and semantics are those of fastrnn.backends.reference.rnn_layer.  The structure
 // (DESIGN §3): one GEMM for the input projection of all steps and both directions; a C++
@@ -46,11 +48,26 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
                                 const Tensor& h0, const OptTensor& c0, const std::vector<Tensor>& w_ih,
                                 const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& w_hr,
                                 const std::vector<Tensor>& saved, const Tensor& dout, const Tensor& dhn,
-                                const OptTensor& dcn, bool need_dx, bool need_dw);
+                                const OptTensor& dcn, bool need_dx, bool need_dw, bool bf16_gemms = false);
 
 namespace layer {
 using Dims = checks::LayerDims;
 }
+
+// A recurrent product of float32 operands on the bf16 kernels, for a bf16 layer's backward run
+// upcast (its values are bf16, or rounded to bf16 as a forward GEMM operand would be):
+// C[:bs, :N] (+)= bf16(A[:bs, :K]) W^T, W [N, K] float32 holding bf16 values (exact), packed once.
+// Split over column blocks across threads when a product is large enough.  layer_forward_bf16.cpp.
+class Bf16Product {
+ public:
+  Bf16Product(const float* W, int64_t N, int64_t K, int64_t max_rows);
+  void operator()(int64_t bs, const float* A, int64_t lda, float* C, int64_t ldc, bool accumulate) const;
+
+ private:
+  int64_t N_, K_, Kp_, rows_;
+  bool amx_;
+  at::Tensor panels_, a_, c_;  // packed W; bf16 A [rows, Kp] (zero padding); fp32 C [rows, N]
+};
 
 // The native bfloat16 forward (layer_forward_bf16.cpp), for a call check_layer passed with x bf16.
 std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16(

@@ -3,6 +3,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include <memory>
+
 #include "blas.h"
 #include "kernel_table.h"
 #include "layer_grads.h"
@@ -18,7 +20,7 @@ template <class Cell, typename T>
 std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::vector<Tensor>& w_ih,
                                      const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& w_hr,
                                      const std::vector<Tensor>& saved, const Tensor& dout, const Tensor& dhn,
-                                     const OptTensor& dcn, bool need_dx, bool need_dw) {
+                                     const OptTensor& dcn, bool need_dx, bool need_dw, bool bf16_gemms) {
   constexpr int G = Cell::G, S = Cell::S;
   const int64_t N = d.N, D = d.D, B = d.B, H = d.H, Hout = d.Hout, GH = G * H, nT = d.T;
   constexpr bool kSplit = Cell::kSplitRecurrentBias;
@@ -37,15 +39,19 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   const auto bwd_dout = bwd_kernel<T>(Cell::kId, true);
   const auto bwd_plain = bwd_kernel<T>(Cell::kId, false);
   const LoopPlan plan = plan_for<T>(d);
-  const bool fused = plan.fused;
+  // bf16_gemms (a bf16 layer, where this CPU has the native kernels): the BLAS loop with each
+  // step's dh = dG_h W_hh on the bf16 kernels (Bf16Product), dx and the weight gradients after it.
+  const bool bf16_steps = bf16_gemms && std::is_same<T, float>::value && bf16_kernels() != nullptr && !d.proj;
+  const bool fused = plan.fused && !bf16_steps;
   // The fused loop's steps compute their dx rows where the forward's steps did their input
   // projection; the second direction's into its own buffer, added after (the directions may run
   // at once).
-  const bool step_dx = need_dx && plan.step_input;
+  // (bf16_gemms: after the loop, on bf16 GEMMs, instead.)
+  const bool step_dx = need_dx && plan.step_input && !bf16_gemms;
   Tensor dx = step_dx ? at::empty({N, d.I}, opt) : Tensor();
   Tensor dx1 = step_dx && D == 2 ? scratch({N, d.I}, opt) : Tensor();
   // ... and each direction's weight and bias gradients, accumulated over the steps (AVX-512).
-  const bool step_dw = need_dw && plan.step_weight_grads;
+  const bool step_dw = need_dw && plan.step_weight_grads && !bf16_gemms;
   std::vector<Tensor> dw;  // per direction: dw_ih, dw_hh, db_ih, db_hh (kSplit only: the others' is db_ih)
   if (step_dw)
     for (int64_t k = 0; k < D; ++k)
@@ -54,7 +60,15 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   {
     auto direction = [&](int64_t k, bool split) {
       const bool rev = k == 1;
-      const StepGemm<T> rec(false, Hout, GH, w_hh[k].data_ptr<T>(), Hout, fused || nT <= 1 ? 0 : B);  // 0: no packing
+      const StepGemm<T> rec(false, Hout, GH, w_hh[k].data_ptr<T>(), Hout,
+                            fused || nT <= 1 || bf16_steps ? 0 : B);  // 0: no packing
+      std::unique_ptr<Bf16Product> brec;
+      if constexpr (std::is_same<T, float>::value) {
+        if (bf16_steps) {  // W_hh^T [Hout, GH]: dh = dG_h (W_hh^T)^T
+          const Tensor wt = w_hh[k].t().contiguous();
+          brec = std::make_unique<Bf16Product>(wt.data_ptr<float>(), Hout, GH, B);
+        }
+      }
       T* dhs = dh.data_ptr<T>() + k * B * Hout;
       T* dcs = Cell::has_c ? dc.data_ptr<T>() + k * B * H : nullptr;
       const StepGemm<T> prj(false, H, Hout, d.proj ? w_hr[k]->data_ptr<T>() : nullptr, H, d.proj ? B : 0);
@@ -118,6 +132,12 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
         }
         run_pointwise<T>(fn, a, bs * H, kGrain / G);
         // dL/dh_{t-1} = dG_h W_hh (+ the direct term a kDirectPrevH cell's pass left in dh).
+        if constexpr (std::is_same<T, float>::value) {
+          if (brec) {
+            (*brec)(bs, a.dgh, D * GH, dhs, Hout, Cell::kDirectPrevH);
+            continue;
+          }
+        }
         rec(bs, a.dgh, D * GH, Cell::kDirectPrevH ? T(1) : T(0), dhs, Hout);
       }
     };
@@ -129,7 +149,8 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
   if (dx1.defined()) dx.add_(dx1);
   std::vector<OptTensor> res;
   append_layer_grads(res, x, w_ih, dgi, dgh, hprev, dh, Cell::has_c ? OptTensor(dc) : OptTensor(), dHt,
-                     d.proj ? saved[2] : Tensor(), D, GH, kSplit, need_dx, need_dw, dx, dw);
+                     d.proj ? saved[2] : Tensor(), D, GH, kSplit, need_dx, need_dw, dx, dw,
+                     bf16_gemms && std::is_same<T, float>::value);
   return res;
 }
 
@@ -140,7 +161,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
                                 const Tensor& h0, const OptTensor& c0, const std::vector<Tensor>& w_ih,
                                 const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& w_hr,
                                 const std::vector<Tensor>& saved, const Tensor& dout, const Tensor& dhn,
-                                const OptTensor& dcn, bool need_dx, bool need_dw) {
+                                const OptTensor& dcn, bool need_dx, bool need_dw, bool bf16_gemms) {
   using namespace layer;
   TORCH_CHECK(x.scalar_type() != at::kBFloat16, kWhere, ": backward runs float32 and float64 (bfloat16 "
               "layers run backward upcast to float32: fastrnn/ops.py), got x of dtype ", x.scalar_type());
@@ -149,7 +170,7 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
   checks::check_backward(kWhere, d, x, cell_traits(d.cell).S, dt, saved, dout, dhn, dcn);
   return layer::with_cell_and_type(d.cell, dt, [&](auto c, auto t) {
     return layer::backward_impl<decltype(c), decltype(t)>(d, x, w_ih, w_hh, w_hr, saved, dout, dhn, dcn, need_dx,
-                                                   need_dw);
+                                                   need_dw, bf16_gemms);
   });
 }
 

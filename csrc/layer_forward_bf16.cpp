@@ -450,6 +450,50 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
 }  // namespace
 }  // namespace layer
 
+Bf16Product::Bf16Product(const float* W, int64_t N, int64_t K, int64_t max_rows) : N_(N), K_(K) {
+  const layer::StepLayout L;
+  amx_ = L.amx;
+  Kp_ = L.kpad(K);
+  rows_ = L.rows(max_rows);
+  Tensor wb = at::from_blob(const_cast<float*>(W), {N, K}, at::kFloat).to(at::kBFloat16);
+  panels_ = layer::pack_pair_panels(layer::bits(wb), 1, N, K, Kp_);
+  a_ = at::zeros({rows_, Kp_}, at::kBFloat16);
+  c_ = at::empty({rows_, N}, at::kFloat);
+}
+
+void Bf16Product::operator()(int64_t bs, const float* A, int64_t lda, float* C, int64_t ldc, bool accumulate) const {
+  if (bs == 0) return;
+  const Bf16Kernels& bk = *bf16_kernels();
+  uint16_t* a = reinterpret_cast<uint16_t*>(a_.data_ptr<at::BFloat16>());
+  float* c = c_.data_ptr<float>();
+  for (int64_t b = 0; b < bs; ++b) bk.to_bf16(A + b * lda, a + b * Kp_, K_);
+  const int64_t nb = blocks_of(N_);
+  // whole tiles of rows through the padded C; the live rows copied (added) into C after
+  const int64_t grain = bs * N_ * K_ >= parallel_step_macs() ? 1 : nb;
+  const uint16_t* P = layer::bits(panels_);
+  at::parallel_for(0, nb, grain, [&](int64_t b0, int64_t b1) {
+    if (amx_) {
+      isa_bf16::amx_begin();
+      isa_bf16::amx_step(AmxStepArgs{layer::round_up(bs, 16), Kp_, a, Kp_, P, 1, N_, b0, b1, c, N_, false});
+      isa_bf16::amx_end();
+    } else {
+      const int64_t K2 = Kp_ / 2;
+      for (int64_t jb = b0; jb < b1; ++jb)
+        bk.panel(PanelBf16Args{bs, K_, a, Kp_, P + jb * K2 * kPairPanel, c + jb * kPanel, N_,
+                               std::min(kPanel, N_ - jb * kPanel), false});
+    }
+    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, N_);
+    for (int64_t b = 0; b < bs; ++b) {
+      float* dst = C + b * ldc;
+      const float* src = c + b * N_;
+      if (accumulate)
+        for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
+      else
+        std::memcpy(dst + j0, src + j0, sizeof(float) * (j1 - j0));
+    }
+  });
+}
+
 std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16(
     const layer::Dims& d, const Tensor& x, const Tensor& h0, const OptTensor& c0, const std::vector<Tensor>& w_ih,
     const std::vector<Tensor>& w_hh, const std::vector<OptTensor>& b_ih, const std::vector<OptTensor>& b_hh,

@@ -12,6 +12,7 @@ only kernels, in its module:
     COMPUTE_DTYPES                                                 (the rest run upcast to float32)
     NATIVE_DTYPES (optional)     half types whose forward runs natively: x and weights in that dtype,
                                  h0/c0 float32; outputs and saved values float32, backward upcast
+                                 (its `backward` then also takes half=<dtype>)
 
 on inputs that are contiguous and of a compute dtype. Everything else is here, once: contiguity,
 the half-type upcast, empty input, autograd and the registration with `torch.library`:
@@ -132,7 +133,9 @@ def layer_backward(cell, backend, x, batch_sizes, h0, c0, flat, saved, dout, dhn
     if c0 is not None:
         dcn = torch.zeros_like(c0c) if dcn is None else dcn.to(ct).contiguous()
     need_dw = any(need[3:])
-    res = k.backward(cell, xc, bs, h0c, c0c, _split(fc), list(saved), dout, dhn, dcn, bool(need[0]), need_dw)
+    # a backend with native half types hears which one it runs upcast (its gradients end in it)
+    kw = {"half": x.dtype} if x.dtype in getattr(k, "NATIVE_DTYPES", ()) else {}
+    res = k.backward(cell, xc, bs, h0c, c0c, _split(fc), list(saved), dout, dhn, dcn, bool(need[0]), need_dw, **kw)
     dx, dh0, dc0 = res[0], res[1], res[2]
     dw = list(res[3:3 + 5 * D]) if need_dw else [None] * (5 * D)  # a backend may skip them
     dflat = [g if (w is not None and n) else None for g, w, n in zip(dw, flat, need[3:])]

@@ -40,13 +40,14 @@ def forward(ext, cell, x, batch_sizes, h0, c0, weights, train):
     return ext.forward(*args)  # entering even a null context costs ~1 us, a few percent of a small call
 
 
-def backward(ext, cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw):
+def backward(ext, cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw, **kw):
+    """kw: extension-specific options (cpp: bf16_gemms)."""
     args = (cell, x, batch_sizes, h0, c0, [w[0] for w in weights], [w[1] for w in weights],
             [w[4] for w in weights], saved, dout, dhn, dcn, need_dx, need_dw)
     if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
         with no_autocast(x.device.type):
-            return ext.backward(*args)
-    return ext.backward(*args)
+            return ext.backward(*args, **kw)
+    return ext.backward(*args, **kw)
 
 
 def saved_like(cell, x, h0, c0, weights, save_dtype):

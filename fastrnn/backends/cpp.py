@@ -62,8 +62,12 @@ def forward(cell, x, batch_sizes, h0, c0, weights, train):
     return _compiled.forward(_ext, cell, x, batch_sizes, h0, c0, weights, train)
 
 
-def backward(cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw):
-    return _compiled.backward(_ext, cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw)
+def backward(cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw, half=None):
+    """half: the layer's own dtype when it is a half type run upcast here (the op layer passes it); for
+    bf16 the GEMMs over all steps (dx, weight gradients) then take bf16 operands (csrc/layer_grads.h)."""
+    kw = {"bf16_gemms": True} if half == torch.bfloat16 and half in NATIVE_DTYPES else {}
+    return _compiled.backward(_ext, cell, x, batch_sizes, h0, c0, weights, saved, dout, dhn, dcn, need_dx, need_dw,
+                              **kw)
 
 
 def saved_like(cell, x, batch_sizes, h0, c0, weights):

@@ -216,4 +216,5 @@ def test_auto_hands_bf16_to_torch_where_torch_measured_faster():
     assert pick(cell="gru", batch=64, hidden_size=512, needs_grad=True) == "torch"   # 100 MFLOP a step
     # native: GRU/RNN inference at every measured size (to 537 MFLOP a step); upcast: up to 4 MFLOP
     assert pick(cell="gru", batch=64, hidden_size=512, needs_grad=False) == ("cpp" if native else "torch")
+    assert pick(cell="lstm", batch=4, hidden_size=256, needs_grad=True) == ("cpp" if native else "torch")
     assert backends.select("auto", _call(dtype=torch.float32, cell="gru", batch=64, hidden_size=512)).name == "cpp"

@@ -2,15 +2,19 @@
 // float32 accumulation, float32 state and pointwise math (the fp32 cell passes of the kernel
 // table), so h_t is rounded to bf16 only as the next step's GEMM operand, as oneDNN does.
 //
-//   input projection  gi [N, D*G*H] fp32 = bias + x W_ih^T: AMX tiles where the CPU has AMX-BF16,
-//                     else the AVX512_BF16 pair-panel kernel;
-//   recurrence        per step gh = bf16(h_{t-1}) W_hh^T on the pair panels (W_hh packed once per
+//   recurrence        per step gh = bf16(h_{t-1}) W_hh^T on pair panels (bf16.h; W_hh packed once per
 //                     call), each thread owning a range of hidden blocks for the product and the
-//                     cell pass (fused_steps.h's loop: one barrier a step);
-//   proj_size         the projection h_t = W_hr (o*tanh(c_t)) on the same panels, step by step.
+//                     cell pass (fused_steps.h's loop: one barrier a step); AMX tiles where the CPU
+//                     has AMX-BF16 (step_gemm_bf16.cpp), else vdpbf16ps;
+//   input projection  made inside that loop, chunk by chunk (ChunkInput): each thread multiplies
+//                     the next ~kChunkRows rows of x by its own blocks of W_ih into a ring of gi rows
+//                     that stays in cache; LSTM and RNN then add the step's product onto those rows;
+//   proj_size         the input projection of all steps first, then step by step gates, cell and
+//                     the projection h_t = W_hr (o*tanh(c_t)) on the same kernels.
 //
-// Outputs and saved values are float32 (the op layer casts out/hn/cn to bf16; backward runs the
-// float32 loops on the saved values: fastrnn/ops.py).
+// Outputs and saved values are float32 (the op layer casts out/hn/cn to bf16).  Backward runs the
+// float32 loop on them with its per-step product on these kernels (Bf16Product, at the end of this
+// file) and bf16 GEMM operands after the loop (layer_backward.cpp, layer_grads.h).
 #include <pybind11/pybind11.h>
 
 #include <algorithm>

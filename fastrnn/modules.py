@@ -154,8 +154,8 @@ class _RNNMixin:
                 break
             D = len(ws)
             in_size = self.input_size if layer == 0 else D * h_size
-            problem = functional.check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0[layer * D:(layer + 1) * D],
-                                                  None if c0 is None else c0[layer * D:(layer + 1) * D], ws)
+            h0_l, c0_l = functional.layer_states(h0, c0, layer, D, len(layers))
+            problem = functional.check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0_l, c0_l, ws)
         if problem:
             return _torch_error_or_raise(super().forward, orig_input, orig_hx, problem)
         autocast = x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type)
@@ -188,11 +188,16 @@ class _RNNMixin:
         return out, self.permute_hidden(hidden, unsorted_indices)
 
     def _auto_picks_torch(self, input) -> bool:
-        if type(input) is not torch.Tensor or input.dim() not in (2, 3):
+        if self.backend != "auto" or type(input) is not torch.Tensor:
             return False
-        batched = input.dim() == 3
-        B = input.size(0 if self.batch_first else 1) if batched else 1
-        T = input.size(1 if self.batch_first else 0) if batched else input.size(0)
+        dim = input.dim()
+        if dim not in (2, 3):
+            return False
+        T = input.size(1 if self.batch_first else 0) if dim == 3 else input.size(0)
+        cell, device, dtype = MODE_TO_CELL[self.mode], input.device.type, input.dtype
+        if not functional.torch_may_run(cell, device, dtype, T, self.proj_size):
+            return False  # the common call: decided in ~1 us
+        B = input.size(0 if self.batch_first else 1) if dim == 3 else 1
         w = self._flat_weights[0] if self._flat_weights else None
         return w is not None and _auto_hands_to_torch(self, w, input, B, T, 2 if self.bidirectional else 1,
                                                       self.proj_size)

@@ -167,8 +167,6 @@ class _RNNMixin:
         if self.weight_dropout and self.training:
             layers = custom.drop_connect(layers, self.weight_dropout, True)
         if self.zoneout:
-            if torch.compiler.is_compiling():
-                raise NotImplementedError("fastrnn: zoneout does not run under torch.compile yet")
             out, hn, cn = custom.rnn_zoneout(cell, x, batch_sizes, h0, c0, layers, self.dropout, self.training,
                                              self.zoneout, backend=self.backend)
         else:

@@ -151,20 +151,28 @@ def layer_states(hx, cx, layer: int, D: int, layers: int):
 
 
 def torch_runs(cell: str, device: str, dtype: torch.dtype, *, input_size: int, hidden_size: int, proj_size: int,
-               batch: int, steps: int, directions: int, packed: bool, needs_grad, backend: str) -> bool:
+               batch: int, steps: int, directions: int, packed: bool, needs_grad, backend: str,
+               may_win: bool = False) -> bool:
     """Whether a whole call, every layer, runs as one torch call (oneDNN fuses a stack, and the dropout
-    draws are torch's): backend "torch", or auto where it hands the first layer to torch. Deeper layers differ only in input
-    size (hidden * directions), which moves the pick's speed, never its result. `needs_grad` may be
-    a callable, asked only when a rule could hand the call to torch (a small call's cost counts)."""
-    if backend == "auto" and not dispatch.torch_may_win(cell, device, dtype, steps, proj_size):
-        return False  # the common call, answered first and cheaply (unless FASTRNN_BACKEND=torch)
+    draws are torch's): backend "torch", or auto where it hands the first layer to torch. Deeper layers
+    differ only in input size (hidden * directions), which moves the pick's speed, never its result.
+    `needs_grad` may be a callable, asked only when a rule could hand the call to torch (a small
+    call's cost counts); `may_win`: the caller already found `torch_may_run` true."""
     name = dispatch.requested(backend)
-    if name != "auto" or not dispatch.torch_may_win(cell, device, dtype, steps, proj_size):
+    if name != "auto":
         return name == "torch"
-    call = LayerCall(cell=cell, device=device, dtype=dtype, input_size=input_size, hidden_size=hidden_size,
-                     proj_size=proj_size, batch=batch, steps=steps, directions=directions, packed=packed,
-                     needs_grad=bool(needs_grad() if callable(needs_grad) else needs_grad))
-    return dispatch.pick("auto", call).name == "torch"
+    if not (may_win or dispatch.torch_may_win(cell, device, dtype, steps, proj_size)):
+        return False
+    grad = bool(needs_grad() if callable(needs_grad) else needs_grad)
+    key = ("stack", cell, device, dtype, input_size, hidden_size, proj_size, batch, steps, directions, packed, grad,
+           torch.backends.mkldnn.enabled)
+    picked = dispatch.PICKS.get(key)
+    if picked is None:
+        call = LayerCall(cell=cell, device=device, dtype=dtype, input_size=input_size, hidden_size=hidden_size,
+                         proj_size=proj_size, batch=batch, steps=steps, directions=directions, packed=packed,
+                         needs_grad=grad)
+        picked = dispatch.remember(key, dispatch.pick("auto", call).name)
+    return picked == "torch"
 
 
 def _stack_to_torch(cell, x, batch_sizes, hx, cx, layer_weights, backend) -> bool:

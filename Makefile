@@ -30,10 +30,12 @@ test: setup
 	@$(MAKE) --no-print-directory test-wheel
 
 # The quick grid (layer calls side by side, float32 + bf16/fp16/autocast), the quick whole-model
-# set (training steps, torch.nn and fastrnn each in its own process), then the report.
+# set (training steps, torch.nn and fastrnn each in its own process), one frame per call
+# (fastrnn.Stream against the modules and ONNX Runtime), then the report.
 bench: setup
 	$(PY) -m fastrnn.bench --quick
 	$(PY) -m fastrnn.bench models --quick
+	$(PY) -m fastrnn.bench stream
 	$(PY) -m fastrnn.bench report
 
 # On the lent GPU machine (README "Running on a GPU"): the python3 found there with its torch and

@@ -1,7 +1,9 @@
-"""LayerNorm-LSTM and a user-defined cell: fastrnn's generated fused kernels against the same
-math written as users write it today (a Python loop over the step with nn.LayerNorm, eager).
+"""LayerNorm-LSTM/GRU and a user-defined cell: fastrnn's generated fused kernels against the same
+math written as users write it today (a Python loop over the step with nn.LayerNorm, eager), and
+against torch.compile of that loop.
 
-    python benchmarks/bench_custom.py [--threads 1] [--reps 5] [--H 128 256] [--B 1 16 64]
+    python benchmarks/bench_custom.py [--threads 1] [--reps 5] [--H 128 256 512] [--B 1 16 64]
+        [--cells LayerNormLSTM LayerNormGRU "peephole LSTM"] [--compile step|loop|none]
 
 fwd+bwd (loss = output.sum()), float32, T=100, I=H. Each case times every implementation
 alternately in one process and reports medians; speed is never asserted. On a shared machine
@@ -19,50 +21,99 @@ import torch
 from torch import nn
 
 import fastrnn
+from fastrnn import custom as fcustom
 from fastrnn.custom import PEEPHOLE_LSTM_CELL, CustomRNN
 
 
-class EagerLNLSTM(nn.Module):
-    """The step as users write it: nn.LayerNorm modules and a Python loop over time."""
+class _Loop(nn.Module):
+    """A Python loop over `step` (what users write today). compile="step" swaps the step for
+    torch.compile(step) (the loop stays in Python); compile="loop" compiles the whole forward,
+    the T-step loop unrolled (minutes of inductor time per shape on a small CPU)."""
+
+    n_states = 2
+
+    def forward(self, x):
+        st = [x.new_zeros(x.size(1), self.H) for _ in range(self.n_states)]
+        outs = []
+        step = getattr(self, "_compiled_step", None) or self.step
+        for t in range(x.size(0)):
+            st = step(x[t], *st)
+            outs.append(st[0])
+        return torch.stack(outs)
+
+
+class EagerLNLSTM(_Loop):
+    """The step as users write it: nn.LayerNorm modules (haste's formulation)."""
 
     def __init__(self, I, H):
         super().__init__()
         self.H = H
-        self.w_ih = nn.Linear(I, 4 * H, bias=False)
+        self.w_ih = nn.Linear(I, 4 * H)
         self.w_hh = nn.Linear(H, 4 * H, bias=False)
         self.ln_i, self.ln_h, self.ln_c = nn.LayerNorm(4 * H), nn.LayerNorm(4 * H), nn.LayerNorm(H)
 
-    def forward(self, x):
-        h = x.new_zeros(x.size(1), self.H)
-        c = x.new_zeros(x.size(1), self.H)
-        outs = []
-        for t in range(x.size(0)):
-            i, f, g, o = (self.ln_i(self.w_ih(x[t])) + self.ln_h(self.w_hh(h))).chunk(4, 1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
-            outs.append(h)
-        return torch.stack(outs)
+    def step(self, x, h, c):
+        i, f, g, o = (self.ln_i(self.w_ih(x)) + self.ln_h(self.w_hh(h))).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(self.ln_c(c)), c
 
 
-class EagerPeephole(nn.Module):
+class EagerLNGRU(_Loop):
+    n_states = 1
+
+    def __init__(self, I, H):
+        super().__init__()
+        self.H = H
+        self.w_ih = nn.Linear(I, 3 * H)
+        self.w_hh = nn.Linear(H, 3 * H)
+        self.ln_i, self.ln_h = nn.LayerNorm(3 * H), nn.LayerNorm(3 * H)
+
+    def step(self, x, h):
+        ir, iz, inn = self.ln_i(self.w_ih(x)).chunk(3, 1)
+        hr, hz, hn = self.ln_h(self.w_hh(h)).chunk(3, 1)
+        r = torch.sigmoid(ir + hr)
+        z = torch.sigmoid(iz + hz)
+        n = torch.tanh(inn + r * hn)
+        return (n + z * (h - n),)
+
+
+class EagerPeephole(_Loop):
     def __init__(self, I, H):
         super().__init__()
         self.H = H
         self.cell = nn.Linear(I + H, 4 * H)
         self.w = nn.Parameter(torch.randn(3, H) * 0.1)
 
+    def step(self, x, h, c):
+        i, f, g, o = self.cell(torch.cat([x, h], 1)).chunk(4, 1)
+        i = torch.sigmoid(i + self.w[0] * c)
+        f = torch.sigmoid(f + self.w[1] * c)
+        c = f * c + i * torch.tanh(g)
+        return torch.sigmoid(o + self.w[2] * c) * torch.tanh(c), c
+
+
+def _compiled(m, how):
+    if how == "loop":
+        return torch.compile(m)
+    m._compiled_step = torch.compile(m.step)
+    return m
+
+
+class _NjitLoop(nn.Module):
+    """The fused module with the numba path's whole-loop driver forced (np.dot per step inside
+    @njit): the "before" of the step-wise driver, for side-by-side timing."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
     def forward(self, x):
-        h = x.new_zeros(x.size(1), self.H)
-        c = x.new_zeros(x.size(1), self.H)
-        outs = []
-        for t in range(x.size(0)):
-            i, f, g, o = self.cell(torch.cat([x[t], h], 1)).chunk(4, 1)
-            i = torch.sigmoid(i + self.w[0] * c)
-            f = torch.sigmoid(f + self.w[1] * c)
-            c = f * c + i * torch.tanh(g)
-            h = torch.sigmoid(o + self.w[2] * c) * torch.tanh(c)
-            outs.append(h)
-        return torch.stack(outs)
+        keep = fcustom.STEP_LOOP_MIN_BATCH
+        fcustom.STEP_LOOP_MIN_BATCH = 1 << 30
+        try:
+            return self.m(x)
+        finally:
+            fcustom.STEP_LOOP_MIN_BATCH = keep
 
 
 def _fwd_bwd(m, x):
@@ -73,35 +124,51 @@ def _fwd_bwd(m, x):
     return run
 
 
+CELLS = {
+    "LayerNormLSTM": (EagerLNLSTM, lambda H: fastrnn.LayerNormLSTM(H, H), lambda H: fastrnn.LSTM(H, H)),
+    "LayerNormGRU": (EagerLNGRU, lambda H: fastrnn.LayerNormGRU(H, H), lambda H: fastrnn.GRU(H, H)),
+    "peephole LSTM": (EagerPeephole, lambda H: CustomRNN(PEEPHOLE_LSTM_CELL, H, H), lambda H: fastrnn.LSTM(H, H)),
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--T", type=int, default=100)
-    ap.add_argument("--H", type=int, nargs="+", default=[128, 256])
+    ap.add_argument("--H", type=int, nargs="+", default=[128, 256, 512])
     ap.add_argument("--B", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--compile", choices=["step", "loop", "none"], default="step",
+                    help="torch.compile of the eager loop: the step (default) or the whole unrolled loop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch._dynamo.config.cache_size_limit = 64  # one compiled step per cell and shape, never an eager fallback
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    print(f"# {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, threads={args.threads}, "
-          f"float32, T={args.T}, I=H, fwd+bwd, median of {args.reps} (ms)")
-    print("| cell | B | H | eager loop | fastrnn fused | speedup | fastrnn.LSTM (cpp) | fused / plain LSTM |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"# {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
+          f"threads={args.threads}, float32, T={args.T}, I=H, fwd+bwd, median of {args.reps} (ms); "
+          f"compiled = torch.compile of the {args.compile}; njit-loop = the numba whole-loop driver (before)")
+    print("| cell | B | H | eager | compiled | fused | njit-loop | plain fastrnn | fused vs eager | "
+          "fused vs compiled | fused / plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for H in args.H:
         for B in args.B:
             x = torch.randn(args.T, B, H)
-            for name in ("LayerNormLSTM", "peephole LSTM"):
-                if name == "LayerNormLSTM":
-                    impls = {"eager": EagerLNLSTM(H, H), "fused": fastrnn.LayerNormLSTM(H, H)}
-                else:
-                    impls = {"eager": EagerPeephole(H, H), "fused": CustomRNN(PEEPHOLE_LSTM_CELL, H, H)}
-                impls["lstm"] = fastrnn.LSTM(H, H)
+            for name in args.cells:
+                eager_cls, fused, plain = CELLS[name]
+                impls = {"eager": eager_cls(H, H)}
+                if args.compile != "none":
+                    impls["compiled"] = _compiled(eager_cls(H, H), args.compile)
+                impls["fused"] = fused(H)
+                impls["njit"] = _NjitLoop(fused(H))
+                impls["plain"] = plain(H)
                 fns = {k: _fwd_bwd(m, x) for k, m in impls.items()}
-                for f in fns.values():  # warm-up: compile, caches, allocator
+                for f in fns.values():  # warm-up: compile (excluded), caches, allocator
+                    f()
                     f()
                 times = {k: [] for k in fns}
                 for _ in range(args.reps):
@@ -110,9 +177,10 @@ def main():
                         f()
                         times[k].append(time.perf_counter() - t0)
                 med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-                print(f"| {name} | {B} | {H} | {med['eager']:.1f} | {med['fused']:.1f} | "
-                      f"{med['eager'] / med['fused']:.1f}x | {med['lstm']:.1f} | {med['fused'] / med['lstm']:.2f}x |",
-                      flush=True)
+                comp = med.get("compiled", float("nan"))
+                print(f"| {name} | {B} | {H} | {med['eager']:.1f} | {comp:.1f} | {med['fused']:.1f} | "
+                      f"{med['njit']:.1f} | {med['plain']:.1f} | {med['eager'] / med['fused']:.1f}x | "
+                      f"{comp / med['fused']:.1f}x | {med['fused'] / med['plain']:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,26 @@ def test_bench(benchmark, device, case, impl):
     benchmark(step)
     if benchmark.stats is not None:
         benchmark.extra_info["gflops"] = C.flops(case) / benchmark.stats.stats.median / 1e9
+
+
+def _stream_params():
+    out = []
+    for case in C.stream("cpu", hidden=(64,)):
+        for name in runner.STREAM_IMPLS:
+            out.append(pytest.param(case, name, id=f"cpu-stream-{case.id}-{name}"))
+    return out
+
+
+@pytest.mark.parametrize("case,impl", _stream_params())
+def test_bench_stream(benchmark, case, impl):
+    """One frame per call (`python -m fastrnn.bench stream` times these side by side)."""
+    impls, skipped, _ = runner.stream_impls(case, (impl,))
+    if impl not in impls:
+        pytest.skip(skipped.get(impl, "not available"))
+    reset, step = impls[impl]
+    with torch.inference_mode():
+        for _ in range(20):  # warm-up: JIT, allocator, ORT's arena
+            step()
+        benchmark.group = f"cpu stream {case.id}"
+        benchmark.extra_info.update(case=case.id, impl=impl)
+        benchmark(step)

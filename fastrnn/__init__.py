@@ -21,3 +21,8 @@ __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "available_ba
 from fastrnn.custom import CellDef, CustomRNN, LayerNormGRU, LayerNormLSTM, UnsupportedCellError  # noqa: E402
 
 __all__ += ["CellDef", "CustomRNN", "LayerNormLSTM", "LayerNormGRU", "UnsupportedCellError"]
+
+# One frame per call, state kept between calls (fastrnn/stream.py; its numba kernel loads on first use).
+from fastrnn.stream import Stream  # noqa: E402
+
+__all__ += ["Stream"]

@@ -19,7 +19,8 @@ class Cell:
     gates: int              # row blocks of hidden_size in weight_ih / weight_hh
     gate_order: str         # torch's row order
     states: tuple           # ("h", "c") for LSTM, ("h",) otherwise
-    saved: int              # float32 values per row and unit the fused kernels keep for backward
+    saved: int              # values per row and unit the Numba and Triton kernels keep for backward
+                            # (the C++ kernels keep their own set: csrc/cell_math.h's S)
     # GRU: b_hn stays inside the reset product, n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), so
     # the recurrent projection of the n gate cannot be summed with the input one before the cell.
     split_recurrent_bias: bool = False

@@ -24,11 +24,13 @@ def check_layer_args(cell, x, batch_sizes, h0, c0, weights) -> Optional[str]:
         return f"expected x [N, I] and h0 [D, B, Hout], got {list(x_shape)} and {list(h0.shape)}"
     rows, in_size = x_shape
     if isinstance(x, Tensor):
-        named = [("h0", h0), ("c0", c0)] + [(f"{n} of direction {d}", w) for d, ws in enumerate(weights)
-                                           for n, w in zip(_WEIGHT_NAMES, ws)]
-        for name, t in named:
-            if t is not None and (t.dtype != x.dtype or t.device != x.device):
-                return (f"all tensors must have the dtype and device of the input ({x.dtype}, {x.device}); "
+        dt, dev = x.dtype, x.device
+        for t in (h0, c0, *[w for ws in weights for w in ws]):
+            if t is not None and (t.dtype != dt or t.device != dev):  # names are made only for the message
+                named = [("h0", h0), ("c0", c0)] + [(f"{n} of direction {d}", w) for d, ws in enumerate(weights)
+                                                   for n, w in zip(_WEIGHT_NAMES, ws)]
+                name = next(n for n, u in named if u is t)
+                return (f"all tensors must have the dtype and device of the input ({dt}, {dev}); "
                         f"{name} has {t.dtype} on {t.device}")
     D, B, hout = h0.shape
     if len(weights) != D or D not in (1, 2):
@@ -39,11 +41,10 @@ def check_layer_args(cell, x, batch_sizes, h0, c0, weights) -> Optional[str]:
     if c0 is not None and tuple(c0.shape) != (D, B, H):
         return f"c0 must have shape {[D, B, H]}, got {list(c0.shape)}"
     gh = gates(cell) * H
+    want = ((gh, in_size), (gh, hout), (gh,), (gh,), (hout, H))  # in _WEIGHT_NAMES' order
     for d, (w_ih, w_hh, b_ih, b_hh, w_hr) in enumerate(weights):
-        want = {"weight_ih": (w_ih, (gh, in_size)), "weight_hh": (w_hh, (gh, hout)),
-                "bias_ih": (b_ih, (gh,)), "bias_hh": (b_hh, (gh,)), "weight_hr": (w_hr, (hout, H))}
-        for name, (w, shape) in want.items():
-            if w is not None and tuple(w.shape) != shape:
+        for name, w, shape in zip(_WEIGHT_NAMES, (w_ih, w_hh, b_ih, b_hh, w_hr), want):
+            if w is not None and w.shape != shape:
                 return (f"{name} of direction {d} has shape {list(w.shape)}, expected {list(shape)} "
                         f"(input_size={in_size}, hidden_size={H}, output size={hout})")
         if (w_hr is not None) != (hout != H) or (w_hr is not None and cell != "lstm"):

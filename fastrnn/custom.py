@@ -13,11 +13,13 @@ A cell is its pointwise step, written with torch ops::
     returns S new states [B, H]; the new h (state 0) is also the layer's output
 
 From that one definition fastrnn derives the backward (tracing `torch.func.vjp` of the
-step) and generates fused Numba kernels for the whole time loop
-(`fastrnn.kernels.numba.custom`: per step one GEMM for the recurrent product into a
-preallocated buffer, then the generated row code; backward in reverse with the weight
-gradients as GEMMs after the loop). `backend="reference"` runs the same step in a
-Python loop with torch autograd: the oracle, and the way to run a cell the fused path
+step, once) and generates fused kernels from the traced graphs, one graph walk spelled per
+language: Numba on CPU (`fastrnn.kernels.numba.custom`: per step one GEMM for the recurrent
+product into a preallocated buffer, then the generated row code; backward in reverse with the
+weight gradients as GEMMs after the loop) and Triton on CUDA (`fastrnn.kernels.triton.custom`:
+the same loop with a generated step kernel, one program per batch row; verified under
+TRITON_INTERPRET=1 in CI). `backend="reference"` runs the same step in a Python loop with torch
+autograd: the oracle, what runs under torch.compile, and the way to run a cell the fused path
 cannot compile (which otherwise raises `UnsupportedCellError` naming the aten op).
 
 This file reads top to bottom: cell definition -> reference loop -> fused autograd
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import warnings
 
 import torch
@@ -36,7 +39,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn.backends.reference import step_rows
-from fastrnn.kernels.numba.custom import CellSpec, UnsupportedCellError, generate_source, load_module
+from fastrnn.kernels.numba.custom import CellSpec, UnsupportedCellError, generate_source, load_module, trace_cell
 
 __all__ = ["CellDef", "CustomRNN", "LayerNormLSTM", "LayerNormGRU", "UnsupportedCellError",
            "LSTM_CELL", "GRU_CELL", "RNN_TANH_CELL", "RNN_RELU_CELL", "PEEPHOLE_LSTM_CELL", "LAYERNORM_LSTM_CELL",
@@ -111,12 +114,23 @@ class CellDef:
             return new
         return f
 
-    def kernels(self, zoneout=False):
-        """The generated Numba kernel module (traced, generated and compiled once per process,
-        and on disk once per machine). Raises UnsupportedCellError naming what cannot be fused."""
-        key = bool(zoneout)
+    def kernels(self, zoneout=False, backend="numba"):
+        """The generated kernel module of `backend` ("numba" | "triton"): traced once per process
+        (shared by both languages), generated and compiled once per process, and on disk once
+        per machine. Raises UnsupportedCellError naming what cannot be fused."""
+        key = (bool(zoneout), backend)
         if key not in self._mods:
-            self._mods[key] = load_module(self._source(key))
+            if backend == "triton":
+                from fastrnn.kernels.triton.custom import generate_triton_source, load_triton_module
+                self._mods[key] = load_triton_module(generate_triton_source(*self._traced(key[0])))
+            else:
+                self._mods[key] = load_module(generate_source(*self._traced(key[0])))
+        return self._mods[key]
+
+    def _traced(self, zoneout):
+        key = ("traced", bool(zoneout))
+        if key not in self._mods:
+            self._mods[key] = self._trace(bool(zoneout))
         return self._mods[key]
 
     def check(self):
@@ -124,7 +138,7 @@ class CellDef:
         self.kernels(False)
         return self
 
-    def _source(self, zoneout):
+    def _trace(self, zoneout):
         S, G = self.n_states, self.gates
         widths = self._step_param_widths()
         full = self.full_step(zoneout)
@@ -148,7 +162,7 @@ class CellDef:
             return pull(tuple(douts))
 
         spec = CellSpec(self.name, G, S, widths, not self.bias_in_step, bool(zoneout))
-        return generate_source(spec, full, vjp_fn, fwd_args, bwd_args)
+        return spec, trace_cell(full, vjp_fn, fwd_args, bwd_args)
 
 
 # ---------------------------------------------------------------- reference (the oracle)
@@ -237,9 +251,80 @@ def _loop_blas_threads():
     return numba_backend._loop_blas_threads()
 
 
+# From this batch size on, the numba path runs the time loop in Python: per step the recurrent
+# GEMM in torch (MKL/oneDNN) and one generated @njit call for the cell rows, instead of the whole
+# loop in @njit with np.dot (SciPy's OpenBLAS). Measured (2-core Xeon, 1 thread, loaded): 100
+# GEMMs [B, H] x [H, 4H] take torch 2.4 / 27 / 34 ms and np.dot 15 / 33 / 50 ms at
+# (B, H) = (16, 128), (64, 128), (16, 256); the Python step costs ~30 us, which only B = 1..4 feel.
+STEP_LOOP_MIN_BATCH = 8
+
+
+class _NumbaCellKernels:
+    """Host side of a generated Numba module: the whole time loop in one @njit call each way
+    (small batches), or a Python step loop of torch GEMMs + @njit cell rows (see above)."""
+
+    def __init__(self, mod):
+        self.mod = mod
+
+    def forward(self, gi, whh0, whh1, bhh, prm, zm, st0, sizes, offsets, save):
+        D, N, GH = gi.shape
+        _, S, B, H = st0.shape
+        out = gi.new_empty(N, D * H)
+        st = st0.clone()
+        sprev = gi.new_empty(D, N, S, H) if save else gi.new_empty(1, 1, 1, 1)
+        ghs = gi.new_empty(D, N, GH) if save else gi.new_empty(1, 1, 1)
+        dt = str(gi.dtype)[6:]
+        if B < STEP_LOOP_MIN_BATCH:
+            with _loop_blas_threads():
+                getattr(self.mod, "fwd_" + dt)(_np(gi), _np(whh0), _np(whh1), _np(bhh), _np(prm), _np(zm), sizes,
+                                               offsets, out.numpy(), st.numpy(), sprev.numpy(), ghs.numpy(), save)
+            return out, st, sprev, ghs
+        step = getattr(self.mod, "fwd_step_" + dt)
+        gh = gi.new_empty(B, GH)
+        a = (_np(gi), gh.numpy(), _np(bhh), _np(prm), _np(zm), out.numpy(), st.numpy(), sprev.numpy(), ghs.numpy())
+        T = len(sizes)
+        for d in range(D):
+            w = (whh0 if d == 0 else whh1).t()
+            h = st[d, 0]
+            for s in range(T):
+                t = T - 1 - s if d == 1 else s
+                bs, off = int(sizes[t]), int(offsets[t])
+                torch.mm(h[:bs], w, out=gh[:bs])
+                step(d, off, bs, *a, save)
+        return out, st, sprev, ghs
+
+    def backward(self, gi, ghs, sprev, whh0, whh1, prm, zm, sizes, offsets, dout, ds):
+        dgi = torch.empty_like(gi)
+        dgh = torch.empty_like(ghs)
+        dprm = torch.zeros_like(prm)
+        dt = str(gi.dtype)[6:]
+        D, B = ds.shape[0], ds.shape[2]
+        if B < STEP_LOOP_MIN_BATCH:
+            with _loop_blas_threads():
+                getattr(self.mod, "bwd_" + dt)(_np(gi), _np(ghs), _np(sprev), _np(whh0), _np(whh1), _np(prm), _np(zm),
+                                               sizes, offsets, _np(dout), ds.numpy(), dgi.numpy(), dgh.numpy(),
+                                               dprm.numpy())
+            return dgi, dgh, dprm
+        step = getattr(self.mod, "bwd_step_" + dt)
+        a = (_np(gi), _np(ghs), _np(sprev), _np(prm), _np(zm), _np(dout), ds.numpy(), dgi.numpy(), dgh.numpy(),
+             dprm.numpy())
+        T = len(sizes)
+        for d in range(D):
+            w = whh0 if d == 0 else whh1
+            dh = ds[d, 0]
+            for s in range(T):
+                t = s if d == 1 else T - 1 - s
+                bs, off = int(sizes[t]), int(offsets[t])
+                step(d, off, bs, *a)
+                dh[:bs].addmm_(dgh[d, off:off + bs], w)
+        return dgi, dgh, dprm
+
+
 class _FusedLayer(torch.autograd.Function):
-    """gi [D, N, GH], whh0/whh1 [GH, H], bhh [D, GH], prm [D, P], zm [D, N, S*H] | [D, 1, 1],
-    st0 [D, S, B, H] -> out [N, D*H], st [D, S, B, H].
+    """kern (the backend's kernels: `_NumbaCellKernels` or
+    `fastrnn.kernels.triton.custom.TritonCellKernels`), gi [D, N, GH], whh0/whh1 [GH, H],
+    bhh [D, GH], prm [D, P], zm [D, N, S*H] | [D, 1, 1], st0 [D, S, B, H]
+    -> out [N, D*H], st [D, S, B, H].
 
     Saved for backward (when any input needs grad), besides gi and the weights: the states
     entering every step, sprev [D, N, S, H], and the recurrent pre-activations, ghs [D, N, GH]
@@ -247,20 +332,12 @@ class _FusedLayer(torch.autograd.Function):
     (6H for an LSTM cell, which the hand-written kernels save as gates + cell state too)."""
 
     @staticmethod
-    def forward(ctx, mod, gi, whh0, whh1, bhh, prm, zm, st0, sizes, offsets):
-        D, N, GH = gi.shape
-        _, S, B, H = st0.shape
+    def forward(ctx, kern, gi, whh0, whh1, bhh, prm, zm, st0, sizes, offsets):
+        D = gi.shape[0]
         save = any(ctx.needs_input_grad)
-        out = gi.new_empty(N, D * H)
-        st = st0.clone()
-        sprev = gi.new_empty(D, N, S, H) if save else gi.new_empty(1, 1, 1, 1)
-        ghs = gi.new_empty(D, N, GH) if save else gi.new_empty(1, 1, 1)
-        fwd = getattr(mod, "fwd_" + str(gi.dtype)[6:])
-        with _loop_blas_threads():
-            fwd(_np(gi), _np(whh0), _np(whh1), _np(bhh), _np(prm), _np(zm), sizes, offsets,
-                out.numpy(), st.numpy(), sprev.numpy(), ghs.numpy(), save)
+        out, st, sprev, ghs = kern.forward(gi, whh0, whh1, bhh, prm, zm, st0, sizes, offsets, save)
         if save:
-            ctx.mod, ctx.sizes, ctx.offsets, ctx.D = mod, sizes, offsets, D
+            ctx.kern, ctx.sizes, ctx.offsets, ctx.D = kern, sizes, offsets, D
             ctx.save_for_backward(gi, ghs, sprev, whh0, whh1, prm, zm)
         return out, st
 
@@ -270,20 +347,13 @@ class _FusedLayer(torch.autograd.Function):
         gi, ghs, sprev, whh0, whh1, prm, zm = ctx.saved_tensors
         D, N, GH = gi.shape
         S, H = sprev.shape[2], sprev.shape[3]
-        B = dst.shape[2] if dst is not None else None
         dout = gi.new_zeros(N, D * H) if dout is None else dout.contiguous()
         if dst is None:
             B = int(ctx.sizes[0]) if len(ctx.sizes) else 0
             ds = gi.new_zeros(D, S, B, H)
         else:
             ds = dst.contiguous().clone()
-        dgi = torch.empty_like(gi)
-        dgh = torch.empty_like(ghs)
-        dprm = torch.zeros_like(prm)
-        bwd = getattr(ctx.mod, "bwd_" + str(gi.dtype)[6:])
-        with _loop_blas_threads():
-            bwd(_np(gi), _np(ghs), _np(sprev), _np(whh0), _np(whh1), _np(prm), _np(zm),
-                ctx.sizes, ctx.offsets, _np(dout), ds.numpy(), dgi.numpy(), dgh.numpy(), dprm.numpy())
+        dgi, dgh, dprm = ctx.kern.backward(gi, ghs, sprev, whh0, whh1, prm, zm, ctx.sizes, ctx.offsets, dout, ds)
         # weight gradients: one GEMM per direction over all steps (DESIGN §3.3)
         dw = [dgh[d].t() @ sprev[d, :, 0] for d in range(D)]
         return (None, dgi, dw[0], dw[1] if D == 2 else None, dgh.sum(1), dprm, None, ds, None, None)
@@ -291,11 +361,27 @@ class _FusedLayer(torch.autograd.Function):
 
 # ---------------------------------------------------------------- the layer (both paths)
 
+@torch.library.custom_op("fastrnn::zoneout_masks", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def _zoneout_masks_op(like: torch.Tensor, p: float, D: int, N: int, SH: int) -> torch.Tensor:
+    """The training masks as one opaque op for torch.compile: drawn by torch.bernoulli from the
+    global generator at run time, so a compiled model gets eager's masks under the same seed
+    (inductor would otherwise lower bernoulli to its own RNG stream); the tag keeps AOTAutograd
+    from CSE-ing two draws or recomputing one in the backward."""
+    return torch.bernoulli(like.new_full((D, N, SH), p))
+
+
+@_zoneout_masks_op.register_fake
+def _(like, p, D, N, SH):
+    return like.new_empty(D, N, SH)
+
+
 def zoneout_masks(p, training, D, N, S, H, like):
     """Zoneout masks [D, N, S*H] (1 = keep the previous value). Training: Bernoulli(p) from
-    torch's RNG (reproducible under torch.manual_seed); eval: p everywhere, so the new state is
-    the expectation p*old + (1-p)*new the zoneout paper prescribes."""
+    torch's RNG (reproducible under torch.manual_seed, compiled or not); eval: p everywhere, so
+    the new state is the expectation p*old + (1-p)*new the zoneout paper prescribes."""
     if training:
+        if torch.compiler.is_compiling():
+            return _zoneout_masks_op(like.detach(), float(p), D, N, S * H)
         return torch.bernoulli(like.new_full((D, N, S * H), float(p)))
     return like.new_full((D, N, S * H), float(p))
 
@@ -314,8 +400,9 @@ def custom_rnn_layer(cell, x, batch_sizes, states0, dirs, zm=None, backend="auto
     if backend == "reference":
         return _ref_layer(cell, x, sizes, offsets, states0, dirs, zm)
     import numpy as np
-    mod = cell.kernels(zm is not None)
-    D, H = len(dirs), states0[0].size(-1)
+    mod = cell.kernels(zm is not None, backend)
+    kern = _NumbaCellKernels(mod) if backend == "numba" else mod
+    D = len(dirs)
     # input projection of all steps and directions: one GEMM, b_ih folded in (DESIGN §3.1)
     w_ih = torch.cat([w["w_ih"] for w in dirs]) if D > 1 else dirs[0]["w_ih"]
     if not cell.bias_in_step and dirs[0]["b_ih"] is not None:
@@ -334,7 +421,7 @@ def custom_rnn_layer(cell, x, batch_sizes, states0, dirs, zm=None, backend="auto
     zmt = zm.contiguous() if zm is not None else x.new_zeros(D, 1, 1)
     whh0 = dirs[0]["w_hh"].contiguous()
     whh1 = dirs[1]["w_hh"].contiguous() if D == 2 else whh0
-    out, st = _FusedLayer.apply(mod, gi, whh0, whh1, bhh.contiguous(), prm.contiguous(), zmt, st0,
+    out, st = _FusedLayer.apply(kern, gi, whh0, whh1, bhh.contiguous(), prm.contiguous(), zmt, st0,
                                 np.asarray(sizes, dtype=np.int64), np.asarray(offsets, dtype=np.int64))
     return out, list(st.unbind(1))
 
@@ -342,17 +429,44 @@ def custom_rnn_layer(cell, x, batch_sizes, states0, dirs, zm=None, backend="auto
 _warned = set()
 
 
+_BACKENDS = ("auto", "numba", "triton", "reference")
+
+
+def _triton_interpreted():
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_importable():
+    import importlib.util
+    return importlib.util.find_spec("triton") is not None
+
+
 def _pick_backend(cell, x, backend):
-    if backend not in ("auto", "numba", "reference"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'reference', got {backend!r}")
-    if backend == "reference":
+    """auto: numba for float32/float64 on CPU, triton for float32/float64 on CUDA, else the
+    reference loop (said once in the debug log). A backend asked for by name that cannot run
+    the call raises with the reason. Under torch.compile every call runs the reference loop:
+    plain torch ops that Dynamo traces (the fused kernels are host loops it cannot)."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, got {backend!r}")
+    if backend == "reference" or torch.compiler.is_compiling():
+        return "reference"
+    dev = x.device.type
+    asked = backend
+    if backend == "auto":
+        backend = "triton" if dev == "cuda" else "numba"
+    reason = None
+    if x.dtype not in _FUSED_DTYPES:
+        reason = f"the fused custom-cell path runs float32/float64; got {x.dtype}"
+    elif backend == "numba" and dev != "cpu":
+        reason = f"the numba kernels run on CPU tensors; got {dev}"
+    elif backend == "triton" and not _triton_importable():
+        reason = "triton is not importable"
+    elif backend == "triton" and dev != "cuda" and not (dev == "cpu" and _triton_interpreted()):
+        reason = f"the triton kernels run on CUDA tensors (CPU ones only under TRITON_INTERPRET=1); got {dev}"
+    if reason is None:
         return backend
-    ok = x.device.type == "cpu" and x.dtype in _FUSED_DTYPES
-    if ok:
-        return "numba"
-    reason = f"the fused custom-cell path runs float32/float64 on CPU; got {x.dtype} on {x.device.type}"
-    if backend == "numba":
-        raise RuntimeError(f"backend='numba' cannot run this call: {reason}. Use backend='reference'.")
+    if asked != "auto":
+        raise RuntimeError(f"backend={asked!r} cannot run this call: {reason}. Use backend='reference'.")
     if reason not in _warned:
         _warned.add(reason)
         _log.debug("fastrnn.custom: %s; using the reference loop", reason)
@@ -375,7 +489,8 @@ def drop_connect(layer_weights, p, training):
 
 def rnn_zoneout(cell, x, batch_sizes, hx, cx, layer_weights, dropout, training, zoneout, backend="auto"):
     """functional.rnn's signature plus zoneout: the same stack run through the generated kernels of
-    the built-in cell written as a CellDef (the hand-written kernels have no zoneout).
+    the built-in cell written as a CellDef (the hand-written kernels have no zoneout); under
+    torch.compile, through the reference loop (plain torch ops, masks as eager draws them).
     cell "lstm" | "gru" | "rnn_tanh" | "rnn_relu"; x [N, I]; hx [L*D, B, H]; cx [L*D, B, H] | None.
     Returns out [N, D*H], hn, cn | None."""
     cdef = {"lstm": LSTM_CELL, "gru": GRU_CELL, "rnn_tanh": RNN_TANH_CELL, "rnn_relu": RNN_RELU_CELL}[cell]
@@ -410,8 +525,9 @@ class CustomRNN(nn.Module):
             torch's RNG; eval: new = p*old + (1-p)*new. 0 (default) leaves the cell as is.
         weight_dropout: DropConnect on W_hh (AWD-LSTM): a mask drawn once per forward call
             in training (F.dropout, so scaled by 1/(1-p)); the full weights at eval.
-        backend: "auto" (fused Numba kernels for float32/float64 on CPU, else the reference
-            loop), "numba", or "reference" (Python loop over the step; runs any cell).
+        backend: "auto" (fused kernels for float32/float64: generated Numba on CPU, generated
+            Triton on CUDA; else the reference loop), "numba", "triton" (CUDA, or CPU under
+            TRITON_INTERPRET=1 for tests), or "reference" (Python loop over the step; runs any cell).
 
     Parameters (k = layer, sfx = "" or "_reverse"): weight_ih_l{k}{sfx} [G*H, I_k],
     weight_hh_l{k}{sfx} [G*H, H], bias_ih_l{k}{sfx} / bias_hh_l{k}{sfx} [G*H] (with bias), and
@@ -447,8 +563,8 @@ class CustomRNN(nn.Module):
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                           f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}")
-        if backend not in ("auto", "numba", "reference"):
-            raise ValueError(f"backend must be 'auto', 'numba' or 'reference', got {backend!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, got {backend!r}")
         self.cell = cell
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
@@ -682,9 +798,12 @@ class LayerNormLSTM(CustomRNN):
     nn.LSTM's: ln_ih_weight_l{k} [4H], ln_hh_weight_l{k} [4H] (ones), ln_cell_weight_l{k} [H]
     (ones), ln_cell_bias_l{k} [H] (zeros).
 
-    How the fused kernel reduces: a batch row is processed by one thread for the whole step, so
-    each LN's mean and variance are loop accumulators over that row (three passes over it in L1:
-    sum; centred sum of squares; normalise fused with the gate math), no cross-thread step.
+    How the fused kernels reduce: Numba processes a batch row in one thread for the whole step,
+    so each LN's mean and variance are loop accumulators over that row (three passes over it in
+    L1: sum; centred sum of squares; normalise fused with the gate math), no cross-thread step.
+    Triton runs one program per batch row holding the whole row (4H values) in one block, so
+    each LN statistic is one `tl.sum` over the block: the cross-thread reduction within the
+    program (warp shuffles, then shared memory), never across programs.
     Options as `CustomRNN` (zoneout on h and c, weight_dropout, backend).
     """
 

@@ -42,8 +42,21 @@ _NATIVE_HALF_CHECK = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16
 def requested(backend: str) -> str:
     """The backend a call asks for: `backend`, or FASTRNN_BACKEND where it is "auto"."""
     if backend == "auto":
-        return os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
+        return _env_backend() or "auto"
     return backend
+
+
+# os.environ.get encodes and decodes on every call (~1.3 us, asked on every layer call); CPython's
+# os.environ keeps the raw mapping it writes through to in `_data`, read here where it exists.
+_RAW_ENV = getattr(os.environ, "_data", None)
+_RAW_KEY = os.environ.encodekey("FASTRNN_BACKEND") if _RAW_ENV is not None else None
+
+
+def _env_backend():
+    if _RAW_ENV is None:
+        return os.environ.get("FASTRNN_BACKEND")
+    raw = _RAW_ENV.get(_RAW_KEY)
+    return None if raw is None else os.environ.decodevalue(raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,14 +166,16 @@ def torch_wins(backend: str, call) -> str:
 def _cpp_beats_onednn(call, t) -> bool:
     """Where cpp's loops match or beat oneDNN's fused LSTM: short sequences (oneDNN reorders the
     weights on every call), a few rows, up to four rows of a narrow or wide layer, and wherever
-    the panel loop runs the input projection inside its steps (`_ext.loop_plan`)."""
+    the panel loop runs the input projection inside its steps (`_ext.loop_plan`), on CPUs where
+    that measured at least as fast as oneDNN (`onednn_panel_step_wins`)."""
     if call.steps <= t["onednn_short_steps"] or call.batch <= t["onednn_few_rows"]:
         return True
     lo, hi = t["onednn_mid_hidden"]
     if call.batch <= t["onednn_narrow_rows"] and not lo < call.hidden_size < hi:
         return True
     from fastrnn.backends import cpp
-    return cpp.loop_plan(call) == "panel+step"
+    mode = "fwdbwd" if call.needs_grad else "fwd"
+    return cpp.loop_plan(call) == "panel+step" and t[f"onednn_panel_step_wins.{mode}"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +218,25 @@ def pick(backend: str, call, exclude: tuple = ()):
             return b
         skipped.append(f"{cand}: {why}")
     raise RuntimeError(f"no fastrnn backend can run {call}: " + "; ".join(skipped))
+
+
+# functional.choose's picks by call facts (a small call cannot afford the rules each time); emptied
+# when full and whenever the table is refitted (`fit` calls clear()).
+PICKS: dict = {}
+_PICKS_MAX = 4096
+
+
+def remember(key, name: str) -> str:
+    if len(PICKS) >= _PICKS_MAX:
+        PICKS.clear()
+    PICKS[key] = name
+    return name
+
+
+def clear() -> None:
+    """Forget every remembered pick and the table row (after a refit or a test's change)."""
+    PICKS.clear()
+    table.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)

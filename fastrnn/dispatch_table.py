@@ -189,6 +189,18 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                             'by side in one process, LSTM vs oneDNN: B4 H128 1.15-1.32 | '
                                             '1.41, B4 H1024 1.70 | 1.04',
                                     'value': 4},
+             'onednn_panel_step_wins.fwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / '
+                                                    'ours side by side in one process, LSTM vs oneDNN where '
+                                                    'the panel loop runs the input projection in its steps: '
+                                                    'B16 H256 1.03-1.04, B64 H256 0.98-1.01, B64 H128 '
+                                                    '1.01-1.02, 4 layers 1.02-1.04, fastrnns-default (B64 '
+                                                    'H512) 1.00-1.07',
+                                            'value': True},
+             'onednn_panel_step_wins.fwdbwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time '
+                                                       '/ ours side by side in one process, same shapes '
+                                                       'fwd+bwd: B16 H256 0.88-1.00, B64 H256 1.22, B64 H128 '
+                                                       '1.02-1.04, 4 layers 1.04-1.17, fastrnns-default 1.10',
+                                               'value': True},
              'onednn_short_steps': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / ours side '
                                             'by side in one process, LSTM vs oneDNN at T=1 | 5 | 20 | 50 '
                                             'fwd: B3 H512 4.64 | 3.63 | 2.10 | 1.39, B8 H768 5.12 | 1.29 | '

@@ -57,9 +57,25 @@ def choose(cell, x, input_size, batch_sizes, h0, c0, weights, backend: str) -> s
             t is not None and t.requires_grad for t in (x, h0, c0, *[w for ws in weights for w in ws]))
         return _compiled_pick(backend, cell, x.device.type, x.dtype, weights[0][4] is not None,
                               batch_sizes is not None, len(weights), needs_grad)
-    if ops.transforms_active() or x.device.type == "meta" or ops.is_fake(x):
+    device = x.device.type
+    if ops.transforms_active() or device == "meta" or ops.is_fake(x):
         return "reference"
-    return dispatch.pick(backend, _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights)).name
+    # The pick depends only on these facts: remembered per facts, so a repeated call shape costs
+    # a dict lookup instead of building a LayerCall and walking the rules (~5 us of a small call).
+    name = dispatch.requested(backend)
+    B, w_hh = h0.size(1), weights[0][1]
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or h0.requires_grad or (c0 is not None and c0.requires_grad)
+        or any([w is not None and w.requires_grad for ws in weights for w in ws]))
+    key = (name, cell, device, x.dtype, input_size, w_hh.size(0), h0.size(2), B,
+           (x.size(0) // B if B else 0) if batch_sizes is None else batch_sizes.numel(), len(weights),
+           batch_sizes is not None, needs_grad, torch.backends.mkldnn.enabled)
+    picked = dispatch.PICKS.get(key)
+    if picked is None:
+        picked = dispatch.pick(name, _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights)).name
+        if name == "auto":  # a named backend is asked each time (its availability check says why not)
+            dispatch.remember(key, picked)
+    return picked
 
 
 def _compiled_pick(backend, cell, device, dtype, proj, packed, directions, needs_grad) -> str:
@@ -113,8 +129,8 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
         return backends.get("torch").impl.rnn_stack(cell, x, batch_sizes, hx, cx, layer_weights, dropout, training)
     hns, cns = [], []
     for layer, weights in enumerate(layer_weights):
-        sl = slice(layer * D, (layer + 1) * D)
-        x, hn, cn = rnn_layer(cell, x, batch_sizes, hx[sl], None if cx is None else cx[sl], weights, backend,
+        h0, c0 = layer_states(hx, cx, layer, D, len(layer_weights))
+        x, hn, cn = rnn_layer(cell, x, batch_sizes, h0, c0, weights, backend,
                               validate=validate)
         hns.append(hn)
         cns.append(cn)
@@ -125,19 +141,38 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
     return x, hn, cn
 
 
+def layer_states(hx, cx, layer: int, D: int, layers: int):
+    """Layer `layer`'s rows of hx [L*D, B, Hout] and cx: the tensors themselves for a single layer
+    (a slice costs ~2 us, a tenth of a small call)."""
+    if layers == 1:
+        return hx, cx
+    sl = slice(layer * D, (layer + 1) * D)
+    return hx[sl], None if cx is None else cx[sl]
+
+
 def torch_runs(cell: str, device: str, dtype: torch.dtype, *, input_size: int, hidden_size: int, proj_size: int,
-               batch: int, steps: int, directions: int, packed: bool, needs_grad, backend: str) -> bool:
+               batch: int, steps: int, directions: int, packed: bool, needs_grad, backend: str,
+               may_win: bool = False) -> bool:
     """Whether a whole call, every layer, runs as one torch call (oneDNN fuses a stack, and the dropout
-    draws are torch's): backend "torch", or auto where it hands the first layer to torch. Deeper layers differ only in input
-    size (hidden * directions), which moves the pick's speed, never its result. `needs_grad` may be
-    a callable, asked only when a rule could hand the call to torch (a small call's cost counts)."""
+    draws are torch's): backend "torch", or auto where it hands the first layer to torch. Deeper layers
+    differ only in input size (hidden * directions), which moves the pick's speed, never its result.
+    `needs_grad` may be a callable, asked only when a rule could hand the call to torch (a small
+    call's cost counts); `may_win`: the caller already found `torch_may_run` true."""
     name = dispatch.requested(backend)
-    if name != "auto" or not dispatch.torch_may_win(cell, device, dtype, steps, proj_size):
+    if name != "auto":
         return name == "torch"
-    call = LayerCall(cell=cell, device=device, dtype=dtype, input_size=input_size, hidden_size=hidden_size,
-                     proj_size=proj_size, batch=batch, steps=steps, directions=directions, packed=packed,
-                     needs_grad=bool(needs_grad() if callable(needs_grad) else needs_grad))
-    return dispatch.pick("auto", call).name == "torch"
+    if not (may_win or dispatch.torch_may_win(cell, device, dtype, steps, proj_size)):
+        return False
+    grad = bool(needs_grad() if callable(needs_grad) else needs_grad)
+    key = ("stack", cell, device, dtype, input_size, hidden_size, proj_size, batch, steps, directions, packed, grad,
+           torch.backends.mkldnn.enabled)
+    picked = dispatch.PICKS.get(key)
+    if picked is None:
+        call = LayerCall(cell=cell, device=device, dtype=dtype, input_size=input_size, hidden_size=hidden_size,
+                         proj_size=proj_size, batch=batch, steps=steps, directions=directions, packed=packed,
+                         needs_grad=grad)
+        picked = dispatch.remember(key, dispatch.pick("auto", call).name)
+    return picked == "torch"
 
 
 def _stack_to_torch(cell, x, batch_sizes, hx, cx, layer_weights, backend) -> bool:
@@ -161,6 +196,11 @@ def _check_stack(cell, x, batch_sizes, hx, cx, layer_weights):
                                    weights)
         if problem:
             raise RuntimeError(problem)
+
+
+def torch_may_run(cell: str, device: str, dtype: torch.dtype, steps: int, proj_size: int) -> bool:
+    """False where auto surely keeps a call (dispatch.torch_may_win): a cheap test before `torch_runs`."""
+    return dispatch.torch_may_win(cell, device, dtype, steps, proj_size)
 
 
 def cell_to_torch(device: str, dtype: torch.dtype, backend: str) -> bool:

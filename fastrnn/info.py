@@ -2,8 +2,11 @@
 
 Prints build_info.json (what the extensions were compiled against), the versions of torch,
 numba and triton, the backends available for CPU and CUDA (with the reason for each one that
-is not), the CPU and the paths the C++ extension picked for it at run time.  Paste it into
-bug reports.  Needs no GPU: the CUDA list says what could run on one.
+is not), the CPU and the paths the C++ extension picked for it at run time, and two measured
+rates that bound a recurrent layer (the benchmark report's roofline): the matrix peak (torch.mm)
+and the rate at which the threads stream cached weights (torch.mv, the small-batch bound); `--no-measure`
+skips those (about a second).  Paste it into bug reports.  Needs no GPU: the CUDA list says what
+could run on one.
 """
 from __future__ import annotations
 
@@ -53,7 +56,24 @@ def _ext_paths() -> dict:
     return out
 
 
-def report() -> str:
+def measured_rates() -> list[str]:
+    """The roofline's two rates on this machine, measured now (noisy on a busy machine)."""
+    import os
+
+    import torch
+
+    from fastrnn.bench import runner
+    lines = [f"measured (torch threads {torch.get_num_threads()}, load average "
+             f"{os.getloadavg()[0]:.2f} on {runner.cpu_cores()} cores):"]
+    median, best = runner.matmul_peak("cpu", torch.float32, 1024, reps=5, best=True)
+    lines.append(f"  matrix peak (float32 torch.mm 1024^3, 5 calls): {best:.0f} GFLOP/s fastest, {median:.0f} median")
+    for label, nbytes in (("LSTM H=256 W_hh, 1 MiB", 4 * 256 * 256 * 4), ("LSTM H=512 W_hh, 4 MiB", 4 * 512 * 512 * 4)):
+        lines.append(f"  cache-streaming rate ({label}, each thread reading its share): "
+                     f"{runner.cache_rate(nbytes, 'cpu'):.1f} GB/s")
+    return lines
+
+
+def report(measure: bool = True) -> str:
     import torch
 
     import fastrnn
@@ -84,6 +104,9 @@ def report() -> str:
     for k, v in _ext_paths().items():
         lines.append(f"  cpp {k}: {v}")
 
+    if measure:
+        lines += measured_rates()
+
     for device in ("cpu", "cuda"):
         avail = backends.available_backends(device)
         lines.append(f"available_backends({device!r}): {avail}")
@@ -95,7 +118,7 @@ def report() -> str:
 
 
 def main() -> None:
-    print(report())
+    print(report(measure="--no-measure" not in sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -154,8 +154,8 @@ class _RNNMixin:
                 break
             D = len(ws)
             in_size = self.input_size if layer == 0 else D * h_size
-            problem = functional.check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0[layer * D:(layer + 1) * D],
-                                                  None if c0 is None else c0[layer * D:(layer + 1) * D], ws)
+            h0_l, c0_l = functional.layer_states(h0, c0, layer, D, len(layers))
+            problem = functional.check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0_l, c0_l, ws)
         if problem:
             return _torch_error_or_raise(super().forward, orig_input, orig_hx, problem)
         autocast = x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type)
@@ -167,8 +167,6 @@ class _RNNMixin:
         if self.weight_dropout and self.training:
             layers = custom.drop_connect(layers, self.weight_dropout, True)
         if self.zoneout:
-            if torch.compiler.is_compiling():
-                raise NotImplementedError("fastrnn: zoneout does not run under torch.compile yet")
             out, hn, cn = custom.rnn_zoneout(cell, x, batch_sizes, h0, c0, layers, self.dropout, self.training,
                                              self.zoneout, backend=self.backend)
         else:
@@ -188,14 +186,26 @@ class _RNNMixin:
         return out, self.permute_hidden(hidden, unsorted_indices)
 
     def _auto_picks_torch(self, input) -> bool:
-        if type(input) is not torch.Tensor or input.dim() not in (2, 3):
+        """Whether auto hands this whole call to torch (functional.torch_runs, fastrnn/dispatch.py):
+        then torch's own forward runs the call as it stands, skipping our checks and per-layer
+        dispatch: same result and errors, and torch's per-call cost plus ~3 us for this test."""
+        if self.backend != "auto" or type(input) is not torch.Tensor:
             return False
-        batched = input.dim() == 3
-        B = input.size(0 if self.batch_first else 1) if batched else 1
-        T = input.size(1 if self.batch_first else 0) if batched else input.size(0)
+        dim = input.dim()
+        if dim not in (2, 3):
+            return False
+        T = input.size(1 if self.batch_first else 0) if dim == 3 else input.size(0)
+        cell, device, dtype = MODE_TO_CELL[self.mode], input.device.type, input.dtype
+        if not functional.torch_may_run(cell, device, dtype, T, self.proj_size):
+            return False  # the common call: decided in ~1 us
         w = self._flat_weights[0] if self._flat_weights else None
-        return w is not None and _auto_hands_to_torch(self, w, input, B, T, 2 if self.bidirectional else 1,
-                                                      self.proj_size)
+        if w is None or w.dtype != dtype or w.device != input.device or torch.is_autocast_enabled("cpu"):
+            return False
+        return functional.torch_runs(
+            cell, device, dtype, input_size=self.input_size, hidden_size=self.hidden_size, proj_size=self.proj_size,
+            batch=input.size(0 if self.batch_first else 1) if dim == 3 else 1, steps=T,
+            directions=2 if self.bidirectional else 1, packed=False, backend="auto", may_win=True,
+            needs_grad=lambda: torch.is_grad_enabled() and (input.requires_grad or w.requires_grad))
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -224,21 +234,6 @@ class _RNNMixin:
             raise NotImplementedError(
                 "fastrnn: a module with zoneout (or weight_dropout in training) cannot be exported: exports "
                 "record torch.nn's own RNN, which has neither; export the model with zoneout=0 (eval)")
-
-
-def _auto_hands_to_torch(module, weight, input, batch: int, steps: int, directions: int, proj_size: int) -> bool:
-    """Whether auto hands this whole call to torch (functional.torch_runs, fastrnn/dispatch.py):
-    then torch's own forward runs the call as it stands, skipping our checks and per-layer
-    dispatch: same result and errors, and torch's per-call cost plus ~3 us for this test instead
-    of torch's plus ours (2-core EPYC, T=1 B=1 H=64 no_grad: RNN 88 -> 38 us, torch 31)."""
-    if module.backend != "auto" or torch.is_autocast_enabled("cpu") or weight.dtype != input.dtype \
-            or weight.device != input.device:
-        return False
-    return functional.torch_runs(
-        MODE_TO_CELL[module.mode], input.device.type, input.dtype, input_size=module.input_size,
-        hidden_size=module.hidden_size, proj_size=proj_size, batch=batch, steps=steps, directions=directions,
-        packed=False, backend=module.backend,
-        needs_grad=lambda: torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
 
 
 def _torch_error_or_raise(torch_forward, input, hx, problem: str):

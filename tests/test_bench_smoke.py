@@ -146,3 +146,31 @@ def test_models_harness(tmp_path):
     md, _ = report.write(tmp_path / "results", tmp_path / "REPORT.md", tmp_path / "plots")
     text = md.read_text()
     assert "Whole models" in text and "tutorial-lstm" in text and "python -m fastrnn.bench models" in text
+
+
+def test_roofline():
+    """The roofline fields (issue 20 item 6): a cache-streaming rate is measured, each case gets a
+    bound and each implementation its achieved fraction of it; the report renders them. (A plain
+    test, not a benchmark: it checks the fields, never the speed.)"""
+    tiny = [C.Case("gru", T=4, B=1, H=16), C.Case("lstm", T=4, B=8, H=16, mode="fwdbwd")]
+    threads = torch.get_num_threads()
+    rate = runner.cache_rate(C.layer_weight_bytes(tiny[0]), reps=3)
+    assert torch.get_num_threads() == threads  # measured at one thread, then restored
+    med, best = runner.matmul_peak("cpu", torch.float32, 64, reps=3, best=True)
+    assert 0 < med <= best
+    assert rate > 0
+    b = runner.roofline(tiny[1], 100.0, 10.0)
+    steps_bytes = 2 * C.step_weight_bytes(tiny[1])  # forward and the reverse loop
+    assert b["compute_bound_s"] == C.flops(tiny[1]) / 100e9
+    assert b["cache_bound_s"] == 4 * steps_bytes / 10e9
+    assert b["bound_s"] == max(b["compute_bound_s"], b["cache_bound_s"]) and b["bound_by"] in ("compute", "cache")
+    doc = runner.run(tiny, "cpu", ["cpp"], repeats=1, min_time=0.0, warmup=1, peak_n=64, progress=False)
+    assert set(doc["env"]["cache_rate_gbs"]) == {str(C.layer_weight_bytes(c)) for c in tiny}
+    assert doc["env"]["matmul_best_gflops"]["f32"] >= doc["env"]["matmul_peak_gflops"]["f32"]
+    for c in doc["cases"]:
+        assert c["bound_s"] > 0 and c["bound_by"] in ("compute", "cache")
+        for name, r in c["results"].items():
+            assert r["bound_frac"] > 0 and r["speedup"] > 0, name  # the old keys stay
+    from fastrnn.bench import report
+    assert "| limited by |" in report.roofline_table(doc)
+    assert "cache-streaming rate" in "\n".join(report.env_lines(doc))

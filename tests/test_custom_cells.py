@@ -166,15 +166,20 @@ def test_new_cells_match_reference(name, cfg, dtype):
     if dtype == torch.float64:
         _compare(got, ref, F64, f"{name}-{cfg}")
         return
-    # float32: elementwise within F32 of torch's own float32 loop; where an element is
-    # cancellation-limited (layer-norm backward sums terms of the gradient's full scale), the
-    # F32 bound applies to the error against the float64 truth relative to the tensor's scale.
+    _check_f32(m, x, hx, got, ref, f"{name}-{cfg}")
+
+
+def _check_f32(m, x, hx, got, ref, what):
+    """float32: elementwise within F32 of torch's own float32 loop; where an element is
+    cancellation-limited (layer-norm backward sums terms of the gradient's full scale), the
+    F32 bound applies to the error against the float64 truth relative to the tensor's scale.
+    (Turns m into float64.)"""
     truth = _run(m.double(), _to64(x), _hx64(hx))
     for k, (a, r, t) in enumerate(zip(got, ref, truth)):
         if torch.allclose(a, r, **F32):
             continue
         err, bound = (a.double() - t).abs().max().item(), F32["rtol"] * t.abs().max().item() + F32["atol"]
-        assert err <= bound, f"{name}-{cfg}[{k}]: float32 error {err:.3e} against float64 > {bound:.3e}"
+        assert err <= bound, f"{what}[{k}]: float32 error {err:.3e} against float64 > {bound:.3e}"
 
 
 def _hx64(hx):
@@ -516,3 +521,54 @@ def test_openblas_thread_count_restored():
         assert fn(3) == 3
     finally:
         fn(before)
+
+
+# ---------------------------------------------------------------- zoneout under torch.compile
+
+def _compiled_vs_eager(m, x, hx=None):
+    """(eager, compiled) outputs and gradients under the same seed, training then eval."""
+    cm = torch.compile(m, backend="aot_eager", fullgraph=True)  # fullgraph: no silent eager fallback
+    res = []
+    for training in (True, False):
+        m.train(training)
+        res.append((_run(m, x, hx, seed=5), _run(cm, x, hx, seed=5)))
+    return res
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_zoneout_under_torch_compile_matches_eager(cls):
+    """torch.compile(fastrnn.LSTM(..., zoneout=p)): the reference loop in the graph, the training
+    masks drawn by the opaque fastrnn::zoneout_masks op from torch's RNG, so under one seed the
+    compiled numbers are eager's (the fused kernels) in training and at eval."""
+    m = getattr(fastrnn, cls)(I, H, num_layers=2, bidirectional=True, zoneout=0.2, dtype=torch.float64)
+    x = _input({}, torch.float64, T=4)
+    try:
+        res = _compiled_vs_eager(m, x)
+    except Exception as e:  # noqa: BLE001
+        if "zoneout does not run under torch.compile yet" in str(e):
+            pytest.skip("needs the modules.py change in /tmp/notes/custom.md (drop the NotImplementedError)")
+        raise
+    for mode, (eager, compiled) in zip(("train", "eval"), res):
+        _compare(compiled, eager, F64, f"{cls}-{mode}")
+
+
+def test_custom_module_zoneout_under_torch_compile_matches_eager():
+    m = _perturb(fastrnn.LayerNormLSTM(I, H, zoneout=0.3, dtype=torch.float64))
+    x = _input({}, torch.float64, T=4)
+    for mode, (eager, compiled) in zip(("train", "eval"), _compiled_vs_eager(m, x)):
+        _compare(compiled, eager, F64, f"LayerNormLSTM-{mode}")
+
+
+@pytest.mark.parametrize("name", list(NEW_CELLS))
+def test_numba_step_loop_matches_reference(name, monkeypatch):
+    """The numba path's step-wise driver (torch GEMMs + generated @njit rows per step), forced at
+    a small batch; packed and bidirectional so the per-step row counts change."""
+    monkeypatch.setattr(fastrnn.custom, "STEP_LOOP_MIN_BATCH", 1)
+    c = dict(bidirectional=True, packed=True, hx=True, zoneout=0.2)
+    cell = NEW_CELLS[name]
+    m = _perturb(CustomRNN(cell, I, H, dtype=torch.float64, **_kwargs(c)))
+    x = _input(c, torch.float64)
+    hx = _hx(cell, c, torch.float64)
+    got = _run(m, x, hx)
+    m.backend = "reference"
+    _compare(got, _run(m, x, hx), F64, f"{name}-step-loop")

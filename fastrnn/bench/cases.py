@@ -34,6 +34,8 @@ from typing import Optional
 
 import torch
 
+from fastrnn.cells import gates
+
 CELLS = ("lstm", "gru", "rnn")
 MODES = ("fwd", "fwdbwd")
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64,
@@ -41,8 +43,12 @@ DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f
 # dtype names whose module and input are float32 but whose call runs under torch.autocast in
 # this dtype (bf16: CPU autocast's default, what `torch.autocast("cpu")` users get).
 AUTOCAST = {"autocast": torch.bfloat16}
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 PACKED = ("", "sorted", "unsorted")
+
+
+def _gates(cell: str) -> int:
+    """G of a grid cell name ("rnn" is torch's default tanh RNN)."""
+    return gates("rnn_tanh" if cell == "rnn" else cell)
 
 FASTRNNS_DEFAULT = dict(cell="lstm", T=100, B=64, H=512, layers=1)
 
@@ -143,7 +149,7 @@ def flops(case: Case) -> float:
     as twice the forward (grad of input/state and grad of the weights)."""
     ls = lengths(case)
     N = sum(ls) if ls is not None else case.T * case.B
-    G, H, D = GATES[case.cell], case.H, 2 if case.bidir else 1
+    G, H, D = _gates(case.cell), case.H, 2 if case.bidir else 1
     hout = case.proj or H
     total = 0.0
     for layer in range(case.layers):
@@ -247,3 +253,30 @@ def select(cases, cells=None, match=None) -> list[Case]:
     if match:
         out = [c for c in out if any(m in c.id or m in c.shape_id for m in match)]
     return out
+
+
+# ----------------------------------------------------------------------------- streaming
+
+def stream(device: str = "cpu", hidden=(64, 256), batch=(1,), cells=CELLS) -> list[Case]:
+    """The streaming cases (`python -m fastrnn.bench stream`): one frame per call (T=1), the state
+    carried from call to call, I = H, one layer; timed per step by `runner.run_stream`."""
+    return [Case(cell, T=1, B=B, H=H, sweep="stream") for cell in cells for H in hidden for B in batch]
+
+
+# ----------------------------------------------------------------------------- roofline
+
+def element_size(case: Case) -> int:
+    """Bytes per element of the dtype the case computes in (autocast: its autocast dtype)."""
+    return torch.empty((), dtype=case.compute_dtype).element_size()
+
+
+def layer_weight_bytes(case: Case) -> int:
+    """Bytes of one layer-direction's recurrent weights (W_hh, and W_hr with proj_size): what
+    each step must read, and the size at which the cache-streaming rate is measured."""
+    G, H, P = _gates(case.cell), case.H, case.proj or case.H
+    return (G * H * P + (H * P if case.proj else 0)) * element_size(case)
+
+
+def step_weight_bytes(case: Case) -> int:
+    """Recurrent-weight bytes one forward step reads over all layers and directions."""
+    return layer_weight_bytes(case) * case.layers * (2 if case.bidir else 1)

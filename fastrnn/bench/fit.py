@@ -51,6 +51,21 @@ def _ratio(c, backend):
     return r["torch"]["median_s"] / r[backend]["median_s"]
 
 
+def _panel_step_only(c) -> bool:
+    """Whether the in-step panel loop is the only rule keeping cpp on this oneDNN LSTM case: the
+    defaults' short-sequence and few-row rules do not apply, and the results file recorded that
+    every layer ran the "panel+step" plan (`cpp_plans`, written by the runner; files without it
+    leave the rule at its default, so a fit never depends on the machine that runs it)."""
+    from fastrnn import dispatch_table
+    d = {k: v["value"] for k, v in dispatch_table.TABLE["default"].items()}
+    lo, hi = d["onednn_mid_hidden"]
+    if c["T"] <= d["onednn_short_steps"] or c["B"] <= d["onednn_few_rows"] or (
+            c["B"] <= d["onednn_narrow_rows"] and not lo < c["H"] < hi):
+        return False
+    plans = c.get("cpp_plans")
+    return bool(plans) and all(p == "panel+step" for p in plans)
+
+
 def fit_file(path: Path) -> dict:
     """The fitted row of one CPU results file: {rule key: {"value", "from"}}."""
     doc = json.loads(Path(path).read_text())
@@ -82,6 +97,15 @@ def fit_file(path: Path) -> dict:
             put(f"{key}.gemm_flops_above.{mode}",
                 _edge([(_step_flops(c), _won(c, "cpp"), cid(c, "cpp")) for c in hc if c not in fused]),
                 f"per-step GEMM flops where torch's {half} beat cpp")
+    onednn = [c for c in cases if c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"]
+              and _won(c, "cpp") is not None and _panel_step_only(c)]
+    for mode in ("fwd", "fwdbwd"):
+        mine = [c for c in onednn if c["mode"] == mode]
+        if mine:
+            lost = [c for c in mine if not _won(c, "cpp")]
+            row[f"onednn_panel_step_wins.{mode}"] = {
+                "value": not lost, "from": f"{name}: LSTM vs oneDNN where only the panel loop's in-step "
+                "projection keeps cpp, " + ", ".join(cid(c, "cpp") for c in (lost or mine)[:4])}
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None
            and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
     for short, full in (("f32", "float32"), ("f64", "float64")):
@@ -117,6 +141,6 @@ def fit(paths=None, out: Path | None = None) -> str:
         import importlib
         from fastrnn import dispatch
         importlib.reload(dispatch_table)
-        dispatch.table.cache_clear()
+        dispatch.clear()
     lines.append(gpu_dispatch.fit() if out is None else "CUDA table not refitted (out= given)")
     return "\n".join(lines) or "no CPU results file"

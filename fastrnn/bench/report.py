@@ -199,6 +199,70 @@ def load_models(results_dir: Path) -> list[dict]:
     return docs
 
 
+def load_stream(results_dir: Path) -> list[dict]:
+    docs = []
+    for p in sorted((Path(results_dir) / "stream").glob("*.json")):
+        try:
+            doc = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("kind") == "stream":
+            docs.append(doc)
+    return docs
+
+
+def stream_table(doc: dict) -> str:
+    """Markdown: one row per streaming case, per implementation the median (min) µs per step and
+    torch's median over its median."""
+    names = []
+    for c in doc["cases"]:
+        names += [n for n in c["results"] if n not in names]
+    us = lambda s: f"{s * 1e6:.1f}"  # noqa: E731
+    lines = ["| case (one frame per call) | " + " | ".join(f"{n} µs/step" for n in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for c in doc["cases"]:
+        cells = []
+        for n in names:
+            r = c["results"].get(n)
+            if r is None or "median_s" not in r:
+                cells.append("—")
+                continue
+            sp = f" ×{r['speedup']:.2f}" if r.get("speedup") and n != TORCH_NN else ""
+            cells.append(f"{us(r['median_s'])} ({us(r['min_s'])}){sp}")
+        label = f"{c['cell']} B={c['B']} H={c['H']} {c['dtype']}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stream_section(doc: dict) -> list[str]:
+    e, s = doc["env"], doc.get("settings", {})
+    out = [f"### Streaming: {doc['hardware_id']}", "",
+           f"Made with `{s.get('command', 'python -m fastrnn.bench stream')}` on {e.get('cpu_model')} "
+           f"({', '.join(e.get('cpu_features') or [])}; {e.get('cores')} cores, torch threads "
+           f"{e.get('torch_threads')}, torch {e.get('torch')}, onnxruntime {e.get('onnxruntime')}, fastrnn at "
+           f"{e.get('git_revision')}, {e.get('date')}). Per step: median (min) over blocks of "
+           f"{s.get('steps_per_sample')} consecutive steps, the implementations alternating block by block "
+           f"in random order, ≥ {s.get('rounds')} blocks each; ×N is torch's median over the "
+           "implementation's. Every output was checked against torch's module over the same frames.", ""]
+    la = [x for x in (e.get("loadavg_start"), e.get("loadavg_end")) if x is not None]
+    if la and max(la) > (e.get("cores") or 1):
+        out += [f"**Warning: the machine was busy** (load average {max(la):.1f} on {e.get('cores')} cores): "
+                "medians of multi-threaded calls (torch, ONNX Runtime) suffer most; the minima are "
+                "closer to an idle machine.", ""]
+    out += [stream_table(doc), ""]
+    notes = {}
+    for c in doc["cases"]:
+        for n, r in c["results"].items():
+            if r.get("note"):
+                notes.setdefault(n, r["note"])
+            if n != TORCH_NN and r.get("max_abs_err") is not None and r["max_abs_err"] > 1e-4:
+                out.append(f"- **{c['id']} {n}: output differs from torch's by {r['max_abs_err']:.1e}**")
+    out += [f"- `{n}`: {v}" for n, v in notes.items()]
+    sk = sorted({(n, why) for c in doc["cases"] for n, why in c.get("skipped", {}).items()})
+    out += [f"- `{n}` not timed: {why}" for n, why in sk]
+    return out + [""]
+
+
 def detail_table(doc: dict) -> str:
     lines = ["| case | impl | median | IQR | min–max | GFLOP/s | % peak | peak mem | max err | grad err (rel) "
              "| packed/padded | first call |",
@@ -214,6 +278,25 @@ def detail_table(doc: dict) -> str:
                 f"{r['gflops']:.3g}", "—" if pf is None else f"{100 * pf:.1f}%",
                 fmt_bytes(r.get("peak_mem_bytes")), _sci(r.get("max_abs_err")), _sci(r.get("max_rel_err_grad")),
                 "—" if ratio is None else f"{ratio:.2f}", fmt_time(r.get("first_call_s"))]) + " |")
+    return "\n".join(lines)
+
+
+def roofline_table(doc: dict) -> Optional[str]:
+    """Markdown: per case its bound (T * max(step flops / matrix peak, step weight bytes / cache
+    rate)), what limits it, and each implementation's achieved fraction of it (100% = at the bound)."""
+    cases = [c for c in doc["cases"] if c.get("bound_s")]
+    if not cases:
+        return None
+    names = [n for n in backends_of(doc) if any(n in c["results"] for c in cases)]
+    lines = ["| case | limited by | bound | compute / cache bound | " + " | ".join(names) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(names)]
+    for c in cases:
+        cells = []
+        for n in names:
+            r = c["results"].get(n)
+            cells.append("—" if r is None or r.get("bound_frac") is None else f"{100 * r['bound_frac']:.0f}%")
+        lines.append(f"| {c['id']} | {c['bound_by']} | {fmt_time(c['bound_s'])} | "
+                     f"{fmt_time(c['compute_bound_s'])} / {fmt_time(c['cache_bound_s'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -238,7 +321,17 @@ def env_lines(doc: dict) -> list[str]:
         f"Python {e.get('python')}",
         f"- fastrnn {e.get('fastrnn')} at {e.get('git_revision')}, run {e.get('date')}; "
         f"available backends: {', '.join(e.get('available_backends', []))}",
-        f"- matrix peak (torch.mm {e.get('matmul_peak_size')}³, median): {peak}",
+        f"- matrix peak (torch.mm {e.get('matmul_peak_size')}³, median): {peak}"
+        + ("; fastest call (the roofline's): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in
+                                                          e["matmul_best_gflops"].items())
+           if e.get("matmul_best_gflops") else ""),
+    ]
+    rates = e.get("cache_rate_gbs") or {}
+    if rates:
+        out.append("- cache-streaming rate (the threads reading a layer's W_hh from their caches, each its "
+                   "share; `runner.cache_rate`): "
+                   + ", ".join(f"{fmt_bytes(int(b))} {v:.3g} GB/s" for b, v in rates.items()))
+    out += [
         f"- settings: repeats ≥ {s.get('repeats')}, min time {s.get('min_time')} s per case, "
         f"{len(doc['cases'])} cases{' (quick subset)' if s.get('quick') else ''}, wall {s.get('wall_s', 0):.0f} s",
     ]
@@ -359,12 +452,25 @@ def write(results_dir: Path, out_md: Path, plots_dir: Path) -> tuple[Path, list[
                     md_dir = Path(out_md).resolve().parent
                     rel = p.resolve().relative_to(md_dir) if p.resolve().is_relative_to(md_dir) else p
                     parts += [f"![{hw} speedup vs {label}, {dt}]({rel})", ""]
+        roof = roofline_table(doc)
+        if roof:
+            parts += ["<details><summary>Roofline: each case's bound, T · max(step flops / matrix peak, "
+                      "step weight bytes / cache-streaming rate) (training: 3x the flops, the weights read "
+                      "twice), and each implementation's achieved fraction of it</summary>", "", roof, "",
+                      "</details>", ""]
         parts += ["<details><summary>Details: spread, GFLOP/s, fraction of the matrix peak, memory, "
                   "error vs torch, packed/padded, first call</summary>", "", detail_table(doc), "", "</details>", ""]
         cud = [(c["id"], c["cudnn"]) for c in doc["cases"] if c.get("cudnn")]
         if cud:
             parts += ["cuDNN algorithm torch used (from profiler kernel names):", ""]
             parts += [f"- {cid}: {d['algo']} ({', '.join(d['kernels'][:3])})" for cid, d in cud] + [""]
+    sdocs = load_stream(results_dir)
+    if sdocs:
+        parts += ["## Streaming: one frame per call", "",
+                  "Generated from `results/stream/` (`python -m fastrnn.bench stream`): real-time code "
+                  "calls the network once per frame with the state carried; `stream` is `fastrnn.Stream`.", ""]
+        for sdoc in sdocs:
+            parts += stream_section(sdoc)
     mdocs = load_models(results_dir)
     if mdocs:
         parts += ["## Whole models: training steps, torch.nn vs fastrnn", "",

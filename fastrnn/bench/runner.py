@@ -58,57 +58,8 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def slugify(s: str) -> str:
-    s = re.sub(r"\((r|tm|c)\)", "", s.lower())
-    s = re.sub(r"\bcpu\b|@.*$|\bprocessor\b|\bwith .*$", "", s)
-    return re.sub(r"[^a-z0-9]+", "-", s).strip("-")
-
-
-def cpu_vector_isa() -> str:
-    """The widest vector ISA of this CPU: the same model name ("AMD EPYC") covers AVX2-only and
-    AVX-512 parts, whose results differ (torch's oneDNN kernels use AVX-512 where present)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return next((isa for isa in ("avx512f", "avx2") if isa in flags), "").replace("f", "")
-
-
-def cpu_features() -> list[str]:
-    """The CPU flags that decide which kernels torch and fastrnn run (a VM's model name is often
-    just "Intel(R) Xeon(R) Processor"): vector width, and native bf16/fp16 (AVX512_BF16, AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        flags = set()
-    return [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16") if f in flags]
-
-
-def hardware_id(device: str) -> str:
-    if device == "cuda":
-        return slugify(torch.cuda.get_device_name())
-    isa = cpu_vector_isa()
-    return "cpu-" + slugify(cpu_model()) + (f"-{isa}" if isa else "") + f"-{cpu_cores()}c"
+# What machine this is: shared with the dispatch table, which is keyed by the same hardware id.
+from fastrnn.hardware import cpu_cores, cpu_features, cpu_model, cpu_vector_isa, hardware_id, slugify  # noqa: E402,F401
 
 
 def git_revision() -> Optional[str]:
@@ -191,8 +142,11 @@ def time_call(fn: Callable, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def matmul_peak(device: str, dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
-    """This machine's matrix throughput in GFLOP/s: median of `reps` n^3 torch.mm calls."""
+def matmul_peak(device: str, dtype=torch.float32, n: int = 2048, reps: int = 5, best: bool = False):
+    """This machine's matrix throughput in GFLOP/s: median of `reps` n^3 torch.mm calls; with
+    `best`, the pair (median, fastest call): the roofline bounds with the fastest, since load
+    from other processes only ever slows a call (the median measured under load let cases
+    reach 130% of their "peak")."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
@@ -200,7 +154,59 @@ def matmul_peak(device: str, dtype=torch.float32, n: int = 2048, reps: int = 5) 
         torch.mm(a, b, out=out)
     _sync(device)
     ts = sorted(time_call(lambda: torch.mm(a, b, out=out), device) for _ in range(reps))
-    return 2.0 * n ** 3 / ts[len(ts) // 2] / 1e9
+    median = 2.0 * n ** 3 / ts[len(ts) // 2] / 1e9
+    return (median, 2.0 * n ** 3 / ts[0] / 1e9) if best else median
+
+
+def cache_rate(nbytes: int, device: str = "cpu", reps: int = 30) -> float:
+    """GB/s at which torch's threads read a layer's recurrent weights of `nbytes` that already sit
+    in their caches: the small-batch bound's rate (at B <= 4 a step reads W_hh once and does ~2B
+    flops per element read, so it streams weights rather than computing).
+
+    CPU: each of the T = torch.get_num_threads() threads reads its own nbytes/T share from its own
+    L2, so the rate is T x the rate of one thread reading nbytes/T, measured with torch at one
+    thread (restored after): the faster of `torch.mv` (the step's own product) and `torch.sum` (a
+    plain read), the fastest of `reps` calls each. Measured per thread because a T-thread call
+    times the OpenMP barrier, not the reads, once other processes share the cores: at load 6 on 2
+    cores every 2-thread mv of 1 MiB took 8-16 ms instead of ~15 us (a preempted thread waited
+    out a scheduler slice). The fastest call, not the median: a bound is what the machine can do,
+    and load only slows a call. One op's overhead (~1.5 us) is included, which makes the bound
+    loose below ~256 KiB. CUDA: one torch.mv over the whole matrix."""
+    threads = torch.get_num_threads() if device == "cpu" else 1
+    share = max(4096, nbytes // threads)
+    cols = max(16, int((share / 4) ** 0.5) // 16 * 16)
+    rows = max(1, share // (4 * cols))
+    w = torch.randn(rows, cols, device=device)
+    v = torch.randn(cols, device=device)
+    out = torch.empty(rows, device=device)
+    fns = [lambda: torch.mv(w, v, out=out)] + ([lambda: torch.sum(w)] if device == "cpu" else [])
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        best = []
+        for fn in fns:
+            for _ in range(3):
+                fn()
+            _sync(device)
+            best.append(min(time_call(fn, device) for _ in range(reps)))
+    finally:
+        if device == "cpu":
+            torch.set_num_threads(threads)
+    return threads * rows * cols * 4 / min(best) / 1e9
+
+
+def roofline(case: Case, peak_gflops: Optional[float], rate_gbs: Optional[float]) -> dict:
+    """The case's time bound: T * max(step flops / matrix peak, step weight bytes / cache rate);
+    a training step counts the backward as 2x the forward's flops (as `flops` does) and reads the
+    recurrent weights a second time (the reverse loop)."""
+    from fastrnn.bench.cases import step_weight_bytes
+    if not peak_gflops or not rate_gbs:
+        return {}
+    f = flops(case)
+    t_compute = f / (peak_gflops * 1e9)
+    t_cache = case.T * step_weight_bytes(case) * (2 if case.mode == "fwdbwd" else 1) / (rate_gbs * 1e9)
+    return {"bound_s": max(t_compute, t_cache), "bound_by": "compute" if t_compute >= t_cache else "cache",
+            "compute_bound_s": t_compute, "cache_bound_s": t_cache}
 
 
 def _rss_bytes() -> int:
@@ -579,8 +585,11 @@ def _peak_key(case: Case) -> str:
 
 
 def run_case(case: Case, device: str, names: list[str], repeats: int = 5, min_time: float = 1.0,
-             warmup: int = 2, peaks: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
-    """Times torch's module and each of `names` on `case`; returns the case's result record."""
+             warmup: int = 2, peaks: Optional[dict] = None, log: Callable[[str], None] = print,
+             rates: Optional[dict] = None, best_peaks: Optional[dict] = None) -> dict:
+    """Times torch's module and each of `names` on `case`; returns the case's result record.
+    `rates`: {str(bytes): GB/s} from `cache_rate` (env["cache_rate_gbs"]) and `best_peaks`
+    (env["matmul_best_gflops"], else `peaks`) for the roofline."""
     setup = Setup(case, device)
     impls, skipped = [], {}
     for name in [TORCH_NN] + [n for n in names if n != TORCH_NN]:
@@ -625,6 +634,9 @@ def run_case(case: Case, device: str, names: list[str], repeats: int = 5, min_ti
 
     f = flops(case)
     peak = (peaks or {}).get(_peak_key(case))
+    from fastrnn.bench.cases import layer_weight_bytes
+    bound = roofline(case, (best_peaks or peaks or {}).get(_peak_key(case)),
+                     (rates or {}).get(str(layer_weight_bytes(case))))
     base = None
     if TORCH_NN in samples:
         base = _quantiles(samples[TORCH_NN])["median_s"]
@@ -634,6 +646,8 @@ def run_case(case: Case, device: str, names: list[str], repeats: int = 5, min_ti
         r["gflops"] = f / r["median_s"] / 1e9
         r["peak_frac"] = r["gflops"] / peak if peak else None
         r["speedup"] = base / r["median_s"] if base else None
+        if bound:
+            r["bound_frac"] = bound["bound_s"] / r["median_s"]  # achieved / bound: 1.0 is at the bound
     results = {n: r for n, r in rec.items() if "@" not in n}
     for name, r in rec.items():
         if name.endswith("@padded"):
@@ -643,12 +657,30 @@ def run_case(case: Case, device: str, names: list[str], repeats: int = 5, min_ti
                 own["packed_vs_padded"] = own["median_s"] / r["median_s"]
     out = case.as_dict()
     out.update(flops=f, results=results, skipped=skipped, rounds=rnd)
+    out.update(bound)
+    plans = cpp_plans(case) if device == "cpu" else None
+    if plans:
+        out["cpp_plans"] = plans
     if setup.lengths is not None:
         out["lengths"] = {"min": min(setup.lengths), "max": max(setup.lengths),
                           "mean": sum(setup.lengths) / len(setup.lengths)}
     if cudnn is not None:
         out["cudnn"] = cudnn
     return out
+
+
+def cpp_plans(case: Case) -> Optional[list]:
+    """The time loop the cpp extension runs for each layer of the case ("panel+step", "panel",
+    "blas"): `python -m fastrnn.bench fit` reads it, so a fit depends on the results file only."""
+    try:
+        from fastrnn import _ext
+    except ImportError:
+        return None
+    from fastrnn.cells import gates
+    G = gates("rnn_tanh" if case.cell == "rnn" else case.cell)
+    sizes = [case.input_size] + [case.H * (2 if case.bidir else 1)] * (case.layers - 1)
+    return [_ext.loop_plan(proj=bool(case.proj), batch=case.B, steps=case.T, input_size=i, hidden=case.H, gates=G)
+            for i in sizes]
 
 
 def backend_load_times() -> dict:
@@ -697,8 +729,12 @@ def run(cases: list[Case], device: str = "cpu", backends: Optional[list[str]] = 
     n = peak_n or (4096 if device == "cuda" else 2048)
     dts = sorted({_peak_key(c) for c in cases} | {"f32"})
     from fastrnn.bench.cases import DTYPES
-    env["matmul_peak_gflops"] = {dt: matmul_peak(device, DTYPES[dt], n) for dt in dts}
+    peaks = {dt: matmul_peak(device, DTYPES[dt], n, best=True) for dt in dts}
+    env["matmul_peak_gflops"] = {dt: p[0] for dt, p in peaks.items()}   # median: peak_frac, as before
+    env["matmul_best_gflops"] = {dt: p[1] for dt, p in peaks.items()}   # fastest call: the roofline
     env["matmul_peak_size"] = n
+    from fastrnn.bench.cases import layer_weight_bytes
+    env["cache_rate_gbs"] = {str(b): cache_rate(b, device) for b in sorted({layer_weight_bytes(c) for c in cases})}
 
     bar = None
     log = print
@@ -716,7 +752,8 @@ def run(cases: list[Case], device: str = "cpu", backends: Optional[list[str]] = 
             bar.set_postfix_str(case.id)
         try:
             records.append(run_case(case, device, names, repeats, min_time, warmup,
-                                    env["matmul_peak_gflops"], log))
+                                    env["matmul_peak_gflops"], log, env["cache_rate_gbs"],
+                                    env["matmul_best_gflops"]))
         except Exception as e:  # e.g. out of memory building the inputs: the run goes on
             log(f"  {case.id}: failed: {type(e).__name__}: {e}")
             records.append(dict(case.as_dict(), flops=flops(case), results={},
@@ -741,3 +778,195 @@ def save(doc: dict, path: Optional[Path] = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
+
+
+# ----------------------------------------------------------------------------- streaming (one frame per call)
+
+STREAM_IMPLS = (TORCH_NN, "auto", "stream", "onnxruntime")
+STREAM_SCHEMA = 1
+
+
+def _stream_onnx(module: nn.Module, case: Case, x1: torch.Tensor, hx):
+    """ONNX Runtime session of the one-step model (x [1, B, I], h0 (, c0)) -> (y, hn (, cn))."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise Skip(f"onnxruntime not importable ({e})") from None
+    import warnings
+    lstm = case.cell == "lstm"
+    fd, path = tempfile.mkstemp(suffix=".onnx")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), _quiet():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x1, hx), path, dynamo=False,
+                              input_names=["x", "h0", "c0"] if lstm else ["x", "h0"],
+                              output_names=["y", "hn", "cn"] if lstm else ["y", "hn"])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as in onnx_impl
+        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise Skip(f"export failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:160]}") from None
+    finally:
+        os.unlink(path)
+
+
+def stream_impls(case: Case, names=STREAM_IMPLS) -> tuple[dict, dict, dict]:
+    """({name: (reset, step)}, {name: why skipped}, {name: note}) for one streaming case: each
+    step() feeds the next frame of a fixed 16-frame sequence and returns the output frame [B, H];
+    reset() sets the state to zeros and rewinds the frames. All share torch's module's weights."""
+    from fastrnn.stream import Stream
+    torch.manual_seed(0)
+    dt = case.torch_dtype
+    B, I, H = case.B, case.input_size, case.H
+    kw = dict(input_size=I, hidden_size=H)
+    module = _TORCH_CLS[case.cell](**kw).to(dt).eval()
+    frames = torch.randn(16, B, I, dtype=dt)
+    lstm = case.cell == "lstm"
+    zeros = lambda: torch.zeros(1, B, H, dtype=dt)  # noqa: E731
+    impls, skipped, notes = {}, {}, {}
+
+    def module_stepper(m):
+        st = {"t": 0, "hx": None}
+        xs = [frames[t:t + 1] for t in range(16)]   # [1, B, I] views made once
+
+        def reset():
+            st["t"], st["hx"] = 0, ((zeros(), zeros()) if lstm else zeros())
+
+        def step():
+            t = st["t"]
+            y, st["hx"] = m(xs[t], st["hx"])
+            st["t"] = (t + 1) & 15
+            return y[0]
+        reset()
+        return reset, step
+
+    for name in names:
+        try:
+            if name == TORCH_NN:
+                impls[name] = module_stepper(module)
+                notes[name] = "module(x[1, B, I], hx) with the state carried"
+            elif name == "auto" or name in fastrnn.available_backends("cpu"):
+                m = getattr(fastrnn, _FASTRNN_CLS[case.cell])(**kw, backend=name).to(dt).eval()
+                m.load_state_dict(module.state_dict())
+                impls[name] = module_stepper(m)
+                notes[name] = "fastrnn module(x[1, B, I], hx) with the state carried"
+            elif name == "stream":
+                s = Stream(module, batch_size=B)
+                xs = [frames[t] for t in range(16)]
+                st = {"t": 0}
+
+                def reset(s=s, st=st):
+                    s.reset()
+                    st["t"] = 0
+
+                def step(s=s, st=st, xs=xs):
+                    t = st["t"]
+                    st["t"] = (t + 1) & 15
+                    return s.step(xs[t])
+                impls[name] = (reset, step)
+                notes[name] = "fastrnn.Stream(module).step(x[B, I])"
+            elif name == "onnxruntime":
+                if dt != torch.float32:
+                    raise Skip("float32 only")
+                hx0 = (zeros(), zeros()) if lstm else zeros()
+                sess = _stream_onnx(module, case, frames[:1], hx0)
+                xs = [frames[t:t + 1].numpy() for t in range(16)]
+                st = {"t": 0}
+                feeds = ["x", "h0", "c0"] if lstm else ["x", "h0"]
+
+                def reset(st=st, lstm=lstm):
+                    st["t"] = 0
+                    st["state"] = [zeros().numpy(), zeros().numpy()][:2 if lstm else 1]
+
+                def step(st=st, sess=sess, xs=xs, feeds=feeds):
+                    t = st["t"]
+                    st["t"] = (t + 1) & 15
+                    out = sess.run(None, dict(zip(feeds, [xs[t]] + st["state"])))
+                    st["state"] = out[1:]
+                    return torch.from_numpy(out[0][0])
+                reset()
+                impls[name] = (reset, step)
+                notes[name] = "InferenceSession.run on numpy, the state fed back (torch.onnx.export, dynamo=False)"
+            else:
+                raise Skip("not a streaming implementation")
+        except Skip as e:
+            skipped[name] = str(e)
+        except Exception as e:  # recorded, not fatal
+            skipped[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+    return impls, skipped, notes
+
+
+def run_stream_case(case: Case, names=STREAM_IMPLS, steps: int = 20, rounds: int = 200,
+                    min_time: float = 1.0) -> dict:
+    """Per-step seconds of each streaming implementation of `case`, timed side by side.
+
+    Each round times a block of `steps` consecutive steps of every implementation, in a new random
+    order every round; a sample is the block's time / steps. Before timing, each runs the 16
+    frames from zero state and its outputs are compared with torch's module over the whole
+    sequence (max_abs_err)."""
+    impls, skipped, notes = stream_impls(case, names)
+    rec = {}
+    with torch.inference_mode():
+        ref = None
+        if TORCH_NN in impls:
+            reset, step = impls[TORCH_NN]
+            reset()
+            ref = torch.stack([step() for _ in range(16)])
+        for name, (reset, step) in list(impls.items()):
+            try:
+                reset()
+                got = torch.stack([step() for _ in range(16)])
+                rec[name] = {"max_abs_err": _max_abs_err(got, ref) if name != TORCH_NN else 0.0,
+                             "note": notes.get(name, "")}
+                for _ in range(50):  # warm-up: JIT, allocator, ORT's arena
+                    step()
+            except Exception as e:
+                del impls[name]
+                skipped[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        samples = {n: [] for n in impls}
+        order_rng = random.Random(case.id)
+        pc = time.perf_counter
+        t0, rnd = pc(), 0
+        while impls:
+            for name in order_rng.sample(list(impls), len(impls)):
+                step = impls[name][1]
+                a = pc()
+                for _ in range(steps):
+                    step()
+                samples[name].append((pc() - a) / steps)
+            rnd += 1
+            if rnd >= rounds and pc() - t0 >= min_time:
+                break
+    base = _quantiles(samples[TORCH_NN])["median_s"] if samples.get(TORCH_NN) else None
+    for name, ts in samples.items():
+        r = rec[name]
+        r.update(_quantiles(ts))
+        r["speedup"] = base / r["median_s"] if base else None
+    out = case.as_dict()
+    out.update(flops=flops(case), results=rec, skipped=skipped, rounds=rnd, steps_per_sample=steps)
+    return out
+
+
+def run_stream(cases: list[Case], names=STREAM_IMPLS, steps: int = 20, rounds: int = 200, min_time: float = 1.0,
+               progress: bool = True, settings: Optional[dict] = None) -> dict:
+    """The streaming results document: environment, settings and one record per case."""
+    env = environment("cpu")
+    t0 = time.perf_counter()
+    records = []
+    for case in cases:
+        if progress:
+            print(f"  {case.id} ...", flush=True)
+        records.append(run_stream_case(case, names, steps, rounds, min_time))
+    env["loadavg_end"] = _loadavg()
+    return {"schema": STREAM_SCHEMA, "kind": "stream", "hardware_id": env["hardware_id"], "env": env,
+            "settings": dict(settings or {}, impls=list(names), steps_per_sample=steps, rounds=rounds,
+                             min_time=min_time, wall_s=time.perf_counter() - t0),
+            "cases": records}
+
+
+def save_stream(doc: dict, path: Optional[Path] = None) -> Path:
+    """benchmarks/results/stream/<hardware-id>.json (beside the grid's file, which it leaves alone)."""
+    return save(doc, Path(path) if path else benchmarks_dir() / "results" / "stream" / f"{doc['hardware_id']}.json")

@@ -33,7 +33,11 @@ How a cell becomes a kernel
    row; backward runs the steps in reverse, recomputes the step from the saved
    pre-activations and states (the VJP graph contains the forward), and leaves
    the weight gradients to GEMMs after the loop. Nothing is allocated per step.
-   Packed batches run natively, as in rnn.py.
+   Packed batches run natively, as in rnn.py. From `fastrnn.custom.STEP_LOOP_MIN_BATCH`
+   rows on, the same row code runs as one-step kernels (`_FWD_STEP` / `_BWD_STEP`) under a
+   Python step loop whose recurrent GEMMs are torch's (MKL/oneDNN beat the OpenBLAS that
+   np.dot reaches at B >= 16). The graph walk is shared with the Triton generator
+   (`fastrnn.kernels.triton.custom`): `NumbaLang` / `TritonLang` only spell the items.
 4. Compile. The source is written to `$FASTRNN_CACHE_DIR/numba_custom/<hash>.py`
    (default `~/.cache/fastrnn`) and imported, so numba's on-disk cache
    (`cache=True`) works across processes: a cell definition compiles once per
@@ -147,6 +151,7 @@ class Group:
     pre: list = field(default_factory=list)
     body: list = field(default_factory=list)
     post: list = field(default_factory=list)
+    loads: dict = field(default_factory=dict)   # per-language cache of buffer reads in this loop
 
 
 @dataclass(eq=False)
@@ -169,9 +174,61 @@ class Val:
     summed: bool = False     # a sum over the batch (a parameter's gradient contribution)
 
 
+class NumbaLang:
+    """How row code is spelled in Numba: each Group is a `for j in range(w)` loop whose body
+    works on scalars. The graph walk (`lower`) and the placement of values into loops
+    (`RowCodegen`) are language-neutral; `fastrnn.kernels.triton.custom.TritonLang` spells
+    the same items as whole-row block operations. `DT(x)` is the kernel's float type."""
+
+    name = "Numba"
+
+    def __init__(self):
+        self.unary, self.binary = _UNARY, _BINARY
+
+    def cond(self, c, a, b):
+        return f"({a} if {c} else {b})"
+
+    def in_range(self, j, lo, hi):
+        return f"{j} >= {lo} and {j} < {hi}"
+
+    def maxf(self, a, b):
+        return f"max({a}, {b})"
+
+    def minf(self, a, b):
+        return f"min({a}, {b})"
+
+    def pow(self, a, b, ex, where):
+        return f"({a} ** {b})"
+
+    def rsqrt(self, e):
+        return f"(DT(1) / np.sqrt({e}))"
+
+    def elem(self, v, j, group):
+        return f"{v.buf}[{v.off}+{j}]"
+
+    def store(self, buf, off, e, acc):
+        return f"{buf}[{off}+j] {'+=' if acc else '='} {e}"
+
+    def reduce(self, nm, e, kind, width):
+        """(pre, body, post) lines of a row reduction of e into the scalar nm."""
+        if kind == "amax":
+            return [f"{nm} = -np.inf"], [f"{nm} = {e} if {e} > {nm} else {nm}"], []
+        # float64 accumulators: row sums feed layer-norm backward, which cancels
+        post = [f"{nm} = DT({nm} / ({width}))"] if kind == "mean" else [f"{nm} = DT({nm})"]
+        return [f"{nm} = np.float64(0)"], [f"{nm} += {e}"], post
+
+    def group_lines(self, g, pad, first):
+        return ([pad + s for s in g.pre] + [pad + f"for j in range({g.width}):"]
+                + [pad + "    " + s for s in g.body] + [pad + s for s in g.post])
+
+    def item_lines(self, lines, pad, first):
+        return [pad + s for s in lines]
+
+
 class RowCodegen:
-    def __init__(self, what):
+    def __init__(self, what, lang=None):
         self.what = what
+        self.L = lang or NumbaLang()
         self.items = []          # Group | list[str]
         self.ws = Lin(0, 0)
         self.n = 0
@@ -203,7 +260,7 @@ class RowCodegen:
             return v.local
         if v.buf is None:
             self.materialize(v)
-        return f"{v.buf}[{v.off}+{j}]"
+        return self.L.elem(v, j, group)
 
     def materialize(self, v):
         if v.buf is not None:
@@ -211,7 +268,7 @@ class RowCodegen:
         assert v.group is not None
         off = self.ws
         self.ws = self.ws + v.width
-        v.group.body.append(f"ws[{off}+j] = {v.local}")
+        v.group.body.append(self.L.store("ws", off, v.local, False))
         v.buf, v.off = "ws", str(off)
 
     def _avail(self, vals):
@@ -248,22 +305,16 @@ class RowCodegen:
         g = self._group_for(v.width, [v])
         e = self.elem(v, "j", g)
         nm = self.name("r")
-        if kind == "amax":
-            g.pre.append(f"{nm} = -np.inf")
-            g.body.append(f"{nm} = {e} if {e} > {nm} else {nm}")
-        else:  # float64 accumulators: row sums feed layer-norm backward, which cancels
-            g.pre.append(f"{nm} = np.float64(0)")
-            g.body.append(f"{nm} += {e}")
-        if kind == "mean":
-            g.post.append(f"{nm} = DT({nm} / ({v.width}))")
-        elif kind == "sum":
-            g.post.append(f"{nm} = DT({nm})")
+        pre, body, post = self.L.reduce(nm, e, kind, v.width)
+        g.pre += pre
+        g.body += body
+        g.post += post
         return Val(None, row=v.row, avail=g.pos, expr=nm)
 
     def store(self, v, buf, off, width, acc=False):
         g = self._group_for(width, [v])
         e = self.elem(v, "j", g)
-        g.body.append(f"{buf}[{off}+j] {'+=' if acc else '='} {e}")
+        g.body.append(self.L.store(buf, off, e, acc))
         return g.pos
 
     def slice(self, v, start, width):
@@ -291,12 +342,9 @@ class RowCodegen:
             if isinstance(it, Group):
                 if not it.body:
                     continue
-                out += [pad + s for s in it.pre]
-                out.append(pad + f"for j in range({it.width}):")
-                out += [pad + "    " + s for s in it.body]
-                out += [pad + s for s in it.post]
+                out += self.L.group_lines(it, pad, not out)
             else:
-                out += [pad + s for s in it]
+                out += self.L.item_lines(it, pad, not out)
         return out
 
 
@@ -343,10 +391,12 @@ def _shape_class(v0, v1, what):
                                "scalars are supported in the fused path)")
 
 
-def lower(g0, g1, bind_inputs, what):
-    """Lower a traced graph pair to row code. bind_inputs(index, row, width) -> Val.
-    Returns (codegen, list of output Vals (None for a None output))."""
-    cg = RowCodegen(what)
+def lower(g0, g1, bind_inputs, what, lang=None):
+    """Lower a traced graph pair to row code in `lang` (NumbaLang by default).
+    bind_inputs(index, row, width) -> Val. Returns (codegen, list of output Vals (None for a
+    None output))."""
+    cg = RowCodegen(what, lang)
+    L = cg.L
     env = {}
     ph = 0
     outs = None
@@ -405,10 +455,10 @@ def lower(g0, g1, bind_inputs, what):
             v = kw.get(name, a[i] if len(a) > i else None)
             return default if v is None else v
 
-        if op in _UNARY:
-            env[n0] = cg.ew(width, row, [a[0]], lambda e, t=_UNARY[op]: t.format(*e))
-        elif op in _BINARY:
-            env[n0] = cg.ew(width, row, [a[0], a[1]], lambda e, t=_BINARY[op]: t.format(*e))
+        if op in L.unary:
+            env[n0] = cg.ew(width, row, [a[0]], lambda e, t=L.unary[op]: t.format(*e))
+        elif op in L.binary:
+            env[n0] = cg.ew(width, row, [a[0], a[1]], lambda e, t=L.binary[op]: t.format(*e))
         elif op in ("add", "sub", "rsub"):
             alpha = kwv("alpha", 2, None)
             sgn = "+" if op == "add" else "-"
@@ -422,16 +472,16 @@ def lower(g0, g1, bind_inputs, what):
             if ex == 2:
                 env[n0] = cg.ew(width, row, [a[0]], lambda e: f"({e[0]} * {e[0]})")
             else:
-                env[n0] = cg.ew(width, row, [a[0], a[1]], lambda e: f"({e[0]} ** {e[1]})")
+                env[n0] = cg.ew(width, row, [a[0], a[1]], lambda e, ex=ex: L.pow(e[0], e[1], ex, where))
         elif op == "where":
-            env[n0] = cg.ew(width, row, a[:3], lambda e: f"({e[1]} if {e[0]} else {e[2]})")
+            env[n0] = cg.ew(width, row, a[:3], lambda e: L.cond(e[0], e[1], e[2]))
         elif op == "threshold_backward":
-            env[n0] = cg.ew(width, row, a[:3], lambda e: f"({e[0]} if {e[1]} > {e[2]} else DT(0))")
+            env[n0] = cg.ew(width, row, a[:3], lambda e: L.cond(f"{e[1]} > {e[2]}", e[0], "DT(0)"))
         elif op in ("clamp", "clamp_min", "clamp_max"):
             lo = kwv("min", 1, None) if op != "clamp_max" else None
             hi = (kwv("max", 2, None) if op == "clamp" else kwv("max", 1, None)) if op != "clamp_min" else None
-            x = cg.ew(width, row, [a[0], lo], lambda e: f"max({e[0]}, {e[1]})") if lo is not None else a[0]
-            env[n0] = cg.ew(width, row, [x, hi], lambda e: f"min({e[0]}, {e[1]})") if hi is not None else x
+            x = cg.ew(width, row, [a[0], lo], lambda e: L.maxf(e[0], e[1])) if lo is not None else a[0]
+            env[n0] = cg.ew(width, row, [x, hi], lambda e: L.minf(e[0], e[1])) if hi is not None else x
         elif op in _ALIAS:
             x = a[0]
             if op in ("_to_copy", "to") and kw.get("dtype") not in (None, torch.float64):
@@ -495,7 +545,7 @@ def lower(g0, g1, bind_inputs, what):
             if g.buf is None and g.lazy is None and g.width is not None:
                 cg.materialize(g)
             env[n0] = Val(width, row=row, avail=g.avail, lazy=lambda j, gr, g=g, st=st, end=end:
-                          f"({cg.elem(g, f'{j}-{st}', gr)} if {j} >= {st} and {j} < {end} else DT(0))")
+                          L.cond(L.in_range(j, st, end), cg.elem(g, f'{j}-{st}', gr), "DT(0)"))
         elif op == "slice_scatter":
             base, src = a[0], a[1]
             dim = n0.args[2] if len(n0.args) > 2 else 0
@@ -510,8 +560,7 @@ def lower(g0, g1, bind_inputs, what):
                     cg.materialize(v)
             env[n0] = Val(width, row=row, avail=max(base.avail, src.avail),
                           lazy=lambda j, gr, b=base, sv=src, st=st, end=end:
-                          f"({cg.elem(sv, f'{j}-{st}', gr)} if {j} >= {st} and {j} < {end} "
-                          f"else {cg.elem(b, j, gr)})")
+                          L.cond(L.in_range(j, st, end), cg.elem(sv, f'{j}-{st}', gr), cg.elem(b, j, gr)))
         elif op == "cat":
             dim = n0.args[1] if len(n0.args) > 1 else 0
             if dim not in (1, -1):
@@ -540,7 +589,7 @@ def lower(g0, g1, bind_inputs, what):
             mean = cg.reduce(x, "mean")
             xc = cg.ew(x.width, x.row, [x, mean], lambda e: f"({e[0]} - {e[1]})")
             var = cg.reduce(cg.ew(x.width, x.row, [xc], lambda e: f"({e[0]} * {e[0]})"), "mean")
-            rstd = cg.ew(None, x.row, [var, eps], lambda e: f"(DT(1) / np.sqrt({e[0]} + {e[1]}))")
+            rstd = cg.ew(None, x.row, [var, eps], lambda e: L.rsqrt(f"{e[0]} + {e[1]}"))
             y = cg.ew(x.width, x.row, [x, mean, rstd], lambda e: f"(({e[0]} - {e[1]}) * {e[2]})")
             if w is not None:
                 y = cg.ew(x.width, x.row, [y, w], lambda e: f"({e[0]} * {e[1]})")
@@ -549,7 +598,7 @@ def lower(g0, g1, bind_inputs, what):
             env[n0] = [y, mean, rstd]
         else:
             raise UnsupportedCellError(
-                f"{what}: aten.{op} ({full}) is not supported by the fused Numba path; "
+                f"{what}: aten.{op} ({full}) is not supported by the fused {L.name} path; "
                 "run this cell with backend='reference', or write the step with supported ops "
                 "(elementwise math, chunk/split/slice/cat along the hidden dim, sum/mean/amax "
                 "over the hidden dim, layer_norm)")
@@ -578,42 +627,23 @@ from fastrnn.kernels.numba.rnn import tanh_, sigmoid_
 # cell folds biases); prm [D, P] cell parameters; zm [D, N, S*H] zoneout masks (or a dummy);
 # st [D, S, B, H] initial states in, final states out; out [N, D*H];
 # sprev [D, N, S, H] and ghs [D, N, GH] are saved for backward when save.
+# Per step one BLAS GEMM into gh, then the step's rows (`fwd_step`, below).
 _FWD = '''
 @njit(nogil=True, cache=True, error_model="numpy", fastmath={{"reassoc", "contract"}})
 def fwd_{dt}(gi, whh0, whh1, bhh, prm, zm, sizes, offsets, out, st, sprev, ghs, save):
     D = st.shape[0]
     B = st.shape[2]
-    H = st.shape[3]
     T = sizes.shape[0]
     GH = whh0.shape[0]
     gh = np.empty((max(B, 1), GH), dtype=np.{dt})
-    ws = np.empty(max({ws}, 1), dtype=np.{dt})
-    ns = np.empty(({S}, H), dtype=np.{dt})
-{nsbind}
     for d in range(D):
         whh = whh0 if d == 0 else whh1
-        pr = prm[d]
         for s in range(T):
             t = T - 1 - s if d == 1 else s
             bs = sizes[t]
             off = offsets[t]
             np.dot(st[d, 0, :bs], whh.T, gh[:bs])
-            for b in range(bs):
-                r = off + b
-                ghr = gh[b]
-{fold}
-                if save:
-                    for k in range({S}):
-                        for j in range(H):
-                            sprev[d, r, k, j] = st[d, k, b, j]
-                    for j in range(GH):
-                        ghs[d, r, j] = ghr[j]
-                gir = gi[d, r]
-                zmr = zm[d, r if zm.shape[1] > 1 else 0]
-{bind}
-{body}
-                for j in range(H):
-{copy}
+            fwd_step_{dt}(d, off, bs, gi, gh, bhh, prm, zm, out, st, sprev, ghs, save)
     return 0
 '''
 
@@ -628,35 +658,78 @@ def bwd_{dt}(gi, ghs, sprev, whh0, whh1, prm, zm, sizes, offsets, dout, ds, dgi,
     H = ds.shape[3]
     T = sizes.shape[0]
     tmp = np.empty((max(B, 1), H), dtype=np.{dt})
-    dso = np.empty(({S}, H), dtype=np.{dt})
-{dsobind}
-    ws = np.empty(max({ws}, 1), dtype=np.{dt})
     for d in range(D):
         whh = whh0 if d == 0 else whh1
-        pr = prm[d]
-        dpr = dprm[d]
         for s in range(T):
             t = s if d == 1 else T - 1 - s
             bs = sizes[t]
             off = offsets[t]
-            for b in range(bs):
-                r = off + b
-                for j in range(H):
-                    dso[0, j] = ds[d, 0, b, j] + dout[r, d * H + j]
-                for k in range(1, {S}):
-                    for j in range(H):
-                        dso[k, j] = ds[d, k, b, j]
-                gir = gi[d, r]
-                ghr = ghs[d, r]
-                dgir = dgi[d, r]
-                dghr = dgh[d, r]
-                zmr = zm[d, r if zm.shape[1] > 1 else 0]
-{bind}
-{body}
+            bwd_step_{dt}(d, off, bs, gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm)
             np.dot(dgh[d, off:off + bs], whh, tmp[:bs])
             for b in range(bs):
                 for j in range(H):
                     ds[d, 0, b, j] += tmp[b, j]
+    return 0
+'''
+
+# The cell rows of one step: called per step by the loops above, and from Python by the
+# step-wise driver (`fastrnn.custom._NumbaCellKernels`), whose recurrent GEMMs run in torch
+# (MKL/oneDNN, several times faster than the OpenBLAS that numba's np.dot reaches at B >= 16).
+# fwd_step: gh [B, GH] = h_{t-1} W_hh^T of the step's rows (b_hh folded in here when the cell
+# folds biases); writes the new states into st and out, and saves sprev/ghs when save.
+_FWD_STEP = '''
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={{"reassoc", "contract"}})
+def fwd_step_{dt}(d, off, bs, gi, gh, bhh, prm, zm, out, st, sprev, ghs, save):
+    H = st.shape[3]
+    GH = gh.shape[1]
+    ws = np.empty(max({ws}, 1), dtype=np.{dt})
+    ns = np.empty(({S}, H), dtype=np.{dt})
+{nsbind}
+    pr = prm[d]
+    for b in range(bs):
+            r = off + b
+            ghr = gh[b]
+{fold}
+            if save:
+                for k in range({S}):
+                    for j in range(H):
+                        sprev[d, r, k, j] = st[d, k, b, j]
+                for j in range(GH):
+                    ghs[d, r, j] = ghr[j]
+            gir = gi[d, r]
+            zmr = zm[d, r if zm.shape[1] > 1 else 0]
+{bind}
+{body}
+            for j in range(H):
+{copy}
+    return 0
+'''
+
+# bwd_step: the cell rows of one reverse step (dso = ds + dout for h); writes dgi/dgh rows and
+# dL/d(state entering the step) into ds, accumulates dprm; the caller then adds dgh W_hh to ds[d, 0].
+_BWD_STEP = '''
+@njit(nogil=True, cache=True, error_model="numpy", fastmath={{"reassoc", "contract"}})
+def bwd_step_{dt}(d, off, bs, gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm):
+    H = ds.shape[3]
+    dso = np.empty(({S}, H), dtype=np.{dt})
+{dsobind}
+    ws = np.empty(max({ws}, 1), dtype=np.{dt})
+    pr = prm[d]
+    dpr = dprm[d]
+    for b in range(bs):
+            r = off + b
+            for j in range(H):
+                dso[0, j] = ds[d, 0, b, j] + dout[r, d * H + j]
+            for k in range(1, {S}):
+                for j in range(H):
+                    dso[k, j] = ds[d, k, b, j]
+            gir = gi[d, r]
+            ghr = ghs[d, r]
+            dgir = dgi[d, r]
+            dghr = dgh[d, r]
+            zmr = zm[d, r if zm.shape[1] > 1 else 0]
+{bind}
+{body}
     return 0
 '''
 
@@ -707,22 +780,30 @@ def _binder(spec, extra_douts):
     return bind
 
 
-def generate_source(spec, step_fn, vjp_fn, make_fwd_args, make_bwd_args):
-    """Trace and lower the step and its VJP; return the kernel module's source."""
-    S, P = spec.n_states, len(spec.param_widths)
-    f0, f1 = trace_pair(step_fn, make_fwd_args)
-    cg, outs = lower(f0, f1, _binder(spec, False), f"cell {spec.name!r} forward")
+def trace_cell(step_fn, vjp_fn, make_fwd_args, make_bwd_args):
+    """The traced graph pairs (forward, VJP) every language's generator lowers: traced once
+    per cell definition, whichever kernels are built from them."""
+    return trace_pair(step_fn, make_fwd_args), trace_pair(vjp_fn, make_bwd_args)
+
+
+def lower_cell(spec, traced, lang=None, out_bufs=()):
+    """Lower a cell's traced forward and VJP to row code in `lang`; returns (fwd codegen, bwd
+    codegen). Forward stores new state k to buffer `ns{k}` (and state 0 also to each of
+    `out_bufs`); backward stores dgir, dghr, dsk{k} and accumulates the parameter gradients
+    into `dpr` (one batch row's contribution: the caller sums over rows)."""
+    S = spec.n_states
+    (f0, f1), (b0, b1) = traced
+    cg, outs = lower(f0, f1, _binder(spec, False), f"cell {spec.name!r} forward", lang)
     if len(outs) != S:
         raise UnsupportedCellError(f"cell {spec.name!r}: the step returned {len(outs)} states, expected {S}")
     for k, v in enumerate(outs):
         if v is None or v.summed:
             raise UnsupportedCellError(f"cell {spec.name!r}: new state {k} is not a per-row tensor")
         cg.store(v, f"ns{k}", "0", Lin(1, 0))
-    fwd_body = cg.lines(16)
-    fwd_ws = cg.ws
+    for buf in out_bufs:
+        cg.store(outs[0], buf, "0", Lin(1, 0))
 
-    b0, b1 = trace_pair(vjp_fn, make_bwd_args)
-    bg, bouts = lower(b0, b1, _binder(spec, True), f"cell {spec.name!r} backward")
+    bg, bouts = lower(b0, b1, _binder(spec, True), f"cell {spec.name!r} backward", lang)
     dsts = [("dgir", "0", Lin(spec.gates, 0), False), ("dghr", "0", Lin(spec.gates, 0), False)]
     dsts += [(f"dsk{k}", "0", Lin(1, 0), False) for k in range(S)]
     dsts += [("dpr", str(o), Lin(w, 0), True) for o, w in zip(_param_offsets(spec.param_widths), spec.param_widths)]
@@ -735,37 +816,41 @@ def generate_source(spec, step_fn, vjp_fn, make_fwd_args, make_bwd_args):
             raise UnsupportedCellError(f"cell {spec.name!r}: a parameter gradient that is not a sum over "
                                        "the batch (is a parameter used without broadcasting over rows?)")
         bg.store(v, buf, off, w, acc=acc)
-    bwd_body = bg.lines(16)
+    return cg, bg
 
-    bind = [f"                sk{k} = st[d, {k}, b]" for k in range(S)]
-    bbind = [f"                sk{k} = sprev[d, r, {k}]" for k in range(S)]
-    bbind += [f"                dsk{k} = ds[d, {k}, b]" for k in range(S)]
+
+def generate_source(spec, traced):
+    """The Numba kernel module's source for a cell traced by `trace_cell`."""
+    S = spec.n_states
+    cg, bg = lower_cell(spec, traced)
+    pad = " " * 12   # the row loop's body in _FWD_STEP / _BWD_STEP
+    bind = [f"{pad}sk{k} = st[d, {k}, b]" for k in range(S)]
+    bbind = [f"{pad}sk{k} = sprev[d, r, {k}]" for k in range(S)]
+    bbind += [f"{pad}dsk{k} = ds[d, {k}, b]" for k in range(S)]
     nsbind = "\n".join(f"    ns{k} = ns[{k}]" for k in range(S))
     dsobind = "\n".join(f"    dso{k} = dso[{k}]" for k in range(S))
-    copy = []
-    for k in range(S):
-        copy.append(f"                    st[d, {k}, b, j] = ns[{k}, j]")
-    copy.append("                    out[r, d * H + j] = ns[0, j]")
-    fold = ("                for j in range(GH):\n                    ghr[j] += bhh[d, j]"
-            if spec.fold_bias else "")
+    copy = [f"{pad}    st[d, {k}, b, j] = ns[{k}, j]" for k in range(S)]
+    copy.append(f"{pad}    out[r, d * H + j] = ns[0, j]")
+    fold = f"{pad}for j in range(GH):\n{pad}    ghr[j] += bhh[d, j]" if spec.fold_bias else ""
     src = _HEADER.format(name=spec.name)
     for dt in ("float32", "float64"):
         D = f"np.{dt}("
-        src += _FWD.format(dt=dt, S=S, nsbind=nsbind, ws=fwd_ws, fold=fold, bind="\n".join(bind),
-                           body="\n".join(fwd_body).replace("DT(", D), copy="\n".join(copy))
-        src += _BWD.format(dt=dt, S=S, dsobind=dsobind, ws=bg.ws, bind="\n".join(bbind),
-                           body="\n".join(bwd_body).replace("DT(", D))
+        src += _FWD_STEP.format(dt=dt, S=S, nsbind=nsbind, ws=cg.ws, fold=fold, bind="\n".join(bind),
+                                body="\n".join(cg.lines(12)).replace("DT(", D), copy="\n".join(copy))
+        src += _BWD_STEP.format(dt=dt, S=S, dsobind=dsobind, ws=bg.ws, bind="\n".join(bbind),
+                                body="\n".join(bg.lines(12)).replace("DT(", D))
+        src += _FWD.format(dt=dt) + _BWD.format(dt=dt)
     return src
 
 
-def _cache_dir():
+def _cache_dir(sub="numba_custom"):
     base = os.environ.get("FASTRNN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fastrnn")
-    d = os.path.join(base, "numba_custom")
+    d = os.path.join(base, sub)
     try:
         os.makedirs(d, exist_ok=True)
         return d
     except OSError:
-        d = os.path.join(tempfile.gettempdir(), "fastrnn_numba_custom")
+        d = os.path.join(tempfile.gettempdir(), "fastrnn_" + sub)
         os.makedirs(d, exist_ok=True)
         return d
 

@@ -25,19 +25,77 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                   'gru-T1-B1-H64-L1-fwdbwd-f32 x0.95, '
                                                                   'rnn-T1-B1-H64-L1-fwdbwd-f32 x0.71',
                                                           'value': True}},
- 'cpu-intel-xeon-avx512-2c': {'bfloat16.fused_lstm_rows_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.json: '
-                                                                             "rows where torch's fused "
-                                                                             'bfloat16 LSTM beat cpp; '
-                                                                             'lstm-T100-B16-H256-L1-fwd-bf16 '
-                                                                             'x0.33 lost',
-                                                                     'value': 0},
-                              'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.json: per-step '
-                                                                'GEMM flops where torch beat numba; '
-                                                                'lstm-T100-B4-H512-P128-L1-fwd-f32 x40.86 '
-                                                                'won, '
-                                                                'gru-T100-B16-H256-L1-packed-unsorted-fwd-f32 '
-                                                                'x0.95 lost',
-                                                        'value': 2097152.0}},
+ 'cpu-intel-xeon-avx512-2c': {'bfloat16.native.fused_lstm_rows_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                                    '+ '
+                                                                                    'cpu-intel-xeon-avx512-2c.json '
+                                                                                    '+ '
+                                                                                    'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                                    "rows where torch's "
+                                                                                    'fused bfloat16 LSTM '
+                                                                                    'beat cpp; '
+                                                                                    'lstm-T100-B1-H512-L1-fwd-bf16 '
+                                                                                    'x0.99 lost',
+                                                                            'value': 0},
+                              'bfloat16.native.fused_lstm_rows_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                                       "rows where torch's "
+                                                                                       'fused bfloat16 LSTM '
+                                                                                       'beat cpp; '
+                                                                                       'lstm-T100-B1-H512-L1-fwdbwd-bf16 '
+                                                                                       'x3.32 won, '
+                                                                                       'lstm-T100-B16-H128-L1-fwdbwd-bf16 '
+                                                                                       'x0.97 lost',
+                                                                               'value': 1},
+                              'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
+                                                                'cpu-intel-xeon-avx512-2c.json + '
+                                                                'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                'per-step GEMM flops where torch beat numba; '
+                                                                'rnn-T100-B1-H256-L1-fwd-f32 x1.63 won, '
+                                                                'gru-T100-B4-H256-L1-fwd-f32 x0.51 lost',
+                                                        'value': 131072.0},
+                              'numba_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                   'per-step GEMM flops where torch beat '
+                                                                   'numba; gru-T100-B4-H256-L1-fwdbwd-f32 '
+                                                                   'x1.63 won, '
+                                                                   'rnn-T100-B16-H256-L1-fwdbwd-f32 x0.98 '
+                                                                   'lost',
+                                                           'value': 1572864.0},
+                              'one_step_to_torch.float32': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
+                                                                    'cpu-intel-xeon-avx512-2c.json + '
+                                                                    'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                    'one-step layer calls, '
+                                                                    'gru-T1-B1-H64-L1-fwd-f32 x0.76, '
+                                                                    'rnn-T1-B1-H64-L1-fwd-f32 x0.61, '
+                                                                    'gru-T1-B1-H64-L1-fwdbwd-f32 x0.84, '
+                                                                    'rnn-T1-B1-H64-L1-fwdbwd-f32 x0.62',
+                                                            'value': True},
+                              'onednn_panel_step_wins.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
+                                                                     'cpu-intel-xeon-avx512-2c.json + '
+                                                                     'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                     'LSTM vs oneDNN where only the panel '
+                                                                     "loop's in-step projection keeps cpp, "
+                                                                     'fastrnns-default-fwd x0.78, '
+                                                                     'lstm-T100-B256-H256-L1-fwd-f32 x0.91, '
+                                                                     'fastrnns-default-fwd x0.79, '
+                                                                     'lstm-T100-B16-H256-L1-fwd-f32 x0.90',
+                                                             'value': False},
+                              'onednn_panel_step_wins.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                        '+ cpu-intel-xeon-avx512-2c.json + '
+                                                                        'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                        'LSTM vs oneDNN where only the panel '
+                                                                        "loop's in-step projection keeps "
+                                                                        'cpp, fastrnns-default-fwdbwd x0.93, '
+                                                                        'lstm-T100-B16-H256-L2-bi-fwdbwd-f32 '
+                                                                        'x0.90, fastrnns-default-fwdbwd '
+                                                                        'x0.94, '
+                                                                        'lstm-T100-B16-H256-L1-fwdbwd-f32 '
+                                                                        'x0.89',
+                                                                'value': False}},
  'default': {'bfloat16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
                                                             'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
                                                             'T=100, I=H, torch time / cpp time, min of 7 '

@@ -179,6 +179,7 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
     assert backends.select("auto", _call(batch=3, hidden_size=512, steps=100)).name == veto
     from fastrnn import _ext
     step = _ext.loop_plan(proj=False, batch=16, steps=100, input_size=64, hidden=64, gates=4) == "panel+step"
+    step = step and dispatch.table()["onednn_panel_step_wins.fwd"]  # measured per CPU class
     assert backends.select("auto", _call(batch=16, input_size=64, hidden_size=64, steps=100)).name == (
         "torch" if onednn and not step else "cpp")
     assert backends.select("auto", _call(batch=128, input_size=64, hidden_size=64, steps=100)).name == veto
@@ -210,11 +211,13 @@ def test_auto_hands_bf16_to_torch_where_torch_measured_faster():
     from fastrnn.backends import cpp
     native = torch.bfloat16 in cpp.native_dtypes()
     pick = lambda **kw: backends.select("auto", _call(dtype=torch.bfloat16, **kw)).name  # noqa: E731
+    rows = dispatch.table()[("bfloat16.native" if native else "bfloat16") + ".fused_lstm_rows_above.fwdbwd"]
     assert pick(cell="lstm", batch=16, hidden_size=256, needs_grad=False) == "torch"
-    assert pick(cell="lstm", batch=2, hidden_size=256, needs_grad=True) == "cpp"
+    assert pick(cell="lstm", batch=1, hidden_size=256, needs_grad=True) == "cpp"
+    assert pick(cell="lstm", batch=rows + 1, hidden_size=256, needs_grad=True) == "torch"
     assert pick(cell="gru", batch=16, hidden_size=128, needs_grad=False) == "cpp"    # 1.6 MFLOP a step
     assert pick(cell="gru", batch=64, hidden_size=512, needs_grad=True) == "torch"   # 100 MFLOP a step
     # native: GRU/RNN inference at every measured size (to 537 MFLOP a step); upcast: up to 4 MFLOP
     assert pick(cell="gru", batch=64, hidden_size=512, needs_grad=False) == ("cpp" if native else "torch")
-    assert pick(cell="lstm", batch=4, hidden_size=256, needs_grad=True) == ("cpp" if native else "torch")
+    assert pick(cell="lstm", batch=rows, hidden_size=256, needs_grad=True) == "cpp"
     assert backends.select("auto", _call(dtype=torch.float32, cell="gru", batch=64, hidden_size=512)).name == "cpp"

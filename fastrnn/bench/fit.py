@@ -18,7 +18,6 @@ from fastrnn.cells import gates
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE_FILE = ROOT / "fastrnn" / "dispatch_table.py"
-_HALF = {"bf16": "bfloat16", "f16": "float16"}
 
 
 def _step_flops(c) -> float:
@@ -66,11 +65,15 @@ def _panel_step_only(c) -> bool:
     return bool(plans) and all(p == "panel+step" for p in plans)
 
 
-def fit_file(path: Path) -> dict:
-    """The fitted row of one CPU results file: {rule key: {"value", "from"}}."""
-    doc = json.loads(Path(path).read_text())
-    cases = doc["cases"]
-    name = Path(path).name
+def fit_file(path) -> dict:
+    """The fitted row of one CPU class from its results file(s): {rule key: {"value", "from"}}."""
+    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    cases = []
+    for p in paths:
+        doc = json.loads(p.read_text())
+        native = bool(doc.get("env", {}).get("cpp_native_bf16"))  # measured with cpp's native bf16 path
+        cases += [dict(c, native_bf16=native) for c in doc["cases"]]
+    name = " + ".join(p.name for p in paths)
     row: dict = {}
 
     def put(key, fitted, what):
@@ -86,10 +89,12 @@ def fit_file(path: Path) -> dict:
                  and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
         pts = [(_step_flops(c), _won(c, "numba"), cid(c, "numba")) for c in plain if _won(c, "numba") is not None]
         put(f"numba_flops_above.{mode}", _edge(pts), "per-step GEMM flops where torch beat numba")
-        for short, half in _HALF.items():
-            # a file measured with cpp's native bf16 path fits that path's own keys
-            key = f"{half}.native" if short == "bf16" and doc.get("env", {}).get("cpp_native_bf16") else half
-            hc = [c for c in cases if c["mode"] == mode and c["dtype"] == short and _won(c, "cpp") is not None]
+        for short, half, native in (("bf16", "bfloat16", False), ("bf16", "bfloat16", True),
+                                    ("f16", "float16", False)):
+            # a case measured with cpp's native bf16 path fits that path's own keys
+            key = f"{half}.native" if native else half
+            hc = [c for c in cases if c["mode"] == mode and c["dtype"] == short and _won(c, "cpp") is not None
+                  and c["native_bf16"] == native]
             fused = [c for c in hc if c["cell"] == "lstm" and not c["proj"] and not c["packed"]]
             put(f"{key}.fused_lstm_rows_above.{mode}",
                 _edge([(c["B"], _won(c, "cpp"), cid(c, "cpp")) for c in fused]),
@@ -124,13 +129,16 @@ def fit(paths=None, out: Path | None = None) -> str:
     paths = [Path(p) for p in paths or []] or sorted((ROOT / "benchmarks" / "results").glob("cpu-*.json"))
     table = {"default": dispatch_table.TABLE["default"]}
     lines = []
+    by_hardware: dict = {}  # a machine's grid may come in several files (the quick grid, a sweep)
     for path in paths:
         doc = json.loads(path.read_text())
         if doc.get("kind", "grid") != "grid" or not str(doc.get("hardware_id", "")).startswith("cpu"):
             continue
-        row = fit_file(path)
-        table[doc["hardware_id"]] = row
-        lines.append(f"{doc['hardware_id']}: {len(row)} fitted thresholds "
+        by_hardware.setdefault(doc["hardware_id"], []).append(path)
+    for hw, files in sorted(by_hardware.items()):
+        row = fit_file(files)
+        table[hw] = row
+        lines.append(f"{hw}: {len(row)} fitted thresholds "
                      + ", ".join(f"{k}={v['value']}" for k, v in sorted(row.items())))
     text = ('"""auto\'s dispatch thresholds (read by fastrnn/dispatch.py): written by `python -m fastrnn.bench\n'
             'fit` from benchmarks/results/cpu-*.json; edit only the "default" row (the hand measurements).\n'

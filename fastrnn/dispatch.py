@@ -198,7 +198,7 @@ def pick(backend: str, call, exclude: tuple = ()):
         if not ok:
             raise RuntimeError(f"fastrnn backend '{name}' cannot run this call: it {why}")
         return b
-    skipped = []
+    skipped, capable = [], None
     for cand in ORDER.get(call.device, ("torch", "reference")):
         b = backends.get(cand)
         if not b.auto or cand in exclude:
@@ -207,6 +207,7 @@ def pick(backend: str, call, exclude: tuple = ()):
         if ok:
             ok, why = b.supports(call)
         if ok:
+            capable = capable or b
             why = torch_wins(cand, call)
             ok = not why
         if ok:
@@ -217,6 +218,8 @@ def pick(backend: str, call, exclude: tuple = ()):
                     log.debug("fastrnn auto picked '%s' for %s: %s", cand, call, "; ".join(skipped))
             return b
         skipped.append(f"{cand}: {why}")
+    if capable is not None and "torch" in exclude:
+        return capable  # torch was faster but cannot run here (e.g. inside torch.compile): the next best
     raise RuntimeError(f"no fastrnn backend can run {call}: " + "; ".join(skipped))
 
 

@@ -59,6 +59,20 @@ std::string loop_plan(bool proj, int64_t batch, int64_t steps, int64_t input_siz
   return loop_plan_name(plan_loop(s));
 }
 
+void set_limits(int64_t step_input_cached_bytes, int64_t step_input_bytes_per_row) {
+  TORCH_CHECK_VALUE(step_input_cached_bytes >= 0 && step_input_bytes_per_row >= 0,
+                    "fastrnn._ext: set_loop_limits needs non-negative byte counts");
+  set_loop_limits({step_input_cached_bytes, step_input_bytes_per_row});
+}
+
+pybind11::dict limits() {
+  const LoopLimits l = loop_limits();
+  pybind11::dict d;
+  d["step_input_cached_bytes"] = l.step_input_cached_bytes;
+  d["step_input_bytes_per_row"] = l.step_input_bytes_per_row;
+  return d;
+}
+
 std::string gemm_path() {
   // "panel-<isa>+<path>": float32 steps of up to 64-512 rows on the panel kernel, the rest on <path>
   const std::string blas_path = blas().spack ? "mkl-packed" : blas().s ? "blas" : "aten";
@@ -86,6 +100,10 @@ PYBIND11_MODULE(_ext, m) {
   m.def("loop_plan", &fastrnn::loop_plan, pybind11::arg("proj"), pybind11::arg("batch"), pybind11::arg("steps"),
         pybind11::arg("input_size"), pybind11::arg("hidden"), pybind11::arg("gates"),
         "The float32 loop a layer call takes: 'panel+step', 'panel' or 'blas'");
+  m.def("set_loop_limits", &fastrnn::set_limits, pybind11::arg("step_input_cached_bytes"),
+        pybind11::arg("step_input_bytes_per_row"),
+        "The CPU's thresholds of the loop plan (csrc/loop_plan.h), from fastrnn/dispatch_table.py");
+  m.def("loop_limits", &fastrnn::limits, "The loop plan's thresholds now in force");
   m.def("empty_scratch_cache", &fastrnn::empty_scratch_cache,
         "Unmap the large scratch buffers kept between calls (csrc/scratch.h); returns the bytes released");
   m.def("parallel_threads", &fastrnn::parallel_threads, pybind11::arg("n") = 64,

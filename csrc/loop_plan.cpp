@@ -3,6 +3,8 @@
 #include "kernel_table.h"
 #include "overrides.h"
 
+#include <atomic>
+
 namespace fastrnn {
 namespace {
 
@@ -48,7 +50,7 @@ bool use_panel_input_gemm(const LayerShape& s, Force force) {
 // In the fused loop, each step does its own input projection on the panel kernel (fused_steps.h,
 // StepInput; and the backward its dx and weight gradients) instead of one GEMM for all steps
 // before the loop, when the batch has at least 4 rows and the packed [W_ih; W_hh] of a direction
-// is at most 8 MiB or under 512 KiB per batch row: the step streams twice the weights, which pays
+// is at most 8 MiB or at most 512 KiB per batch row: the step streams twice the weights, which pays
 // while they stay in cache or the batch reuses them enough.  Measured on the 2-core AMD EPYC Zen4
 // (2 threads, side by side in one process, T=100, ratio to torch, in-step / before the loop,
 // fwd): LSTM H256 B8 1.13 / 0.92, B16 1.00 / 0.90, B64 0.99 / 0.84; LSTM B64 H512 (8 MiB) 1.05 /
@@ -57,18 +59,23 @@ bool use_panel_input_gemm(const LayerShape& s, Force force) {
 // 1.41 / 1.10, B8 H512 0.98 / 0.91; GRU B4 H256 4.37 / 3.98.  But LSTM T=50 B16 H1024 (32 MiB)
 // 0.70 / 1.04, B16 H768 (19 MiB) 0.90 / 0.97, B4 H1024 0.72 / 1.61, and at two rows or fewer,
 // LSTM B2 H256 0.96 / 1.16, GRU B2 H256 3.75 / 4.38, LSTM B1 H128 1.12 / 1.30.
-// FASTRNN_INPUT_GEMM=step forces it in the fused loop; =blas|panel force the projection before it.
+// FASTRNN_INPUT_GEMM=step forces it in the fused loop; =blas|panel|before force the projection
+// before it (`before`: on BLAS or the panel kernel as use_panel_input_gemm decides).
+// Those two byte limits are the defaults (Zen4); the CPU's fitted row of fastrnn/dispatch_table.py
+// replaces them when the extension loads (set_loop_limits): on a 2-core Sapphire Rapids class Xeon
+// the in-step projection already loses at 1.5-2 MiB of weights and by 0.5x at 6-8 MiB.
 constexpr int64_t kStepInputMinRows = 4;
-constexpr int64_t kStepInputCachedBytes = int64_t(8) << 20;
-constexpr int64_t kStepInputBytesPerRow = int64_t(512) << 10;
+std::atomic<int64_t> step_input_cached_bytes{int64_t(8) << 20};
+std::atomic<int64_t> step_input_bytes_per_row{int64_t(512) << 10};
 
 bool use_step_input_gemm(const LayerShape& s, bool fused, Force force) {
   if (!fused || kernels().panel2_f == nullptr) return false;
   if (force == Force::step) return true;
-  if (force == Force::blas || force == Force::panel) return false;
+  if (force == Force::blas || force == Force::panel || force == Force::before) return false;
   const int64_t weight_bytes = (s.input_size + s.hidden) * s.gates * s.hidden * int64_t(sizeof(float));
   return s.batch >= kStepInputMinRows &&
-         (weight_bytes <= kStepInputCachedBytes || weight_bytes < s.batch * kStepInputBytesPerRow);
+         (weight_bytes <= step_input_cached_bytes.load(std::memory_order_relaxed) ||
+          weight_bytes <= s.batch * step_input_bytes_per_row.load(std::memory_order_relaxed));
 }
 
 }  // namespace
@@ -85,6 +92,16 @@ LoopPlan plan_loop(const LayerShape& s) {
   p.step_weight_grads = p.fused && (p.step_input || s.batch < kStepInputMinRows) &&
                         kernels().rank_update_f != nullptr;
   return p;
+}
+
+void set_loop_limits(const LoopLimits& limits) {
+  step_input_cached_bytes.store(limits.step_input_cached_bytes, std::memory_order_relaxed);
+  step_input_bytes_per_row.store(limits.step_input_bytes_per_row, std::memory_order_relaxed);
+}
+
+LoopLimits loop_limits() {
+  return {step_input_cached_bytes.load(std::memory_order_relaxed),
+          step_input_bytes_per_row.load(std::memory_order_relaxed)};
 }
 
 std::string loop_plan_name(const LoopPlan& p) {

@@ -29,6 +29,19 @@ struct LoopPlan {
 
 LoopPlan plan_loop(const LayerShape& s);
 
+// The thresholds of plan_loop that differ between CPUs: the in-step input projection runs where
+// [W_ih; W_hh] of a direction is at most `step_input_cached_bytes`, or at most
+// `step_input_bytes_per_row` per batch row.  fastrnn/backends/cpp.py sets them from the CPU's row
+// of fastrnn/dispatch_table.py when the extension loads (fitted from `cpp:input=step` /
+// `cpp:input=before` timings by `python -m fastrnn.bench fit`).  Set before any call plans;
+// a forward and its backward must see the same limits.
+struct LoopLimits {
+  int64_t step_input_cached_bytes;
+  int64_t step_input_bytes_per_row;
+};
+void set_loop_limits(const LoopLimits& limits);
+LoopLimits loop_limits();
+
 // The plan as _ext.loop_plan reports it for auto's dispatch (fastrnn/backends/cpp.py): "panel+step",
 // "panel" or "blas".
 std::string loop_plan_name(const LoopPlan& p);

@@ -14,6 +14,7 @@ Force read_force(const char* name) {
   if (env_is(env, "blas")) return Force::blas;
   if (env_is(env, "panel")) return Force::panel;
   if (env_is(env, "step")) return Force::step;
+  if (env_is(env, "before")) return Force::before;
   return Force::measured;
 }
 

@@ -48,12 +48,13 @@ struct Overrides {
 const Overrides& overrides();
 
 // Which loop a float32 layer call takes, forced; `measured` is the rule of loop_plan.cpp.
-enum class Force { measured, blas, panel, step };
+enum class Force { measured, blas, panel, step, before };
 
 struct LoopOverrides {
   Force step_gemm = Force::measured;   // FASTRNN_STEP_GEMM=blas|panel: the BLAS or the panel step loop
-  Force input_gemm = Force::measured;  // FASTRNN_INPUT_GEMM=step|blas|panel: the input projection in
-                                       // each panel-loop step, or before the loop on BLAS / panel
+  Force input_gemm = Force::measured;  // FASTRNN_INPUT_GEMM=step|blas|panel|before: the input projection
+                                       // in each panel-loop step, or before the loop on BLAS / panel /
+                                       // whichever of the two the plan picks
 };
 
 // Read now (once per layer call, by plan_loop).

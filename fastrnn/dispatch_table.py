@@ -177,6 +177,19 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                  '(25 MF) 1.36 | RNN B64 H512 (33.5 MF) 0.84 '
                                                                  '(GRU B64 H512, 100 MF, 1.43)',
                                                          'value': 25165824.0},
+             'cpp.step_input_bytes_per_row': {'from': '2-core AMD EPYC Zen4, same runs: above 8 MiB the '
+                                                      'steps still won with many rows (LSTM T=50 B16 H1024, '
+                                                      '2 MiB a row, 0.70 / 1.04 lost; B64 H512 won), so up '
+                                                      'to 512 KiB of weights per batch row '
+                                                      '(csrc/loop_plan.cpp)',
+                                              'value': 524288},
+             'cpp.step_input_cached_bytes': {'from': "2-core AMD EPYC Zen4, torch 2.13, T=100, cpp's panel "
+                                                     'loop with the input projection in its steps / before '
+                                                     'the loop, ratio to torch side by side, fwd: LSTM B64 '
+                                                     'H512 (8 MiB) 1.05 / 0.91, RNN B64 H1024 (8 MiB) 1.45 / '
+                                                     '1.27, GRU B4 H512 3.30 / 3.13; but LSTM T=50 B16 H768 '
+                                                     '(19 MiB) 0.90 / 0.97 (csrc/loop_plan.cpp)',
+                                             'value': 8388608},
              'float16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
                                                            'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
                                                            'T=100, I=H, torch time / cpp time, min of 7 '

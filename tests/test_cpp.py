@@ -339,10 +339,38 @@ def test_prefer_hands_oneDNN_lstm_to_torch():
     assert not _cpp_ok(LayerCall(**{**call.__dict__, "steps": 1, "dtype": torch.float64}))
     # the panel loop with the input projection in its steps measured at least as fast as oneDNN
     wide = LayerCall(**{**call.__dict__, "batch": 16, "input_size": 256, "hidden_size": 256})
-    assert _ext.loop_plan(proj=False, batch=16, steps=3, input_size=256, hidden=256, gates=4) == (
-        "panel+step" if _ext.isa() != "baseline" else "blas")
+    lim = _ext.loop_limits()
+    in_steps = 2 << 20 <= max(lim["step_input_cached_bytes"], 16 * lim["step_input_bytes_per_row"])
+    plan = _ext.loop_plan(proj=False, batch=16, steps=3, input_size=256, hidden=256, gates=4)
+    assert plan == ("blas" if _ext.isa() == "baseline" else "panel+step" if in_steps else "panel")
     from fastrnn import dispatch
-    assert _cpp_ok(wide) == ((_ext.isa() != "baseline" and dispatch.table()["onednn_panel_step_wins.fwd"]) or ok)
+    assert _cpp_ok(wide) == ((plan == "panel+step" and dispatch.table()["onednn_panel_step_wins.fwd"]) or ok)
+
+
+def test_loop_limits_come_from_the_table_and_move_the_plan():
+    """The in-step projection's byte limits are this CPU's row of the dispatch table (set when the
+    extension loads) and decide the plan: 2 MiB of LSTM weights (H=256) at 16 rows."""
+    from fastrnn import dispatch
+    t = dispatch.table()
+    lim = _ext.loop_limits()
+    assert lim == {"step_input_cached_bytes": t["cpp.step_input_cached_bytes"],
+                   "step_input_bytes_per_row": t["cpp.step_input_bytes_per_row"]}
+    with pytest.raises(ValueError, match="non-negative"):
+        _ext.set_loop_limits(step_input_cached_bytes=-1, step_input_bytes_per_row=0)
+    if _ext.isa() == "baseline":
+        pytest.skip("no panel loop on a baseline x86-64 build")
+
+    def plan(cached, per_row):
+        _ext.set_loop_limits(step_input_cached_bytes=cached, step_input_bytes_per_row=per_row)
+        return _ext.loop_plan(proj=False, batch=16, steps=100, input_size=256, hidden=256, gates=4)
+
+    try:
+        assert plan(2 << 20, 0) == "panel+step"
+        assert plan((2 << 20) - 1, 0) == "panel"
+        assert plan(0, 128 << 10) == "panel+step"      # 2 MiB / 16 rows = 128 KiB a row
+        assert plan(0, (128 << 10) - 1) == "panel"
+    finally:
+        _ext.set_loop_limits(**lim)
 
 
 def test_baseline_isa_and_aten_gemm_agree():

@@ -30,11 +30,21 @@ def _load():
             f"({e}); build it with `pip install --no-build-isolation -e .` (needs a C++ compiler, "
             "cmake and the torch this extension was built against)") from e
     _ext = ext
+    _set_loop_limits(ext)
     global NATIVE_DTYPES, NATIVE_ISA
     NATIVE_ISA = ext.native_bf16()
     NATIVE_DTYPES = frozenset((torch.bfloat16,)) if NATIVE_ISA else frozenset()
     import sys
     return sys.modules[__name__]
+
+
+def _set_loop_limits(ext):
+    """The C++ loop plan's CPU-dependent thresholds (csrc/loop_plan.h) from this CPU's row of the
+    dispatch table: where the panel loop projects the input inside its steps."""
+    from fastrnn import dispatch
+    t = dispatch.table()
+    ext.set_loop_limits(step_input_cached_bytes=int(t["cpp.step_input_cached_bytes"]),
+                        step_input_bytes_per_row=int(t["cpp.step_input_bytes_per_row"]))
 
 
 # The kernel contract of fastrnn/ops.py: float32 and float64 natively; the op layer runs the

@@ -10,6 +10,7 @@ call (torch.nn and fastrnn modules with T=1, fastrnn.Stream.step, ONNX Runtime).
     python -m fastrnn.bench report
     python -m fastrnn.bench models --quick               # 9 whole models, torch.nn vs auto
     python -m fastrnn.bench fit [RESULTS.json ...]       # refit auto's dispatch table from results
+    python -m fastrnn.bench --plans                      # cpp's input projection in / before its steps
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastrnn.bench",
                                  description="Time torch.nn RNNs against every fastrnn backend, side by side.")
     ap.add_argument("--quick", action="store_true", help="the representative subset (%d cases)" % len(C.QUICK))
+    ap.add_argument("--plans", action="store_true",
+                    help="the cases where cpp may project the input inside its steps, timed both ways "
+                         "(results <hardware-id>.plans.json, read by `fit`)")
     ap.add_argument("--cell", type=_csv, help="comma list of lstm, gru, rnn")
     ap.add_argument("--case", type=_csv, help="comma list of substrings of case ids to keep")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
@@ -74,7 +78,10 @@ def main(argv=None) -> int:
             setattr(a, key, quick if a.quick else full)
     if a.threads:
         torch.set_num_threads(a.threads)
-    cases = C.quick(a.device) if a.quick else C.grid(a.device)
+    cases = C.quick(a.device) if a.quick else C.plans(a.device) if a.plans else C.grid(a.device)
+    if a.plans:
+        a.backend = a.backend or list(runner.INPUT_PLANS)
+        a.out = a.out or runner.benchmarks_dir() / "results" / f"{fastrnn_hardware_id()}.plans.json"
     cases = C.select(cases, a.cell, a.case)
     if a.list:
         print("\n".join(c.id for c in cases))
@@ -83,7 +90,7 @@ def main(argv=None) -> int:
         print("no case matches", file=sys.stderr)
         return 2
     doc = runner.run(cases, a.device, a.backend, a.repeats, a.min_time, a.warmup, progress=not a.no_progress,
-                     settings={"quick": a.quick, "argv": argv})
+                     settings={"quick": a.quick, "plans": a.plans, "argv": argv})
     path = runner.save(doc, a.out)
     print(report.case_table(doc))
     notes = report.skipped_notes(doc)
@@ -91,6 +98,11 @@ def main(argv=None) -> int:
         print("\n".join(notes))
     print(f"\n{len(cases)} cases in {doc['settings']['wall_s']:.0f} s; wrote {path}")
     return 0
+
+
+def fastrnn_hardware_id() -> str:
+    from fastrnn.hardware import hardware_id
+    return hardware_id("cpu")
 
 
 def stream_main(argv) -> int:

@@ -238,6 +238,15 @@ QUICK = (
 )
 
 
+def plans(device: str = "cpu") -> list[Case]:
+    """The --plans set: the float32 single-layer cases where cpp's panel loop may project the input
+    inside its steps (4-64 rows), timed with the projection in the steps and before the loop
+    (`cpp:input=step`, `cpp:input=before`); `python -m fastrnn.bench fit` reads them for the
+    loop plan's byte limits (csrc/loop_plan.h)."""
+    return [c for c in grid(device) if c.dtype == "f32" and c.layers == 1 and not c.bidir and not c.packed
+            and not c.proj and c.T == 100 and 4 <= c.B <= 64 and not c.I]
+
+
 def quick(device: str = "cpu") -> list[Case]:
     by_id = {c.id: c for c in grid(device)}
     missing = [i for i in QUICK if i not in by_id]

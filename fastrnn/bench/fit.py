@@ -65,6 +65,43 @@ def _panel_step_only(c) -> bool:
     return bool(plans) and all(p == "panel+step" for p in plans)
 
 
+def _weight_bytes(c) -> int:
+    """[W_ih; W_hh] of one direction of the first layer in float32, as csrc/loop_plan.cpp counts it."""
+    G = gates("rnn_tanh" if c["cell"] == "rnn" else c["cell"])
+    return (c["I"] or c["H"]) * G * c["H"] * 4 + c["H"] * G * c["H"] * 4
+
+
+# Quiet reruns of one case move the step/before ratio by ~2-3% (2-core Xeon, medians of 5):
+# a difference within that is a tie, not a measured loss.
+PLAN_TIE = 0.03
+
+
+def _fit_input_plan(cases, put):
+    """cpp's in-step input projection (csrc/loop_plan.h) from `--plans` cases, which time it against
+    the projection before the loop: the largest weight size, and then the largest weight bytes
+    per batch row, at which the steps still won below the first loss (fwd and fwd+bwd together:
+    both take the same plan)."""
+    step, before = "cpp:input=step", "cpp:input=before"
+    timed = [c for c in cases if c["B"] >= 4 and all("median_s" in c.get("results", {}).get(k, {})
+                                                     for k in (step, before))]
+    if not timed:
+        return
+
+    def won(c):  # a tie within the spread of repeated runs keeps the steps (the plan both CPUs measured)
+        return c["results"][before]["median_s"] * (1 + PLAN_TIE) >= c["results"][step]["median_s"]
+
+    def cid(c):
+        return f"{c['id']} step/before x{c['results'][before]['median_s'] / c['results'][step]['median_s']:.2f}"
+
+    cached = _edge([(_weight_bytes(c), won(c), cid(c)) for c in timed])
+    put("cpp.step_input_cached_bytes", cached, "[W_ih; W_hh] bytes up to which cpp's in-step projection won")
+    if cached is not None:
+        above = [c for c in timed if _weight_bytes(c) > cached[0]]
+        put("cpp.step_input_bytes_per_row",
+            _edge([(_weight_bytes(c) // c["B"], won(c), cid(c)) for c in above]) if above else None,
+            "weight bytes per batch row up to which the in-step projection won above that size")
+
+
 def fit_file(path) -> dict:
     """The fitted row of one CPU class from its results file(s): {rule key: {"value", "from"}}."""
     paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
@@ -111,6 +148,7 @@ def fit_file(path) -> dict:
             row[f"onednn_panel_step_wins.{mode}"] = {
                 "value": not lost, "from": f"{name}: LSTM vs oneDNN where only the panel loop's in-step "
                 "projection keeps cpp, " + ", ".join(cid(c, "cpp") for c in (lost or mine)[:4])}
+    _fit_input_plan(cases, put)
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None
            and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
     for short, full in (("f32", "float32"), ("f64", "float64")):

@@ -485,6 +485,34 @@ def flashrnn_impl(setup: Setup) -> Impl:
     return impl
 
 
+# cpp with its float32 input projection forced into the panel loop's steps or before the loop
+# (FASTRNN_INPUT_GEMM, read per call): `--plans` times both for the fit of csrc/loop_plan.h's limits.
+INPUT_PLANS = {"cpp:input=step": "step", "cpp:input=before": "before"}
+
+
+def _input_plan_impl(name: str, setup: Setup, padded: bool) -> Impl:
+    from fastrnn import backends
+    ok, why = backends.get("cpp").availability()
+    if not ok:
+        raise Skip(why)
+    impl = module_impl(name, setup.twin("cpp"), setup, padded)
+    inner, value = impl.step, INPUT_PLANS[name]
+
+    def step():
+        old = os.environ.get("FASTRNN_INPUT_GEMM")
+        os.environ["FASTRNN_INPUT_GEMM"] = value
+        try:
+            return inner()
+        finally:
+            if old is None:
+                del os.environ["FASTRNN_INPUT_GEMM"]
+            else:
+                os.environ["FASTRNN_INPUT_GEMM"] = old
+
+    impl.step = step
+    return impl
+
+
 def build(name: str, setup: Setup, padded: bool = False) -> Impl:
     """The implementation `name` of `setup.case`, or Skip saying why not."""
     if name == TORCH_NN:
@@ -497,6 +525,8 @@ def build(name: str, setup: Setup, padded: bool = False) -> Impl:
         impl = flashrnn_impl(setup)
     elif name == "auto":  # what users get: each layer call goes to the backend auto picks
         impl = module_impl(name, setup.twin(name), setup, padded)
+    elif name in INPUT_PLANS:
+        impl = _input_plan_impl(name, setup, padded)
     else:
         from fastrnn import backends
         ok, why = backends.get(name).availability()

@@ -84,12 +84,12 @@ PYBIND11_MODULE(_ext, m) {
         "A user-defined cell's forward time loop through its generated step entry point; see csrc/custom_loop.h",
         pybind11::arg("fn"), pybind11::arg("gi"), pybind11::arg("whh0"), pybind11::arg("whh1"), pybind11::arg("bhh"),
         pybind11::arg("prm"), pybind11::arg("zm"), pybind11::arg("st0"), pybind11::arg("sizes"),
-        pybind11::arg("offsets"), pybind11::arg("save"), pybind11::arg("ws"));
+        pybind11::arg("offsets"), pybind11::arg("save"));
   m.def("custom_backward", &fastrnn::custom_backward,
         "A user-defined cell's backward time loop through its generated step entry point; see csrc/custom_loop.h",
         pybind11::arg("fn"), pybind11::arg("gi"), pybind11::arg("ghs"), pybind11::arg("sprev"), pybind11::arg("whh0"),
         pybind11::arg("whh1"), pybind11::arg("prm"), pybind11::arg("zm"), pybind11::arg("sizes"),
-        pybind11::arg("offsets"), pybind11::arg("dout"), pybind11::arg("ds"), pybind11::arg("ws"));
+        pybind11::arg("offsets"), pybind11::arg("dout"), pybind11::arg("ds"));
   m.def("isa", &fastrnn::isa, "The instruction set the pointwise kernels were picked for");
   m.def("native_bf16", &fastrnn::native_bf16,
         "The native bfloat16 path: 'amx_bf16', 'avx512_bf16', or '' (bf16 runs upcast to float32)");

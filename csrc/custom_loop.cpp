@@ -4,8 +4,8 @@
 //
 // Trust: the tensors and the row ranges are checked here before the loop (they must agree with
 // each other); the entry point checks a tag (forward or backward, element size) and that the
-// arrays fit the cell it was generated for (state count, gates, parameter and mask widths,
-// scratch size), and returns non-zero without touching memory if not; one probe call with no
+// arrays fit the cell it was generated for (state count, gates, parameter and mask widths),
+// and returns non-zero without touching memory if not; one probe call with no
 // rows does that before the loop.  Beyond non-null the pointer itself cannot be checked: it must
 // be an entry point of a generated module, `step_address(...)` (fastrnn/custom.py passes it).
 //
@@ -62,8 +62,8 @@ StepFn step_fn(int64_t address) {
 void check_entry_status(int64_t status) {
   TORCH_CHECK_VALUE(status == 0, kWhere, ": the step function refused the arrays (status ", status,
                     "): they do not fit the entry point (forward or backward, float32 or float64) or the cell "
-                    "it was generated for (states, gates, parameter or mask widths, scratch size); was the "
-                    "pointer taken from another pass, dtype or cell?");
+                    "it was generated for (states, gates, parameter or mask widths); was the pointer taken "
+                    "from another pass, dtype or cell?");
 }
 
 // sizes [T] rows per step, non-increasing, first <= B; offsets [T + 1] each step's first row,
@@ -125,16 +125,11 @@ LoopDims check_common(const Tensor& gi, const Tensor& whh0, const Tensor& whh1, 
   return d;
 }
 
-int64_t scratch_size(int64_t ws, const char* name) {
-  TORCH_CHECK_VALUE(ws >= 1, kWhere, ": ", name, " must be at least 1, got ", ws);
-  return ws;
-}
-
 }  // namespace
 
 std::vector<Tensor> custom_forward(int64_t fn, const Tensor& gi, const Tensor& whh0, const Tensor& whh1,
                                    const Tensor& bhh, const Tensor& prm, const Tensor& zm, const Tensor& st0,
-                                   const Tensor& sizes, const Tensor& offsets, bool save, int64_t ws) {
+                                   const Tensor& sizes, const Tensor& offsets, bool save) {
   const StepFn step = step_fn(fn);
   const LoopDims d = check_common(gi, whh0, whh1, prm, zm, st0, "st0");
   check_tensor(kWhere, bhh, "bhh", gi, gi.scalar_type(), 2);
@@ -147,9 +142,7 @@ std::vector<Tensor> custom_forward(int64_t fn, const Tensor& gi, const Tensor& w
   Tensor sprev = save ? at::empty({d.D, d.N, d.S, d.H}, opt) : at::empty({1, 1, 1, 1}, opt);
   Tensor ghs = save ? at::empty({d.D, d.N, d.GH}, opt) : at::empty({1, 1, 1}, opt);
   Tensor gh = at::empty({std::max<int64_t>(d.B, 1), d.GH}, opt);
-  Tensor scratch = at::empty({scratch_size(ws, "ws")}, opt);
-  Tensor ns = at::empty({d.S, d.H}, opt);
-  StepArgs args(kForwardStep, {gi, gh, bhh, prm, zm, out, st, sprev, ghs, scratch, ns});
+  StepArgs args(kForwardStep, {gi, gh, bhh, prm, zm, out, st, sprev, ghs});
   check_entry_status(step(0, 0, 0, save, args.ptrs.data(), args.dims.data()));  // checks only: no rows
   const int64_t T = static_cast<int64_t>(rows.size());
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "custom_forward", [&] {
@@ -169,8 +162,8 @@ std::vector<Tensor> custom_forward(int64_t fn, const Tensor& gi, const Tensor& w
 
 std::vector<Tensor> custom_backward(int64_t fn, const Tensor& gi, const Tensor& ghs, const Tensor& sprev,
                                     const Tensor& whh0, const Tensor& whh1, const Tensor& prm, const Tensor& zm,
-                                    const Tensor& sizes, const Tensor& offsets, const Tensor& dout, const Tensor& ds,
-                                    int64_t ws) {
+                                    const Tensor& sizes, const Tensor& offsets, const Tensor& dout,
+                                    const Tensor& ds) {
   const StepFn step = step_fn(fn);
   const LoopDims d = check_common(gi, whh0, whh1, prm, zm, ds, "ds");
   const auto dt = gi.scalar_type();
@@ -185,9 +178,7 @@ std::vector<Tensor> custom_backward(int64_t fn, const Tensor& gi, const Tensor& 
   Tensor dgi = at::empty_like(gi);
   Tensor dgh = at::empty_like(ghs);
   Tensor dprm = at::zeros_like(prm);
-  Tensor scratch = at::empty({scratch_size(ws, "ws")}, gi.options());
-  Tensor dso = at::empty({d.S, d.H}, gi.options());
-  StepArgs args(kBackwardStep, {gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm, scratch, dso});
+  StepArgs args(kBackwardStep, {gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm});
   check_entry_status(step(0, 0, 0, 0, args.ptrs.data(), args.dims.data()));  // checks only: no rows
   const int64_t T = static_cast<int64_t>(rows.size());
   AT_DISPATCH_FLOATING_TYPES(dt, "custom_backward", [&] {

@@ -10,22 +10,20 @@
 namespace fastrnn {
 
 // fn: the generated module's step_address("fwd", dtype); gi [D, N, GH]; whh0/whh1 [GH, H]; bhh [D, GH];
-// prm [D, P]; zm [D, N, S*H] or [D, 1, 1]; st0 [D, S, B, H]; sizes [T] and offsets [T + 1] int64;
-// ws: the step's scratch entries (the module's fwd_ws(H)).
+// prm [D, P]; zm [D, N, S*H] or [D, 1, 1]; st0 [D, S, B, H]; sizes [T] and offsets [T + 1] int64.
 // Returns out [N, D*H], st [D, S, B, H], and when save sprev [D, N, S, H], ghs [D, N, GH]
 // (else [1, 1, 1, 1] and [1, 1, 1] placeholders).
 std::vector<at::Tensor> custom_forward(int64_t fn, const at::Tensor& gi, const at::Tensor& whh0,
                                        const at::Tensor& whh1, const at::Tensor& bhh, const at::Tensor& prm,
                                        const at::Tensor& zm, const at::Tensor& st0, const at::Tensor& sizes,
-                                       const at::Tensor& offsets, bool save, int64_t ws);
+                                       const at::Tensor& offsets, bool save);
 
 // fn: step_address("bwd", dtype); the forward's inputs and saved sprev, ghs; dout [N, D*H];
-// ds [D, S, B, H]: dL/d(final states) in, dL/d(initial states) out (written in place);
-// ws: bwd_ws(H). Returns dgi, dgh [D, N, GH] and dprm [D, P].
+// ds [D, S, B, H]: dL/d(final states) in, dL/d(initial states) out (written in place).
+// Returns dgi, dgh [D, N, GH] and dprm [D, P].
 std::vector<at::Tensor> custom_backward(int64_t fn, const at::Tensor& gi, const at::Tensor& ghs,
                                         const at::Tensor& sprev, const at::Tensor& whh0, const at::Tensor& whh1,
                                         const at::Tensor& prm, const at::Tensor& zm, const at::Tensor& sizes,
-                                        const at::Tensor& offsets, const at::Tensor& dout, const at::Tensor& ds,
-                                        int64_t ws);
+                                        const at::Tensor& offsets, const at::Tensor& dout, const at::Tensor& ds);
 
 }  // namespace fastrnn

@@ -257,12 +257,14 @@ def _loop_blas_threads():
 # / `custom_backward`, csrc/custom_loop.cpp): per step the recurrent GEMM in MKL, then the generated
 # step through its C entry point; below it, the whole loop in one @njit call with np.dot (SciPy's
 # OpenBLAS). Without the extension every batch runs the @njit loop. Measured: LayerNorm-LSTM
-# fwd+bwd, float32, T=50, I=H, 1 thread, 2-core Xeon (Sapphire Rapids class) shared with another
-# job, both loops alternating in one process, two runs; @njit time / C++ time at H = 128 | 256:
-# B=1 0.90-0.95 | 0.93-0.94, B=2 1.01 | 1.68, B=3 1.34 | 1.61, B=4 1.15-1.18 | 1.70-1.79,
-# B=8 1.10 | 1.40-1.44, B=16 1.10-1.11 | 1.25-1.27, B=64 1.01-1.08 | 1.12-1.14.
-# 2 threads could not be measured there: with the other core busy, every per-step 2-thread GEMM
-# stalls (100 torch.mm of [64,128]x[128,512] took 0.67 s, the cpp backend's own LSTM loop too).
+# fwd+bwd, float32, T=50, I=H, 2-core Xeon (Sapphire Rapids class) shared with another job, both
+# loops alternating in one process; @njit time / C++ time at H = 128 | 256:
+#   1 thread (two runs): B=1 0.95-0.99 | 0.93-0.94, B=2 0.91-0.96 | 1.79-1.86, B=3 1.51-1.60 |
+#   1.74-1.84, B=4 1.22-1.36 | 1.98-2.10, B=8 1.17 | 1.63, B=16 1.16 | 1.38, B=64 1.10 | 1.18;
+#   2 threads (load < 1): B=1 0.91 | 0.99, B=2 0.97 | 2.01, B=4 1.24 | 2.24, B=8 1.19 | 1.94,
+#   B=16 1.27 | 1.62, B=64 1.24 | 1.40.
+# With the other core busy, 2-thread runs of either loop (and of the cpp backend's own loops)
+# stall at every per-step GEMM: measure those on a quiet machine.
 CPP_LOOP_MIN_BATCH = 2
 
 
@@ -296,7 +298,7 @@ class _NumbaCellKernels:
         if ext is not None:
             fn = self.mod.step_address("fwd", dt)
             return tuple(ext.custom_forward(fn, gi, whh0, whh1, bhh, prm, zm, st0, torch.from_numpy(sizes),
-                                            torch.from_numpy(offsets), save, self.mod.fwd_ws(H)))
+                                            torch.from_numpy(offsets), save))
         out = gi.new_empty(N, D * H)
         st = st0.clone()
         sprev = gi.new_empty(D, N, S, H) if save else gi.new_empty(1, 1, 1, 1)
@@ -312,7 +314,7 @@ class _NumbaCellKernels:
         if ext is not None:
             fn = self.mod.step_address("bwd", dt)
             return tuple(ext.custom_backward(fn, gi, ghs, sprev, whh0, whh1, prm, zm, torch.from_numpy(sizes),
-                                             torch.from_numpy(offsets), dout, ds, self.mod.bwd_ws(ds.shape[3])))
+                                             torch.from_numpy(offsets), dout, ds))
         dgi = torch.empty_like(gi)
         dgh = torch.empty_like(ghs)
         dprm = torch.zeros_like(prm)

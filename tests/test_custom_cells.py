@@ -614,7 +614,7 @@ def _cpp_loop_args(dtype=torch.float64):
     r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
     fwd = dict(fn=mod.step_address("fwd", dt), gi=r(D, N, Hs), whh0=r(Hs, Hs), whh1=r(Hs, Hs),
                bhh=r(D, Hs), prm=r(D, 0), zm=r(D, 1, 1), st0=r(D, 1, B, Hs), sizes=torch.tensor(sizes),
-               offsets=torch.tensor(np.cumsum([0] + sizes)), save=True, ws=mod.fwd_ws(Hs))
+               offsets=torch.tensor(np.cumsum([0] + sizes)), save=True)
     return mod, fwd
 
 
@@ -625,8 +625,7 @@ def test_cpp_loop_runs_the_valid_arguments():
     assert out.shape == (6, 8) and st.shape == (2, 1, 3, 4) and sprev.shape == (2, 6, 1, 4)
     ds = torch.randn_like(st)
     b = dict(fn=mod.step_address("bwd", "float64"), gi=a["gi"], ghs=ghs, sprev=sprev, whh0=a["whh0"], whh1=a["whh1"],
-             prm=a["prm"], zm=a["zm"], sizes=a["sizes"], offsets=a["offsets"], dout=torch.randn_like(out), ds=ds,
-             ws=mod.bwd_ws(4))
+             prm=a["prm"], zm=a["zm"], sizes=a["sizes"], offsets=a["offsets"], dout=torch.randn_like(out), ds=ds)
     dgi, dgh, dprm = ext.custom_backward(**b)
     assert dgi.shape == dgh.shape == (2, 6, 4) and dprm.shape == (2, 0)
 
@@ -653,7 +652,6 @@ _BAD_FORWARD = [
     ("offsets-negative", lambda a, mod: dict(offsets=torch.tensor([-3, 0, 2, 3])), "offsets[0]"),
     ("offsets-short", lambda a, mod: dict(offsets=torch.tensor([0, 3, 5])), "len(sizes) + 1"),
     ("rows-past-N", lambda a, mod: dict(gi=a["gi"][:, :5].contiguous()), "cover"),
-    ("no-scratch", lambda a, mod: dict(ws=0), "ws"),
 ]
 
 
@@ -674,7 +672,7 @@ def test_cpp_loop_backward_refuses_mismatched_saved_values():
     out, st, sprev, ghs = ext.custom_forward(**a)
     b = dict(fn=mod.step_address("bwd", "float64"), gi=a["gi"], ghs=ghs, sprev=sprev, whh0=a["whh0"], whh1=a["whh1"],
              prm=a["prm"], zm=a["zm"], sizes=a["sizes"], offsets=a["offsets"], dout=torch.randn_like(out),
-             ds=torch.randn_like(st), ws=mod.bwd_ws(4))
+             ds=torch.randn_like(st))
     for key, bad, words in (("sprev", sprev[:, :5].contiguous(), "sprev"), ("dout", out[:, :4].contiguous(), "dout"),
                             ("ghs", ghs.float(), "ghs must have dtype Double"), ("fn", a["fn"], "refused"),
                             ("ds", st[:1].contiguous(), "ds")):

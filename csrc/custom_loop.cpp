@@ -9,13 +9,16 @@
 // rows does that before the loop.  Beyond non-null the pointer itself cannot be checked: it must
 // be an entry point of a generated module, `step_address(...)` (fastrnn/custom.py passes it).
 //
-// A step's rows are not split over threads: the GEMMs use torch's threads through MKL, the row
-// code runs on the calling thread.  Splitting it would need a row range in the ABI and, in
-// backward, per-thread partial parameter gradients (dprm is accumulated per row); it waits for a
-// quiet multi-core machine to show it pays (on the shared 2-core one where this was written, no
-// 2-thread run could be measured: see CPP_LOOP_MIN_BATCH in fastrnn/custom.py).
+// Threads (torch's count): the GEMMs run on MKL's threads, a step's rows are split over
+// at::parallel_for (each chunk one call of the entry point with its row range); the backward
+// accumulates the parameter gradients per row, so each thread slot gets its own dprm, summed
+// after the loop (the split, hence the summation order, depends on the thread count only).
 #include <torch/extension.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -32,8 +35,15 @@ using checks::check_tensor;
 
 constexpr const char* kWhere = "fastrnn._ext.custom";
 
-// int64 step(int64 d, int64 off, int64 bs, int64 save, void** ptrs, const int64* dims)
-using StepFn = int64_t (*)(int64_t, int64_t, int64_t, int64_t, void**, const int64_t*);
+// int64 step(int64 d, int64 off, int64 b0, int64 b1, int64 save, void** ptrs, const int64* dims)
+using StepFn = int64_t (*)(int64_t, int64_t, int64_t, int64_t, int64_t, void**, const int64_t*);
+
+// A step's rows are split over torch's threads in chunks of at least this many.  Measured
+// (LayerNorm-LSTM fwd+bwd, float32, T=50, I=H, 2 threads, 2-core Xeon Sapphire Rapids class,
+// load < 1), split / unsplit time at H = 128 | 256: B=8 0.89 | 0.88, B=16 0.86 | 0.84, B=64
+// 0.86 | 0.77; 1 thread unchanged.  Chunks of 2 rows against 4: B=4 0.82 | 0.94, B=8 and 16 the
+// same within 3%; 8 was slower from B=8.
+constexpr int64_t kRowsPerChunk = 2;
 
 enum StepKind : int64_t { kForwardStep = 1, kBackwardStep = 2 };
 
@@ -125,6 +135,18 @@ LoopDims check_common(const Tensor& gi, const Tensor& whh0, const Tensor& whh1, 
   return d;
 }
 
+// Rows [0, bs) of one step over torch's threads; ptrs_of(thread slot) gives that slot's pointers.
+template <typename PtrsOf>
+void run_rows(StepFn step, int64_t dir, int64_t off, int64_t bs, int64_t save, const PtrsOf& ptrs_of,
+              const int64_t* dims) {
+  std::atomic<int64_t> status{0};
+  at::parallel_for(0, bs, kRowsPerChunk, [&](int64_t b0, int64_t b1) {
+    const int64_t s = step(dir, off, b0, b1, save, ptrs_of(at::get_thread_num()), dims);
+    if (s != 0) status = s;
+  });
+  check_entry_status(status);
+}
+
 }  // namespace
 
 std::vector<Tensor> custom_forward(int64_t fn, const Tensor& gi, const Tensor& whh0, const Tensor& whh1,
@@ -143,8 +165,9 @@ std::vector<Tensor> custom_forward(int64_t fn, const Tensor& gi, const Tensor& w
   Tensor ghs = save ? at::empty({d.D, d.N, d.GH}, opt) : at::empty({1, 1, 1}, opt);
   Tensor gh = at::empty({std::max<int64_t>(d.B, 1), d.GH}, opt);
   StepArgs args(kForwardStep, {gi, gh, bhh, prm, zm, out, st, sprev, ghs});
-  check_entry_status(step(0, 0, 0, save, args.ptrs.data(), args.dims.data()));  // checks only: no rows
+  check_entry_status(step(0, 0, 0, 0, save, args.ptrs.data(), args.dims.data()));  // checks only: no rows
   const int64_t T = static_cast<int64_t>(rows.size());
+  const auto ptrs = [&](int) { return args.ptrs.data(); };
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "custom_forward", [&] {
     pybind11::gil_scoped_release nogil;
     for (int64_t dir = 0; dir < d.D; ++dir) {
@@ -153,7 +176,7 @@ std::vector<Tensor> custom_forward(int64_t fn, const Tensor& gi, const Tensor& w
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = dir == 1 ? T - 1 - s : s;
         gemm<scalar_t>(false, true, rows[t], d.GH, d.H, h, d.H, w, d.H, scalar_t(0), gh.data_ptr<scalar_t>(), d.GH);
-        check_entry_status(step(dir, offs[t], rows[t], save, args.ptrs.data(), args.dims.data()));
+        run_rows(step, dir, offs[t], rows[t], save, ptrs, args.dims.data());
       }
     }
   });
@@ -177,10 +200,16 @@ std::vector<Tensor> custom_backward(int64_t fn, const Tensor& gi, const Tensor& 
   const std::vector<int64_t> rows = checked_rows(sizes, offsets, d.B, d.N, &offs);
   Tensor dgi = at::empty_like(gi);
   Tensor dgh = at::empty_like(ghs);
-  Tensor dprm = at::zeros_like(prm);
-  StepArgs args(kBackwardStep, {gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm});
-  check_entry_status(step(0, 0, 0, 0, args.ptrs.data(), args.dims.data()));  // checks only: no rows
+  // dprm sums over rows: one partial sum per thread slot, added up after the loop
+  const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
+  Tensor dprm_parts = at::zeros({slots, d.D, prm.size(1)}, prm.options());
+  StepArgs args(kBackwardStep, {gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm_parts[0]});
+  std::vector<std::vector<void*>> slot_ptrs(slots, args.ptrs);
+  constexpr size_t kDprm = 9;  // dprm's place in _BWD_ARRAYS
+  for (int64_t i = 0; i < slots; ++i) slot_ptrs[i][kDprm] = dprm_parts[i].data_ptr();
+  check_entry_status(step(0, 0, 0, 0, 0, args.ptrs.data(), args.dims.data()));  // checks only: no rows
   const int64_t T = static_cast<int64_t>(rows.size());
+  const auto ptrs = [&](int tid) { return slot_ptrs[std::min<int64_t>(std::max(tid, 0), slots - 1)].data(); };
   AT_DISPATCH_FLOATING_TYPES(dt, "custom_backward", [&] {
     pybind11::gil_scoped_release nogil;
     for (int64_t dir = 0; dir < d.D; ++dir) {
@@ -188,14 +217,14 @@ std::vector<Tensor> custom_backward(int64_t fn, const Tensor& gi, const Tensor& 
       scalar_t* dh = ds.data_ptr<scalar_t>() + dir * d.S * d.B * d.H;
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = dir == 1 ? s : T - 1 - s;
-        check_entry_status(step(dir, offs[t], rows[t], 0, args.ptrs.data(), args.dims.data()));
+        run_rows(step, dir, offs[t], rows[t], 0, ptrs, args.dims.data());
         // ds[dir, 0, :bs] += dgh[dir, off:off+bs] @ W_hh: the gradient reaching h_{t-1}
         const scalar_t* g = dgh.data_ptr<scalar_t>() + (dir * d.N + offs[t]) * d.GH;
         gemm<scalar_t>(false, false, rows[t], d.H, d.GH, g, d.GH, w, d.H, scalar_t(1), dh, d.H);
       }
     }
   });
-  return {dgi, dgh, dprm};
+  return {dgi, dgh, slots == 1 ? dprm_parts[0] : dprm_parts.sum(0)};
 }
 
 }  // namespace fastrnn

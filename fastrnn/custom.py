@@ -261,7 +261,7 @@ def _loop_blas_threads():
 # loops alternating in one process; @njit time / C++ time at H = 128 | 256:
 #   1 thread (two runs): B=1 0.95-0.99 | 0.93-0.94, B=2 0.91-0.96 | 1.79-1.86, B=3 1.51-1.60 |
 #   1.74-1.84, B=4 1.22-1.36 | 1.98-2.10, B=8 1.17 | 1.63, B=16 1.16 | 1.38, B=64 1.10 | 1.18;
-#   2 threads (load < 1): B=1 0.91 | 0.99, B=2 0.97 | 2.01, B=4 1.24 | 2.24, B=8 1.19 | 1.94,
+#   2 threads (load < 1, before the C++ loop split a step's rows over threads): B=1 0.91 | 0.99, B=2 0.97 | 2.01, B=4 1.24 | 2.24, B=8 1.19 | 1.94,
 #   B=16 1.27 | 1.62, B=64 1.24 | 1.40.
 # With the other core busy, 2-thread runs of either loop (and of the cpp backend's own loops)
 # stall at every per-step GEMM: measure those on a quiet machine.

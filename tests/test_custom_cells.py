@@ -603,6 +603,26 @@ def test_numba_loops_match_reference(name, loop, B, monkeypatch):
     _compare(got, _run(m, x, hx), F64, f"{name}-{loop}-B{B}")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_loop_rows_over_threads_match_reference(threads):
+    """The C++ loop splits a step's rows over torch's threads (per-thread parameter-gradient
+    partials in backward): at 7 rows and 2 threads the chunks change with the packed step sizes."""
+    _cpp_loop()
+    keep = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        c = dict(bidirectional=True, packed=True, hx=True, zoneout=0.2)
+        m = _perturb(CustomRNN(LAYERNORM_LSTM_CELL, I, H, dtype=torch.float64, **_kwargs(c)))
+        x = torch.randn(6, 7, I, dtype=torch.float64, requires_grad=True)
+        x = pack_padded_sequence(x, torch.tensor([6, 6, 5, 4, 4, 2, 1]), enforce_sorted=False)
+        hx = _hx(LAYERNORM_LSTM_CELL, c, torch.float64, B=7)
+        got = _run(m, x, hx)
+        m.backend = "reference"
+        _compare(got, _run(m, x, hx), F64, f"threads={threads}")
+    finally:
+        torch.set_num_threads(keep)
+
+
 def _cpp_loop_args(dtype=torch.float64):
     """Valid arguments of _ext.custom_forward / custom_backward for RNN_TANH_CELL (one state, one
     gate, no parameters): D=2, T=3 steps of 3, 2, 1 rows (packed), H=4."""

@@ -622,8 +622,8 @@ import numpy as np
 from numba import carray, cfunc, njit, types
 from fastrnn.kernels.numba.rnn import tanh_, sigmoid_
 
-_STEP_SIG = types.int64(types.int64, types.int64, types.int64, types.int64, types.CPointer(types.voidptr),
-                        types.CPointer(types.int64))
+_STEP_SIG = types.int64(types.int64, types.int64, types.int64, types.int64, types.int64,
+                        types.CPointer(types.voidptr), types.CPointer(types.int64))
 _ENTRIES = {{}}
 
 
@@ -658,7 +658,7 @@ def fwd_{dt}(gi, whh0, whh1, bhh, prm, zm, sizes, offsets, out, st, sprev, ghs, 
             bs = sizes[t]
             off = offsets[t]
             np.dot(st[d, 0, :bs], whh.T, gh[:bs])
-            fwd_step_{dt}(d, off, bs, gi, gh, bhh, prm, zm, out, st, sprev, ghs, save)
+            fwd_step_{dt}(d, off, 0, bs, gi, gh, bhh, prm, zm, out, st, sprev, ghs, save)
     return 0
 '''
 
@@ -679,7 +679,7 @@ def bwd_{dt}(gi, ghs, sprev, whh0, whh1, prm, zm, sizes, offsets, dout, ds, dgi,
             t = s if d == 1 else T - 1 - s
             bs = sizes[t]
             off = offsets[t]
-            bwd_step_{dt}(d, off, bs, gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm)
+            bwd_step_{dt}(d, off, 0, bs, gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm)
             np.dot(dgh[d, off:off + bs], whh, tmp[:bs])
             for b in range(bs):
                 for j in range(H):
@@ -698,18 +698,20 @@ def bwd_{dt}(gi, ghs, sprev, whh0, whh1, prm, zm, sizes, offsets, dout, ds, dgi,
 # Passed in by the caller instead, the LayerNorm-LSTM backward step (B=16, H=128, float32) took
 # 125 us instead of 30 us, and allocating fresh rows sized from the passed-in arrays' shapes was
 # as slow; the two allocations take ~0.1 us (measured at H = 128 and 512).
+# Both run the step's rows b0 <= b < b1 (row off + b of gi and the saved values; the C++ loop splits
+# a step's rows over threads, giving each its own dprm).
 # fwd_step: gh [B, GH] = h_{t-1} W_hh^T of the step's rows (b_hh folded in here when the cell
 # folds biases); writes the new states into st and out, and saves sprev/ghs when save.
 _FWD_STEP = '''
 @njit(nogil=True, cache=True, error_model="numpy", fastmath={{"reassoc", "contract"}})
-def fwd_step_{dt}(d, off, bs, gi, gh, bhh, prm, zm, out, st, sprev, ghs, save):
+def fwd_step_{dt}(d, off, b0, b1, gi, gh, bhh, prm, zm, out, st, sprev, ghs, save):
     H = st.shape[3]
     GH = gh.shape[1]
     ws = np.empty(max({ws}, 1), dtype=np.{dt})
     ns = np.empty(({S}, H), dtype=np.{dt})
 {nsbind}
     pr = prm[d]
-    for b in range(bs):
+    for b in range(b0, b1):
             r = off + b
             ghr = gh[b]
 {fold}
@@ -732,14 +734,14 @@ def fwd_step_{dt}(d, off, bs, gi, gh, bhh, prm, zm, out, st, sprev, ghs, save):
 # dL/d(state entering the step) into ds, accumulates dprm; the caller then adds dgh W_hh to ds[d, 0].
 _BWD_STEP = '''
 @njit(nogil=True, cache=True, error_model="numpy", fastmath={{"reassoc", "contract"}})
-def bwd_step_{dt}(d, off, bs, gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm):
+def bwd_step_{dt}(d, off, b0, b1, gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm):
     H = ds.shape[3]
     dso = np.empty(({S}, H), dtype=np.{dt})
 {dsobind}
     ws = np.empty(max({ws}, 1), dtype=np.{dt})
     pr = prm[d]
     dpr = dprm[d]
-    for b in range(bs):
+    for b in range(b0, b1):
             r = off + b
             for j in range(H):
                 dso[0, j] = ds[d, 0, b, j] + dout[r, d * H + j]
@@ -758,13 +760,14 @@ def bwd_step_{dt}(d, off, bs, gi, ghs, sprev, prm, zm, dout, ds, dgi, dgh, dprm)
 
 # C entry points of the step for the C++ time loop (csrc/custom_loop.cpp), one per direction of
 # pass and dtype. ABI (`_STEP_SIG`):
-#   int64 step(int64 d, int64 off, int64 bs, int64 save, void** ptrs, const int64* dims)
+#   int64 step(int64 d, int64 off, int64 b0, int64 b1, int64 save, void** ptrs, const int64* dims)
+# runs rows b0 <= b < b1 of the step whose first row is `off` in direction d.
 # ptrs: the step's arrays in the order of `_FWD_ARRAYS` / `_BWD_ARRAYS`; dims: a tag (1 forward,
 # 2 backward; the element size in bytes), then the arrays' shapes concatenated in that order, each
 # of the rank listed there. The C++ checks that the arrays agree with each other; the entry point
 # checks, before reading further or touching memory, the tag (so a pointer of the other pass or
 # dtype is refused) and that the arrays fit the cell it was generated for (states, gates, parameter
-# and mask widths); it returns 1 if not, else runs the step and returns 0.
+# and mask widths) and that the rows are in range; it returns 1 if not, else runs the rows, returns 0.
 # `save` is ignored by the backward. The entry points compile on first use (`step_address`), so a
 # process compiles only the dtype it runs, as with the @njit functions; numba's disk cache keeps them.
 _FWD_ARRAYS = (("gi", 3), ("gh", 2), ("bhh", 2), ("prm", 2), ("zm", 3), ("out", 2), ("st", 4), ("sprev", 4),
@@ -772,13 +775,14 @@ _FWD_ARRAYS = (("gi", 3), ("gh", 2), ("bhh", 2), ("prm", 2), ("zm", 3), ("out", 
 _BWD_ARRAYS = (("gi", 3), ("ghs", 3), ("sprev", 4), ("prm", 2), ("zm", 3), ("dout", 2), ("ds", 4), ("dgi", 3),
                ("dgh", 3), ("dprm", 2))
 _CFUNC = '''
-def {kind}_entry_{dt}(d, off, bs, save, p, n):
+def {kind}_entry_{dt}(d, off, b0, b1, save, p, n):
     if n[0] != {tag} or n[1] != {itemsize}:
         return 1
 {views}
     H = {states}.shape[3]
     if ({states}.shape[1] != {S} or gi.shape[2] != {G} * H or prm.shape[1] != {P} * H
-            or ({Z} and zm.shape[2] != {S} * H)):
+            or ({Z} and zm.shape[2] != {S} * H) or d < 0 or d >= gi.shape[0] or b0 < 0 or b0 > b1
+            or b1 > {states}.shape[2] or off < 0 or off + b1 > gi.shape[1]):
         return 1
     return {kind}_step_{dt}({args})
 '''
@@ -797,7 +801,7 @@ def _cfunc_source(kind, dt, spec):
     return _CFUNC.format(kind=kind, dt=dt, tag=1 if kind == "fwd" else 2, itemsize=4 if dt == "float32" else 8,
                          views="\n".join(views), states="st" if kind == "fwd" else "ds",
                          S=spec.n_states, G=spec.gates, P=sum(spec.param_widths), Z=bool(spec.zoneout),
-                         args=", ".join(["d", "off", "bs"] + args))
+                         args=", ".join(["d", "off", "b0", "b1"] + args))
 
 
 @dataclass

@@ -100,20 +100,20 @@ def _compiled(m, how):
 
 
 class _NjitLoop(nn.Module):
-    """The fused module with the numba path's whole-loop driver forced (np.dot per step inside
-    @njit): the "before" of the step-wise driver, for side-by-side timing."""
+    """The fused module with the numba path's @njit whole loop forced (np.dot per step inside
+    @njit, what runs without the extension) instead of the C++ loop, for side-by-side timing."""
 
     def __init__(self, m):
         super().__init__()
         self.m = m
 
     def forward(self, x):
-        keep = fcustom.STEP_LOOP_MIN_BATCH
-        fcustom.STEP_LOOP_MIN_BATCH = 1 << 30
+        keep = fcustom.CPP_LOOP_MIN_BATCH
+        fcustom.CPP_LOOP_MIN_BATCH = 1 << 30
         try:
             return self.m(x)
         finally:
-            fcustom.STEP_LOOP_MIN_BATCH = keep
+            fcustom.CPP_LOOP_MIN_BATCH = keep
 
 
 def _fwd_bwd(m, x):
@@ -151,7 +151,7 @@ def main():
         pass
     print(f"# {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
           f"threads={args.threads}, float32, T={args.T}, I=H, fwd+bwd, median of {args.reps} (ms); "
-          f"compiled = torch.compile of the {args.compile}; njit-loop = the numba whole-loop driver (before)")
+          f"compiled = torch.compile of the {args.compile}; njit-loop = the numba @njit whole loop (no extension)")
     print("| cell | B | H | eager | compiled | fused | njit-loop | plain fastrnn | fused vs eager | "
           "fused vs compiled | fused / plain |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

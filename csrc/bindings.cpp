@@ -11,6 +11,7 @@
 
 #include "bf16.h"
 #include "blas.h"
+#include "custom_loop.h"
 #include "kernel_table.h"
 #include "layer.h"
 #include "loop_plan.h"
@@ -93,6 +94,16 @@ PYBIND11_MODULE(_ext, m) {
         pybind11::arg("w_ih"), pybind11::arg("w_hh"), pybind11::arg("w_hr"), pybind11::arg("saved"),
         pybind11::arg("dout"), pybind11::arg("dhn"), pybind11::arg("dcn"), pybind11::arg("need_dx"),
         pybind11::arg("need_dw"), pybind11::arg("bf16_gemms") = false);
+  m.def("custom_forward", &fastrnn::custom_forward,
+        "A user-defined cell's forward time loop through its generated step entry point; see csrc/custom_loop.h",
+        pybind11::arg("fn"), pybind11::arg("gi"), pybind11::arg("whh0"), pybind11::arg("whh1"), pybind11::arg("bhh"),
+        pybind11::arg("prm"), pybind11::arg("zm"), pybind11::arg("st0"), pybind11::arg("sizes"),
+        pybind11::arg("offsets"), pybind11::arg("save"));
+  m.def("custom_backward", &fastrnn::custom_backward,
+        "A user-defined cell's backward time loop through its generated step entry point; see csrc/custom_loop.h",
+        pybind11::arg("fn"), pybind11::arg("gi"), pybind11::arg("ghs"), pybind11::arg("sprev"), pybind11::arg("whh0"),
+        pybind11::arg("whh1"), pybind11::arg("prm"), pybind11::arg("zm"), pybind11::arg("sizes"),
+        pybind11::arg("offsets"), pybind11::arg("dout"), pybind11::arg("ds"));
   m.def("isa", &fastrnn::isa, "The instruction set the pointwise kernels were picked for");
   m.def("native_bf16", &fastrnn::native_bf16,
         "The native bfloat16 path: 'amx_bf16', 'avx512_bf16', or '' (bf16 runs upcast to float32)");

@@ -16,7 +16,9 @@ From that one definition fastrnn derives the backward (tracing `torch.func.vjp` 
 step, once) and generates fused kernels from the traced graphs, one graph walk spelled per
 language: Numba on CPU (`fastrnn.kernels.numba.custom`: per step one GEMM for the recurrent
 product into a preallocated buffer, then the generated row code; backward in reverse with the
-weight gradients as GEMMs after the loop) and Triton on CUDA (`fastrnn.kernels.triton.custom`:
+weight gradients as GEMMs after the loop; the time loop runs in C++ (`fastrnn._ext`, MKL GEMMs,
+the rows through the step's Numba @cfunc entry point) from `CPP_LOOP_MIN_BATCH` rows, else in
+one @njit call) and Triton on CUDA (`fastrnn.kernels.triton.custom`:
 the same loop with a generated step kernel, one program per batch row; verified under
 TRITON_INTERPRET=1 in CI). `backend="reference"` runs the same step in a Python loop with torch
 autograd: the oracle, what runs under torch.compile, and the way to run a cell the fused path
@@ -251,72 +253,75 @@ def _loop_blas_threads():
     return numba_backend._loop_blas_threads()
 
 
-# From this batch size on, the numba path runs the time loop in Python: per step the recurrent
-# GEMM in torch (MKL/oneDNN) and one generated @njit call for the cell rows, instead of the whole
-# loop in @njit with np.dot (SciPy's OpenBLAS). Measured (2-core Xeon, 1 thread, loaded): 100
-# GEMMs [B, H] x [H, 4H] take torch 2.4 / 27 / 34 ms and np.dot 15 / 33 / 50 ms at
-# (B, H) = (16, 128), (64, 128), (16, 256); the Python step costs ~30 us, which only B = 1..4 feel.
-STEP_LOOP_MIN_BATCH = 8
+# From this batch size on, the numba path runs its time loop in C++ (`fastrnn._ext.custom_forward`
+# / `custom_backward`, csrc/custom_loop.cpp): per step the recurrent GEMM in MKL, then the generated
+# step through its C entry point; below it, the whole loop in one @njit call with np.dot (SciPy's
+# OpenBLAS). Without the extension every batch runs the @njit loop. Measured: LayerNorm-LSTM
+# fwd+bwd, float32, T=50, I=H, 2-core Xeon (Sapphire Rapids class) shared with another job, both
+# loops alternating in one process; @njit time / C++ time at H = 128 | 256:
+#   1 thread (two runs): B=1 0.95-0.99 | 0.93-0.94, B=2 0.91-0.96 | 1.79-1.86, B=3 1.51-1.60 |
+#   1.74-1.84, B=4 1.22-1.36 | 1.98-2.10, B=8 1.17 | 1.63, B=16 1.16 | 1.38, B=64 1.10 | 1.18;
+#   2 threads (load < 1, before the C++ loop split a step's rows over threads): B=1 0.91 | 0.99, B=2 0.97 | 2.01, B=4 1.24 | 2.24, B=8 1.19 | 1.94,
+#   B=16 1.27 | 1.62, B=64 1.24 | 1.40.
+# With the other core busy, 2-thread runs of either loop (and of the cpp backend's own loops)
+# stall at every per-step GEMM: measure those on a quiet machine.
+CPP_LOOP_MIN_BATCH = 2
+
+
+def _custom_loop_ext():
+    """fastrnn._ext when it loads and has the custom-cell loop (a build older than this file
+    lacks it), else None: then the @njit whole loop runs every batch."""
+    from fastrnn import backends
+    ok, _ = backends.get("cpp").availability()
+    if not ok:
+        return None
+    from fastrnn.backends import cpp
+    return cpp._ext if hasattr(cpp._ext, "custom_forward") else None
 
 
 class _NumbaCellKernels:
-    """Host side of a generated Numba module: the whole time loop in one @njit call each way
-    (small batches), or a Python step loop of torch GEMMs + @njit cell rows (see above)."""
+    """Host side of a generated Numba module: the C++ time loop through the step's C entry points
+    (from `CPP_LOOP_MIN_BATCH` rows, when the extension is built), else the whole time loop in one
+    @njit call each way. Neither goes back to Python between steps."""
 
     def __init__(self, mod):
         self.mod = mod
 
+    def _cpp(self, B):
+        return _custom_loop_ext() if B >= CPP_LOOP_MIN_BATCH else None
+
     def forward(self, gi, whh0, whh1, bhh, prm, zm, st0, sizes, offsets, save):
         D, N, GH = gi.shape
         _, S, B, H = st0.shape
+        dt = str(gi.dtype)[6:]
+        ext = self._cpp(B)
+        if ext is not None:
+            fn = self.mod.step_address("fwd", dt)
+            return tuple(ext.custom_forward(fn, gi, whh0, whh1, bhh, prm, zm, st0, torch.from_numpy(sizes),
+                                            torch.from_numpy(offsets), save))
         out = gi.new_empty(N, D * H)
         st = st0.clone()
         sprev = gi.new_empty(D, N, S, H) if save else gi.new_empty(1, 1, 1, 1)
         ghs = gi.new_empty(D, N, GH) if save else gi.new_empty(1, 1, 1)
-        dt = str(gi.dtype)[6:]
-        if B < STEP_LOOP_MIN_BATCH:
-            with _loop_blas_threads():
-                getattr(self.mod, "fwd_" + dt)(_np(gi), _np(whh0), _np(whh1), _np(bhh), _np(prm), _np(zm), sizes,
-                                               offsets, out.numpy(), st.numpy(), sprev.numpy(), ghs.numpy(), save)
-            return out, st, sprev, ghs
-        step = getattr(self.mod, "fwd_step_" + dt)
-        gh = gi.new_empty(B, GH)
-        a = (_np(gi), gh.numpy(), _np(bhh), _np(prm), _np(zm), out.numpy(), st.numpy(), sprev.numpy(), ghs.numpy())
-        T = len(sizes)
-        for d in range(D):
-            w = (whh0 if d == 0 else whh1).t()
-            h = st[d, 0]
-            for s in range(T):
-                t = T - 1 - s if d == 1 else s
-                bs, off = int(sizes[t]), int(offsets[t])
-                torch.mm(h[:bs], w, out=gh[:bs])
-                step(d, off, bs, *a, save)
+        with _loop_blas_threads():
+            getattr(self.mod, "fwd_" + dt)(_np(gi), _np(whh0), _np(whh1), _np(bhh), _np(prm), _np(zm), sizes,
+                                           offsets, out.numpy(), st.numpy(), sprev.numpy(), ghs.numpy(), save)
         return out, st, sprev, ghs
 
     def backward(self, gi, ghs, sprev, whh0, whh1, prm, zm, sizes, offsets, dout, ds):
+        dt = str(gi.dtype)[6:]
+        ext = self._cpp(ds.shape[2])
+        if ext is not None:
+            fn = self.mod.step_address("bwd", dt)
+            return tuple(ext.custom_backward(fn, gi, ghs, sprev, whh0, whh1, prm, zm, torch.from_numpy(sizes),
+                                             torch.from_numpy(offsets), dout, ds))
         dgi = torch.empty_like(gi)
         dgh = torch.empty_like(ghs)
         dprm = torch.zeros_like(prm)
-        dt = str(gi.dtype)[6:]
-        D, B = ds.shape[0], ds.shape[2]
-        if B < STEP_LOOP_MIN_BATCH:
-            with _loop_blas_threads():
-                getattr(self.mod, "bwd_" + dt)(_np(gi), _np(ghs), _np(sprev), _np(whh0), _np(whh1), _np(prm), _np(zm),
-                                               sizes, offsets, _np(dout), ds.numpy(), dgi.numpy(), dgh.numpy(),
-                                               dprm.numpy())
-            return dgi, dgh, dprm
-        step = getattr(self.mod, "bwd_step_" + dt)
-        a = (_np(gi), _np(ghs), _np(sprev), _np(prm), _np(zm), _np(dout), ds.numpy(), dgi.numpy(), dgh.numpy(),
-             dprm.numpy())
-        T = len(sizes)
-        for d in range(D):
-            w = whh0 if d == 0 else whh1
-            dh = ds[d, 0]
-            for s in range(T):
-                t = s if d == 1 else T - 1 - s
-                bs, off = int(sizes[t]), int(offsets[t])
-                step(d, off, bs, *a)
-                dh[:bs].addmm_(dgh[d, off:off + bs], w)
+        with _loop_blas_threads():
+            getattr(self.mod, "bwd_" + dt)(_np(gi), _np(ghs), _np(sprev), _np(whh0), _np(whh1), _np(prm), _np(zm),
+                                           sizes, offsets, _np(dout), ds.numpy(), dgi.numpy(), dgh.numpy(),
+                                           dprm.numpy())
         return dgi, dgh, dprm
 
 

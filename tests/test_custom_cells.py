@@ -506,7 +506,8 @@ def test_drop_connect_helper():
     assert torch.equal(d[0][0][1], F.dropout(w[0][0][1], 0.5, True)) and d[0][0][0] is w[0][0][0]
 
 
-def test_openblas_thread_count_restored():
+def test_openblas_thread_count_restored(monkeypatch):
+    monkeypatch.setattr(fastrnn.custom, "CPP_LOOP_MIN_BATCH", 1 << 30)  # the @njit loop, which uses OpenBLAS
     from fastrnn import backends
     from fastrnn.backends import numba as numba_backend
     backends.get("numba").availability()
@@ -559,16 +560,142 @@ def test_custom_module_zoneout_under_torch_compile_matches_eager():
         _compare(compiled, eager, F64, f"LayerNormLSTM-{mode}")
 
 
-@pytest.mark.parametrize("name", list(NEW_CELLS))
-def test_numba_step_loop_matches_reference(name, monkeypatch):
-    """The numba path's step-wise driver (torch GEMMs + generated @njit rows per step), forced at
-    a small batch; packed and bidirectional so the per-step row counts change."""
-    monkeypatch.setattr(fastrnn.custom, "STEP_LOOP_MIN_BATCH", 1)
+# ---------------------------------------------------------------- the numba path's two time loops
+
+def _cpp_loop():
+    ext = fastrnn.custom._custom_loop_ext()
+    if ext is None:
+        pytest.skip("fastrnn._ext (with the custom-cell loop) is not built")
+    return ext
+
+
+def _loop_spy(monkeypatch):
+    """Counts the calls that take the C++ loop (each asks for the extension once)."""
+    calls = []
+    real = fastrnn.custom._custom_loop_ext
+    monkeypatch.setattr(fastrnn.custom, "_custom_loop_ext", lambda: calls.append(1) or real())
+    return calls
+
+
+_LOOP_CASES = [pytest.param(n, loop, B, id=f"{n}-{loop}-B{B}") for n in NEW_CELLS for loop in ("auto", "cpp", "njit")
+               for B in (1, 3)]
+
+
+@pytest.mark.parametrize("name,loop,B", _LOOP_CASES)
+def test_numba_loops_match_reference(name, loop, B, monkeypatch):
+    """The C++ time loop (MKL GEMMs + the generated step's C entry point) and the @njit whole loop,
+    at batches on both sides of CPP_LOOP_MIN_BATCH: "auto" keeps the threshold, "cpp" / "njit" force
+    a loop; packed, bidirectional, zoneout and hx, so the per-step row counts change."""
+    assert 1 < fastrnn.custom.CPP_LOOP_MIN_BATCH <= 3  # B = 1 and 3 fall on its two sides
+    if loop != "njit":
+        _cpp_loop()
+    if loop != "auto":
+        monkeypatch.setattr(fastrnn.custom, "CPP_LOOP_MIN_BATCH", 1 if loop == "cpp" else 1 << 30)
+    calls = _loop_spy(monkeypatch)
     c = dict(bidirectional=True, packed=True, hx=True, zoneout=0.2)
     cell = NEW_CELLS[name]
     m = _perturb(CustomRNN(cell, I, H, dtype=torch.float64, **_kwargs(c)))
-    x = _input(c, torch.float64)
-    hx = _hx(cell, c, torch.float64)
+    x = _input(c, torch.float64, B=B)
+    hx = _hx(cell, c, torch.float64, B=B)
     got = _run(m, x, hx)
+    assert bool(calls) == (loop == "cpp" or loop == "auto" and B >= fastrnn.custom.CPP_LOOP_MIN_BATCH)
     m.backend = "reference"
-    _compare(got, _run(m, x, hx), F64, f"{name}-step-loop")
+    _compare(got, _run(m, x, hx), F64, f"{name}-{loop}-B{B}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_loop_rows_over_threads_match_reference(threads):
+    """The C++ loop splits a step's rows over torch's threads (per-thread parameter-gradient
+    partials in backward): at 7 rows and 2 threads the chunks change with the packed step sizes."""
+    _cpp_loop()
+    keep = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        c = dict(bidirectional=True, packed=True, hx=True, zoneout=0.2)
+        m = _perturb(CustomRNN(LAYERNORM_LSTM_CELL, I, H, dtype=torch.float64, **_kwargs(c)))
+        x = torch.randn(6, 7, I, dtype=torch.float64, requires_grad=True)
+        x = pack_padded_sequence(x, torch.tensor([6, 6, 5, 4, 4, 2, 1]), enforce_sorted=False)
+        hx = _hx(LAYERNORM_LSTM_CELL, c, torch.float64, B=7)
+        got = _run(m, x, hx)
+        m.backend = "reference"
+        _compare(got, _run(m, x, hx), F64, f"threads={threads}")
+    finally:
+        torch.set_num_threads(keep)
+
+
+def _cpp_loop_args(dtype=torch.float64):
+    """Valid arguments of _ext.custom_forward / custom_backward for RNN_TANH_CELL (one state, one
+    gate, no parameters): D=2, T=3 steps of 3, 2, 1 rows (packed), H=4."""
+    import numpy as np
+    mod = RNN_TANH_CELL.kernels(False)
+    dt = str(dtype)[6:]
+    D, B, Hs, sizes = 2, 3, 4, [3, 2, 1]
+    N = sum(sizes)
+    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    fwd = dict(fn=mod.step_address("fwd", dt), gi=r(D, N, Hs), whh0=r(Hs, Hs), whh1=r(Hs, Hs),
+               bhh=r(D, Hs), prm=r(D, 0), zm=r(D, 1, 1), st0=r(D, 1, B, Hs), sizes=torch.tensor(sizes),
+               offsets=torch.tensor(np.cumsum([0] + sizes)), save=True)
+    return mod, fwd
+
+
+def test_cpp_loop_runs_the_valid_arguments():
+    ext = _cpp_loop()
+    mod, a = _cpp_loop_args()
+    out, st, sprev, ghs = ext.custom_forward(**a)
+    assert out.shape == (6, 8) and st.shape == (2, 1, 3, 4) and sprev.shape == (2, 6, 1, 4)
+    ds = torch.randn_like(st)
+    b = dict(fn=mod.step_address("bwd", "float64"), gi=a["gi"], ghs=ghs, sprev=sprev, whh0=a["whh0"], whh1=a["whh1"],
+             prm=a["prm"], zm=a["zm"], sizes=a["sizes"], offsets=a["offsets"], dout=torch.randn_like(out), ds=ds)
+    dgi, dgh, dprm = ext.custom_backward(**b)
+    assert dgi.shape == dgh.shape == (2, 6, 4) and dprm.shape == (2, 0)
+
+
+# (what the case breaks, the bad arguments made from the valid ones, words the message must contain)
+_BAD_FORWARD = [
+    ("null-fn", lambda a, mod: dict(fn=0), "null"),
+    ("f32-entry", lambda a, mod: dict(fn=mod.step_address("fwd", "float32")), "refused"),
+    ("bwd-entry", lambda a, mod: dict(fn=mod.step_address("bwd", "float64")), "refused"),
+    ("other-cell", lambda a, mod: dict(fn=LSTM_CELL.kernels(False).step_address("fwd", "float64")), "refused"),
+    ("mixed-dtypes", lambda a, mod: dict(gi=a["gi"].float()), "must have dtype Float, got Double"),
+    ("int-gi", lambda a, mod: dict(gi=a["gi"].to(torch.int64)), "float32 or float64"),
+    ("whh0-shape", lambda a, mod: dict(whh0=a["whh0"][:, :3].contiguous()), "whh0"),
+    ("whh1-shape", lambda a, mod: dict(whh1=a["whh1"][:2].contiguous()), "whh1"),
+    ("bhh-shape", lambda a, mod: dict(bhh=a["bhh"][:1].contiguous()), "bhh"),
+    ("st0-strided", lambda a, mod: dict(st0=a["st0"].transpose(2, 3)), "contiguous"),
+    ("zm-rows", lambda a, mod: dict(zm=a["zm"].expand(2, 5, 1).contiguous()), "zm"),
+    ("sizes-over-B", lambda a, mod: dict(sizes=torch.tensor([4, 1, 1]), offsets=torch.tensor([0, 4, 5, 6])),
+     "non-increasing"),
+    ("sizes-increase", lambda a, mod: dict(sizes=torch.tensor([2, 3, 1]), offsets=torch.tensor([0, 2, 5, 6])),
+     "non-increasing"),
+    ("sizes-int32", lambda a, mod: dict(sizes=torch.tensor([3, 2, 1], dtype=torch.int32)), "int64"),
+    ("offsets-gap", lambda a, mod: dict(offsets=torch.tensor([0, 3, 4, 6])), "offsets[2]"),
+    ("offsets-negative", lambda a, mod: dict(offsets=torch.tensor([-3, 0, 2, 3])), "offsets[0]"),
+    ("offsets-short", lambda a, mod: dict(offsets=torch.tensor([0, 3, 5])), "len(sizes) + 1"),
+    ("rows-past-N", lambda a, mod: dict(gi=a["gi"][:, :5].contiguous()), "cover"),
+]
+
+
+@pytest.mark.parametrize("bad,words", [pytest.param(b, w, id=k) for k, b, w in _BAD_FORWARD])
+def test_cpp_loop_refuses_bad_arguments(bad, words):
+    """Compiled code never trusts Python: every bad argument is a Python exception naming it,
+    raised before the loop touches memory."""
+    ext = _cpp_loop()
+    mod, a = _cpp_loop_args()
+    with pytest.raises((ValueError, TypeError, RuntimeError)) as e:
+        ext.custom_forward(**dict(a, **bad(a, mod)))
+    assert words in str(e.value), str(e.value)
+
+
+def test_cpp_loop_backward_refuses_mismatched_saved_values():
+    ext = _cpp_loop()
+    mod, a = _cpp_loop_args()
+    out, st, sprev, ghs = ext.custom_forward(**a)
+    b = dict(fn=mod.step_address("bwd", "float64"), gi=a["gi"], ghs=ghs, sprev=sprev, whh0=a["whh0"], whh1=a["whh1"],
+             prm=a["prm"], zm=a["zm"], sizes=a["sizes"], offsets=a["offsets"], dout=torch.randn_like(out),
+             ds=torch.randn_like(st))
+    for key, bad, words in (("sprev", sprev[:, :5].contiguous(), "sprev"), ("dout", out[:, :4].contiguous(), "dout"),
+                            ("ghs", ghs.float(), "ghs must have dtype Double"), ("fn", a["fn"], "refused"),
+                            ("ds", st[:1].contiguous(), "ds")):
+        with pytest.raises((ValueError, TypeError, RuntimeError)) as e:
+            ext.custom_backward(**dict(b, **{key: bad}))
+        assert words in str(e.value), (key, str(e.value))

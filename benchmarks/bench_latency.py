@@ -11,8 +11,10 @@ call), and split into:
   step@1    the same on one thread: the step's product (GEMV) and pointwise work, no barrier;
   split     step - step@1 / threads: what splitting a step over the threads costs beyond the ideal
             (the per-step barrier, load imbalance, the threads' start-up);
-  bound     the step's recurrent weights (and W_ih where the plan projects inside the steps) read
-            once from the threads' caches at the rate `fastrnn.bench.runner.cache_rate` measures.
+  bound     the slower of: the step's recurrent weights (and W_ih where the plan projects inside
+            the steps) read once from the threads' caches at the rate `runner.cache_rate`
+            measures, and the step's flops at torch.mm's fastest rate (`runner.matmul_peak`);
+  limit     which of the two it is.
 Speed is reported, never asserted.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 import torch
 
 import fastrnn
-from fastrnn.bench.runner import cache_rate
+from fastrnn.bench.runner import cache_rate, matmul_peak
 from fastrnn.cells import gates
 
 _CLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
@@ -47,7 +49,7 @@ def layer_times(m, B, H, T, reps):
         return {t: fastest(lambda x=x: m(x), reps) for t, x in xs.items()}
 
 
-def case(cell, B, H, T, reps, threads):
+def case(cell, B, H, T, reps, threads, peak_gflops):
     m = getattr(fastrnn, _CLS[cell])(H, H, backend="cpp")
     G = gates("rnn_tanh" if cell == "rnn" else cell)
     t2 = layer_times(m, B, H, T, reps)
@@ -59,10 +61,21 @@ def case(cell, B, H, T, reps, threads):
     step, step1 = (t2[T] - t2[1]) / (T - 1), (t1[T] - t1[1]) / (T - 1)
     from fastrnn import _ext
     plan = _ext.loop_plan(proj=False, batch=B, steps=T, input_size=H, hidden=H, gates=G)
-    nbytes = G * H * H * 4 * (2 if plan == "panel+step" else 1)
-    bound = nbytes / (cache_rate(nbytes) * 1e9)
+    in_steps = plan == "panel+step"
+    nbytes = G * H * H * 4 * (2 if in_steps else 1)
+    cache_s = nbytes / (cache_rate(nbytes) * 1e9)
+    compute_s = 2.0 * B * H * G * H * (2 if in_steps else 1) / (peak_gflops * 1e9)
     return dict(cell=cell, B=B, H=H, plan=plan, call=t2[1] - step, step=step, step1=step1,
-                split=step - step1 / threads, bound=bound)
+                split=step - step1 / threads, bound=max(cache_s, compute_s),
+                limit="cache" if cache_s >= compute_s else "compute")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main(argv=None):
@@ -76,17 +89,18 @@ def main(argv=None):
     threads = torch.get_num_threads()
     import os
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads, "
-          f"load {load:.1f}, T={a.T}, I=H, forward, cpp backend, fastest of {a.reps} (us)")
-    print("| cell | B | H | plan | call | step | step@1 | split | bound | step / bound |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    peak = matmul_peak("cpu", best=True)[1]
+    print(f"# {_cpu_name()}, torch {torch.__version__}, {threads} threads, load {load:.1f}, T={a.T}, I=H, "
+          f"forward, cpp backend, fastest of {a.reps} (us); torch.mm peak {peak:.0f} GFLOP/s")
+    print("| cell | B | H | plan | call | step | step@1 | split | bound | limit | step / bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in a.cells:
         for H in a.H:
             for B in a.B:
-                r = case(cell, B, H, a.T, a.reps, threads)
+                r = case(cell, B, H, a.T, a.reps, threads, peak)
                 us = {k: r[k] * 1e6 for k in ("call", "step", "step1", "split", "bound")}
                 print(f"| {cell} | {B} | {H} | {r['plan']} | {us['call']:.1f} | {us['step']:.2f} | "
-                      f"{us['step1']:.2f} | {us['split']:.2f} | {us['bound']:.2f} | "
+                      f"{us['step1']:.2f} | {us['split']:.2f} | {us['bound']:.2f} | {r['limit']} | "
                       f"{r['step'] / r['bound']:.2f} |", flush=True)
 
 

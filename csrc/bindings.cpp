@@ -45,7 +45,8 @@ int64_t parallel_threads(int64_t n) {
 // The loop a float32 layer call takes ("panel+step": the panel loop doing the input side in its
 // steps; "panel"; "blas"), for auto's dispatch (fastrnn/backends/cpp.py): the same rules as the
 // calls, environment overrides included.
-std::string loop_plan(bool proj, int64_t batch, int64_t steps, int64_t input_size, int64_t hidden, int64_t gates) {
+std::string loop_plan(bool proj, int64_t batch, int64_t steps, int64_t input_size, int64_t hidden, int64_t gates,
+                      bool backward) {
   TORCH_CHECK_VALUE(batch >= 0 && steps >= 0 && input_size >= 0 && hidden >= 0 && gates >= 1 && gates <= 4,
                     "fastrnn._ext: loop_plan needs non-negative sizes and 1-4 gates");
   LayerShape s;
@@ -57,20 +58,34 @@ std::string loop_plan(bool proj, int64_t batch, int64_t steps, int64_t input_siz
   s.input_size = input_size;
   s.hidden = hidden;
   s.gates = gates;
+  s.backward = backward;
   return loop_plan_name(plan_loop(s));
 }
 
-void set_limits(int64_t step_input_cached_bytes, int64_t step_input_bytes_per_row) {
-  TORCH_CHECK_VALUE(step_input_cached_bytes >= 0 && step_input_bytes_per_row >= 0,
-                    "fastrnn._ext: set_loop_limits needs non-negative byte counts");
-  set_loop_limits({step_input_cached_bytes, step_input_bytes_per_row});
+// {"forward": {"cached_bytes", "bytes_per_row"}, "backward": {...}}
+void set_limits(const pybind11::dict& limits) {
+  auto pass = [&](const char* name) {
+    TORCH_CHECK_VALUE(limits.contains(name), "fastrnn._ext: set_loop_limits needs '", name, "'");
+    const auto d = limits[name].cast<pybind11::dict>();
+    TORCH_CHECK_VALUE(d.contains("cached_bytes") && d.contains("bytes_per_row"),
+                      "fastrnn._ext: set_loop_limits['", name, "'] needs cached_bytes and bytes_per_row");
+    const StepInputLimits l{d["cached_bytes"].cast<int64_t>(), d["bytes_per_row"].cast<int64_t>()};
+    TORCH_CHECK_VALUE(l.cached_bytes >= 0 && l.bytes_per_row >= 0,
+                      "fastrnn._ext: set_loop_limits needs non-negative byte counts");
+    return l;
+  };
+  set_loop_limits({pass("forward"), pass("backward")});
 }
 
 pybind11::dict limits() {
   const LoopLimits l = loop_limits();
   pybind11::dict d;
-  d["step_input_cached_bytes"] = l.step_input_cached_bytes;
-  d["step_input_bytes_per_row"] = l.step_input_bytes_per_row;
+  for (const auto& [name, pass] : {std::pair{"forward", l.forward}, std::pair{"backward", l.backward}}) {
+    pybind11::dict p;
+    p["cached_bytes"] = pass.cached_bytes;
+    p["bytes_per_row"] = pass.bytes_per_row;
+    d[name] = p;
+  }
   return d;
 }
 
@@ -110,9 +125,9 @@ PYBIND11_MODULE(_ext, m) {
   m.def("gemm_path", &fastrnn::gemm_path, "How per-step GEMMs run: mkl-packed, blas or aten");
   m.def("loop_plan", &fastrnn::loop_plan, pybind11::arg("proj"), pybind11::arg("batch"), pybind11::arg("steps"),
         pybind11::arg("input_size"), pybind11::arg("hidden"), pybind11::arg("gates"),
+        pybind11::arg("backward") = false,
         "The float32 loop a layer call takes: 'panel+step', 'panel' or 'blas'");
-  m.def("set_loop_limits", &fastrnn::set_limits, pybind11::arg("step_input_cached_bytes"),
-        pybind11::arg("step_input_bytes_per_row"),
+  m.def("set_loop_limits", &fastrnn::set_limits, pybind11::arg("limits"),
         "The CPU's thresholds of the loop plan (csrc/loop_plan.h), from fastrnn/dispatch_table.py");
   m.def("loop_limits", &fastrnn::limits, "The loop plan's thresholds now in force");
   m.def("empty_scratch_cache", &fastrnn::empty_scratch_cache,

@@ -144,8 +144,9 @@ inline Dims check_layer(const std::string& cell, const Tensor& x, const OptTenso
 
 // The loop this layer call runs (loop_plan.h), decided once.
 template <typename T>
-LoopPlan plan_for(const Dims& d) {
+LoopPlan plan_for(const Dims& d, bool backward) {
   LayerShape s;
+  s.backward = backward;
   s.float32 = std::is_same<T, float>::value;
   s.proj = d.proj;
   s.batch = d.B;

@@ -38,7 +38,7 @@ std::vector<OptTensor> backward_impl(const Dims& d, const Tensor& x, const std::
 
   const auto bwd_dout = bwd_kernel<T>(Cell::kId, true);
   const auto bwd_plain = bwd_kernel<T>(Cell::kId, false);
-  const LoopPlan plan = plan_for<T>(d);
+  const LoopPlan plan = plan_for<T>(d, /*backward=*/true);
   // bf16_gemms (a bf16 layer, where this CPU has the native kernels): the BLAS loop with each
   // step's dh = dG_h W_hh on the bf16 kernels (Bf16Product), dx and the weight gradients after it.
   const bool bf16_steps = bf16_gemms && std::is_same<T, float>::value && bf16_kernels() != nullptr && !d.proj;

@@ -50,7 +50,7 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_impl(
       has_bias = true;
     }
   }
-  const LoopPlan plan = plan_for<T>(d);
+  const LoopPlan plan = plan_for<T>(d, /*backward=*/false);
   const bool fused = plan.fused, step_input = plan.step_input;
   Tensor gi = step_input ? Tensor() : scratch({N, D * GH}, opt);
   T* gi_p = step_input ? nullptr : gi.data_ptr<T>();

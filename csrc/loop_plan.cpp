@@ -61,21 +61,24 @@ bool use_panel_input_gemm(const LayerShape& s, Force force) {
 // LSTM B2 H256 0.96 / 1.16, GRU B2 H256 3.75 / 4.38, LSTM B1 H128 1.12 / 1.30.
 // FASTRNN_INPUT_GEMM=step forces it in the fused loop; =blas|panel|before force the projection
 // before it (`before`: on BLAS or the panel kernel as use_panel_input_gemm decides).
-// Those two byte limits are the defaults (Zen4); the CPU's fitted row of fastrnn/dispatch_table.py
-// replaces them when the extension loads (set_loop_limits): on a 2-core Sapphire Rapids class Xeon
-// the in-step projection already loses at 1.5-2 MiB of weights and by 0.5x at 6-8 MiB.
+// Those two byte limits are the defaults (Zen4), for the forward and the backward alike; the CPU's
+// fitted row of fastrnn/dispatch_table.py replaces them when the extension loads (set_loop_limits):
+// on a 2-core Sapphire Rapids class Xeon the forward's in-step projection wins at 64 rows up to
+// 8 MiB but loses at 4 rows from 1.5 MiB (0.55-0.64x at 6-8 MiB), and the backward's in-step dx
+// already loses at 0.5 MiB (benchmarks/results/cpu-intel-xeon-avx512-2c.plans.json).
 constexpr int64_t kStepInputMinRows = 4;
-std::atomic<int64_t> step_input_cached_bytes{int64_t(8) << 20};
-std::atomic<int64_t> step_input_bytes_per_row{int64_t(512) << 10};
+// [pass][cached bytes, bytes per row]; pass 0 forward, 1 backward.
+std::atomic<int64_t> step_input_limits[2][2] = {{int64_t(8) << 20, int64_t(512) << 10},
+                                                {int64_t(8) << 20, int64_t(512) << 10}};
 
 bool use_step_input_gemm(const LayerShape& s, bool fused, Force force) {
   if (!fused || kernels().panel2_f == nullptr) return false;
   if (force == Force::step) return true;
   if (force == Force::blas || force == Force::panel || force == Force::before) return false;
   const int64_t weight_bytes = (s.input_size + s.hidden) * s.gates * s.hidden * int64_t(sizeof(float));
-  return s.batch >= kStepInputMinRows &&
-         (weight_bytes <= step_input_cached_bytes.load(std::memory_order_relaxed) ||
-          weight_bytes <= s.batch * step_input_bytes_per_row.load(std::memory_order_relaxed));
+  const auto& lim = step_input_limits[s.backward ? 1 : 0];
+  return s.batch >= kStepInputMinRows && (weight_bytes <= lim[0].load(std::memory_order_relaxed) ||
+                                          weight_bytes <= s.batch * lim[1].load(std::memory_order_relaxed));
 }
 
 }  // namespace
@@ -84,8 +87,10 @@ LoopPlan plan_loop(const LayerShape& s) {
   const LoopOverrides force = loop_overrides();
   LoopPlan p;
   p.fused = use_fused_steps(s, force.step_gemm);
-  p.step_input = use_step_input_gemm(s, p.fused, force.input_gemm);
-  p.panel_input = !p.step_input && use_panel_input_gemm(s, force.input_gemm);
+  const Force input = s.backward && force.backward_input_gemm != Force::measured ? force.backward_input_gemm
+                                                                                : force.input_gemm;
+  p.step_input = use_step_input_gemm(s, p.fused, input);
+  p.panel_input = !p.step_input && use_panel_input_gemm(s, input);
   // The backward steps also add to the weight gradients (AVX-512) below the in-step projection's
   // rows, where three GEMMs after the loop cost more than the loop (T=5 B=3 H=20 fwd+bwd vs torch,
   // in the steps / after: RNN 1.32 / 1.17, GRU 2.52 / 2.25).
@@ -95,13 +100,19 @@ LoopPlan plan_loop(const LayerShape& s) {
 }
 
 void set_loop_limits(const LoopLimits& limits) {
-  step_input_cached_bytes.store(limits.step_input_cached_bytes, std::memory_order_relaxed);
-  step_input_bytes_per_row.store(limits.step_input_bytes_per_row, std::memory_order_relaxed);
+  const StepInputLimits* pass[2] = {&limits.forward, &limits.backward};
+  for (int k = 0; k < 2; ++k) {
+    step_input_limits[k][0].store(pass[k]->cached_bytes, std::memory_order_relaxed);
+    step_input_limits[k][1].store(pass[k]->bytes_per_row, std::memory_order_relaxed);
+  }
 }
 
 LoopLimits loop_limits() {
-  return {step_input_cached_bytes.load(std::memory_order_relaxed),
-          step_input_bytes_per_row.load(std::memory_order_relaxed)};
+  auto get = [](int k) {
+    return StepInputLimits{step_input_limits[k][0].load(std::memory_order_relaxed),
+                           step_input_limits[k][1].load(std::memory_order_relaxed)};
+  };
+  return {get(0), get(1)};
 }
 
 std::string loop_plan_name(const LoopPlan& p) {

@@ -18,6 +18,7 @@ struct LayerShape {
   int64_t input_size = 0;   // I
   int64_t hidden = 0;       // H
   int64_t gates = 0;        // G
+  bool backward = false;    // the plan of a backward call (its own in-step limits)
 };
 
 struct LoopPlan {
@@ -29,15 +30,18 @@ struct LoopPlan {
 
 LoopPlan plan_loop(const LayerShape& s);
 
-// The thresholds of plan_loop that differ between CPUs: the in-step input projection runs where
-// [W_ih; W_hh] of a direction is at most `step_input_cached_bytes`, or at most
-// `step_input_bytes_per_row` per batch row.  fastrnn/backends/cpp.py sets them from the CPU's row
-// of fastrnn/dispatch_table.py when the extension loads (fitted from `cpp:input=step` /
-// `cpp:input=before` timings by `python -m fastrnn.bench fit`).  Set before any call plans;
-// a forward and its backward must see the same limits.
+// The thresholds of plan_loop that differ between CPUs: the in-step input projection (forward) or
+// dx rows (backward) run where [W_ih; W_hh] of a direction is at most `cached_bytes`, or at most
+// `bytes_per_row` per batch row, each pass with its own pair (the backward's dx does not depend on
+// where the forward projected).  fastrnn/backends/cpp.py sets them from the CPU's row of
+// fastrnn/dispatch_table.py when the extension loads (fitted by `python -m fastrnn.bench fit` from
+// `python -m fastrnn.bench --plans` timings).
+struct StepInputLimits {
+  int64_t cached_bytes;
+  int64_t bytes_per_row;
+};
 struct LoopLimits {
-  int64_t step_input_cached_bytes;
-  int64_t step_input_bytes_per_row;
+  StepInputLimits forward, backward;
 };
 void set_loop_limits(const LoopLimits& limits);
 LoopLimits loop_limits();

@@ -48,6 +48,7 @@ LoopOverrides loop_overrides() {
   LoopOverrides o;
   o.step_gemm = read_force("FASTRNN_STEP_GEMM");
   o.input_gemm = read_force("FASTRNN_INPUT_GEMM");
+  o.backward_input_gemm = read_force("FASTRNN_BACKWARD_INPUT_GEMM");
   return o;
 }
 

@@ -55,6 +55,9 @@ struct LoopOverrides {
   Force input_gemm = Force::measured;  // FASTRNN_INPUT_GEMM=step|blas|panel|before: the input projection
                                        // in each panel-loop step, or before the loop on BLAS / panel /
                                        // whichever of the two the plan picks
+  // FASTRNN_BACKWARD_INPUT_GEMM=step|before: the backward's dx rows in its steps or after the loop,
+  // whatever the forward did (for timing the two apart; over FASTRNN_INPUT_GEMM in the backward)
+  Force backward_input_gemm = Force::measured;
 };
 
 // Read now (once per layer call, by plan_loop).

@@ -29,6 +29,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                     '+ '
                                                                                     'cpu-intel-xeon-avx512-2c.json '
                                                                                     '+ '
+                                                                                    'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                                    '+ '
                                                                                     'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                                     "rows where torch's "
                                                                                     'fused bfloat16 LSTM '
@@ -40,6 +42,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                        '+ '
                                                                                        'cpu-intel-xeon-avx512-2c.json '
                                                                                        '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                                       '+ '
                                                                                        'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                                        "rows where torch's "
                                                                                        'fused bfloat16 LSTM '
@@ -49,8 +53,66 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                        'lstm-T100-B16-H128-L1-fwdbwd-bf16 '
                                                                                        'x0.97 lost',
                                                                                'value': 1},
+                              'cpp.step_input.backward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                                '+ '
+                                                                                'cpu-intel-xeon-avx512-2c.json '
+                                                                                '+ '
+                                                                                'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                                '+ '
+                                                                                'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                                'weight bytes per batch row '
+                                                                                'up to which the in-step '
+                                                                                'backward won above that '
+                                                                                'size; '
+                                                                                'rnn-T100-B64-H128-L1-fwdbwd-f32 '
+                                                                                'in steps x0.94 lost',
+                                                                        'value': 0},
+                              'cpp.step_input.backward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                               '[W_ih; W_hh] bytes up to '
+                                                                               "which cpp's in-step backward "
+                                                                               'won; '
+                                                                               'rnn-T100-B64-H128-L1-fwdbwd-f32 '
+                                                                               'in steps x0.94 lost',
+                                                                       'value': 0},
+                              'cpp.step_input.forward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                               'weight bytes per batch row '
+                                                                               'up to which the in-step '
+                                                                               'forward won above that size; '
+                                                                               'rnn-T100-B64-H512-L1-fwd-f32 '
+                                                                               'in steps x1.07 won, '
+                                                                               'gru-T100-B16-H256-L1-fwd-f32 '
+                                                                               'in steps x0.95 lost',
+                                                                       'value': 32768},
+                              'cpp.step_input.forward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                              '+ '
+                                                                              'cpu-intel-xeon-avx512-2c.json '
+                                                                              '+ '
+                                                                              'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                              '+ '
+                                                                              'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                              '[W_ih; W_hh] bytes up to '
+                                                                              "which cpp's in-step forward "
+                                                                              'won; '
+                                                                              'rnn-T100-B64-H256-L1-fwd-f32 '
+                                                                              'in steps x1.10 won, '
+                                                                              'gru-T100-B16-H256-L1-fwd-f32 '
+                                                                              'in steps x0.95 lost',
+                                                                      'value': 524288},
                               'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
                                                                 'cpu-intel-xeon-avx512-2c.json + '
+                                                                'cpu-intel-xeon-avx512-2c.plans.json + '
                                                                 'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                 'per-step GEMM flops where torch beat numba; '
                                                                 'rnn-T100-B1-H256-L1-fwd-f32 x1.63 won, '
@@ -58,6 +120,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                         'value': 131072.0},
                               'numba_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
                                                                    'cpu-intel-xeon-avx512-2c.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.plans.json + '
                                                                    'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                    'per-step GEMM flops where torch beat '
                                                                    'numba; gru-T100-B4-H256-L1-fwdbwd-f32 '
@@ -67,6 +130,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                            'value': 1572864.0},
                               'one_step_to_torch.float32': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
                                                                     'cpu-intel-xeon-avx512-2c.json + '
+                                                                    'cpu-intel-xeon-avx512-2c.plans.json + '
                                                                     'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                     'one-step layer calls, '
                                                                     'gru-T1-B1-H64-L1-fwd-f32 x0.76, '
@@ -76,6 +140,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                             'value': True},
                               'onednn_panel_step_wins.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
                                                                      'cpu-intel-xeon-avx512-2c.json + '
+                                                                     'cpu-intel-xeon-avx512-2c.plans.json + '
                                                                      'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                      'LSTM vs oneDNN where only the panel '
                                                                      "loop's in-step projection keeps cpp, "
@@ -86,6 +151,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                              'value': False},
                               'onednn_panel_step_wins.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
                                                                         '+ cpu-intel-xeon-avx512-2c.json + '
+                                                                        'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                        '+ '
                                                                         'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                         'LSTM vs oneDNN where only the panel '
                                                                         "loop's in-step projection keeps "
@@ -177,19 +244,33 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                  '(25 MF) 1.36 | RNN B64 H512 (33.5 MF) 0.84 '
                                                                  '(GRU B64 H512, 100 MF, 1.43)',
                                                          'value': 25165824.0},
-             'cpp.step_input_bytes_per_row': {'from': '2-core AMD EPYC Zen4, same runs: above 8 MiB the '
-                                                      'steps still won with many rows (LSTM T=50 B16 H1024, '
-                                                      '2 MiB a row, 0.70 / 1.04 lost; B64 H512 won), so up '
-                                                      'to 512 KiB of weights per batch row '
-                                                      '(csrc/loop_plan.cpp)',
-                                              'value': 524288},
-             'cpp.step_input_cached_bytes': {'from': "2-core AMD EPYC Zen4, torch 2.13, T=100, cpp's panel "
-                                                     'loop with the input projection in its steps / before '
-                                                     'the loop, ratio to torch side by side, fwd: LSTM B64 '
-                                                     'H512 (8 MiB) 1.05 / 0.91, RNN B64 H1024 (8 MiB) 1.45 / '
-                                                     '1.27, GRU B4 H512 3.30 / 3.13; but LSTM T=50 B16 H768 '
-                                                     '(19 MiB) 0.90 / 0.97 (csrc/loop_plan.cpp)',
-                                             'value': 8388608},
+             'cpp.step_input.backward.bytes_per_row': {'from': '2-core AMD EPYC Zen4, same runs: above 8 MiB '
+                                                               'the steps still won with many rows (LSTM '
+                                                               'T=50 B16 H1024, 2 MiB a row, 0.70 / 1.04 '
+                                                               'lost; B64 H512 won), so up to 512 KiB of '
+                                                               'weights per batch row (csrc/loop_plan.cpp)',
+                                                       'value': 524288},
+             'cpp.step_input.backward.cached_bytes': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, '
+                                                              "fwd+bwd, ratio to torch with cpp's in-step "
+                                                              'projection and dx / both before and after the '
+                                                              'loop: LSTM B4 H128 1.41 / 1.10, B8 H512 (8 '
+                                                              'MiB) 0.98 / 0.91, GRU B4 H256 4.37 / 3.98 '
+                                                              '(csrc/loop_plan.cpp)',
+                                                      'value': 8388608},
+             'cpp.step_input.forward.bytes_per_row': {'from': '2-core AMD EPYC Zen4, same runs: above 8 MiB '
+                                                              'the steps still won with many rows (LSTM T=50 '
+                                                              'B16 H1024, 2 MiB a row, 0.70 / 1.04 lost; B64 '
+                                                              'H512 won), so up to 512 KiB of weights per '
+                                                              'batch row (csrc/loop_plan.cpp)',
+                                                      'value': 524288},
+             'cpp.step_input.forward.cached_bytes': {'from': "2-core AMD EPYC Zen4, torch 2.13, T=100, cpp's "
+                                                             'panel loop with the input projection in its '
+                                                             'steps / before the loop, ratio to torch side '
+                                                             'by side, fwd: LSTM B64 H512 (8 MiB) 1.05 / '
+                                                             '0.91, RNN B64 H1024 (8 MiB) 1.45 / 1.27, GRU '
+                                                             'B4 H512 3.30 / 3.13; but LSTM T=50 B16 H768 '
+                                                             '(19 MiB) 0.90 / 0.97 (csrc/loop_plan.cpp)',
+                                                     'value': 8388608},
              'float16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
                                                            'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
                                                            'T=100, I=H, torch time / cpp time, min of 7 '

@@ -202,14 +202,21 @@ def _layer_problem(cell, D, B, T, I, H, packed, dtype):
 # How a float32 test runs the layer: the time loop (FASTRNN_STEP_GEMM) and where the input
 # projection is done (FASTRNN_INPUT_GEMM): "step" is the panel loop with each step projecting its
 # own input (panel_gemm2), "panel" the panel loop after a panel-kernel projection of all steps,
-# "blas" MKL for both.  Both variables are read by the extension on every call.
-LOOPS = {"step": ("panel", "step"), "panel": ("panel", "panel"), "blas": ("blas", "blas")}
+# "blas" MKL for both; "step/after" and "before/step" the panel loop with the forward's projection
+# and the backward's dx placed apart (FASTRNN_BACKWARD_INPUT_GEMM: each pass has its own limits).
+# The variables are read by the extension on every call.
+LOOPS = {"step": ("panel", "step", None), "panel": ("panel", "panel", None), "blas": ("blas", "blas", None),
+         "step/after": ("panel", "step", "before"), "before/step": ("panel", "before", "step")}
 
 
 def _set_loop(monkeypatch, loop):
-    step, inp = LOOPS[loop]
+    step, inp, bwd = LOOPS[loop]
     monkeypatch.setenv("FASTRNN_STEP_GEMM", step)
     monkeypatch.setenv("FASTRNN_INPUT_GEMM", inp)
+    if bwd:
+        monkeypatch.setenv("FASTRNN_BACKWARD_INPUT_GEMM", bwd)
+    else:
+        monkeypatch.delenv("FASTRNN_BACKWARD_INPUT_GEMM", raising=False)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
@@ -339,8 +346,8 @@ def test_prefer_hands_oneDNN_lstm_to_torch():
     assert not _cpp_ok(LayerCall(**{**call.__dict__, "steps": 1, "dtype": torch.float64}))
     # the panel loop with the input projection in its steps measured at least as fast as oneDNN
     wide = LayerCall(**{**call.__dict__, "batch": 16, "input_size": 256, "hidden_size": 256})
-    lim = _ext.loop_limits()
-    in_steps = 2 << 20 <= max(lim["step_input_cached_bytes"], 16 * lim["step_input_bytes_per_row"])
+    lim = _ext.loop_limits()["forward"]
+    in_steps = 2 << 20 <= max(lim["cached_bytes"], 16 * lim["bytes_per_row"])
     plan = _ext.loop_plan(proj=False, batch=16, steps=3, input_size=256, hidden=256, gates=4)
     assert plan == ("blas" if _ext.isa() == "baseline" else "panel+step" if in_steps else "panel")
     from fastrnn import dispatch
@@ -348,29 +355,35 @@ def test_prefer_hands_oneDNN_lstm_to_torch():
 
 
 def test_loop_limits_come_from_the_table_and_move_the_plan():
-    """The in-step projection's byte limits are this CPU's row of the dispatch table (set when the
-    extension loads) and decide the plan: 2 MiB of LSTM weights (H=256) at 16 rows."""
+    """The in-step projection's byte limits, one pair per pass, are this CPU's row of the dispatch
+    table (set when the extension loads) and decide the plan: 2 MiB of LSTM weights (H=256) at 16
+    rows."""
     from fastrnn import dispatch
     t = dispatch.table()
     lim = _ext.loop_limits()
-    assert lim == {"step_input_cached_bytes": t["cpp.step_input_cached_bytes"],
-                   "step_input_bytes_per_row": t["cpp.step_input_bytes_per_row"]}
+    assert lim == {p: {k: t[f"cpp.step_input.{p}.{k}"] for k in ("cached_bytes", "bytes_per_row")}
+                   for p in ("forward", "backward")}
     with pytest.raises(ValueError, match="non-negative"):
-        _ext.set_loop_limits(step_input_cached_bytes=-1, step_input_bytes_per_row=0)
+        _ext.set_loop_limits({p: {"cached_bytes": -1, "bytes_per_row": 0} for p in ("forward", "backward")})
+    with pytest.raises(ValueError, match="backward"):
+        _ext.set_loop_limits({"forward": {"cached_bytes": 0, "bytes_per_row": 0}})
     if _ext.isa() == "baseline":
         pytest.skip("no panel loop on a baseline x86-64 build")
 
-    def plan(cached, per_row):
-        _ext.set_loop_limits(step_input_cached_bytes=cached, step_input_bytes_per_row=per_row)
-        return _ext.loop_plan(proj=False, batch=16, steps=100, input_size=256, hidden=256, gates=4)
+    def plan(cached, per_row, backward=False):
+        other = {"cached_bytes": 1 << 40, "bytes_per_row": 1 << 40}  # the other pass always in steps
+        mine = {"cached_bytes": cached, "bytes_per_row": per_row}
+        _ext.set_loop_limits({"forward": other if backward else mine, "backward": mine if backward else other})
+        return _ext.loop_plan(proj=False, batch=16, steps=100, input_size=256, hidden=256, gates=4, backward=backward)
 
     try:
-        assert plan(2 << 20, 0) == "panel+step"
-        assert plan((2 << 20) - 1, 0) == "panel"
-        assert plan(0, 128 << 10) == "panel+step"      # 2 MiB / 16 rows = 128 KiB a row
-        assert plan(0, (128 << 10) - 1) == "panel"
+        for backward in (False, True):
+            assert plan(2 << 20, 0, backward) == "panel+step"
+            assert plan((2 << 20) - 1, 0, backward) == "panel"
+            assert plan(0, 128 << 10, backward) == "panel+step"      # 2 MiB / 16 rows = 128 KiB a row
+            assert plan(0, (128 << 10) - 1, backward) == "panel"
     finally:
-        _ext.set_loop_limits(**lim)
+        _ext.set_loop_limits(lim)
 
 
 def test_baseline_isa_and_aten_gemm_agree():

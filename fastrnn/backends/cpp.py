@@ -40,11 +40,12 @@ def _load():
 
 def _set_loop_limits(ext):
     """The C++ loop plan's CPU-dependent thresholds (csrc/loop_plan.h) from this CPU's row of the
-    dispatch table: where the panel loop projects the input inside its steps."""
+    dispatch table: where the panel loop projects the input (forward) or makes dx (backward)
+    inside its steps."""
     from fastrnn import dispatch
     t = dispatch.table()
-    ext.set_loop_limits(step_input_cached_bytes=int(t["cpp.step_input_cached_bytes"]),
-                        step_input_bytes_per_row=int(t["cpp.step_input_bytes_per_row"]))
+    ext.set_loop_limits({p: {k: int(t[f"cpp.step_input.{p}.{k}"]) for k in ("cached_bytes", "bytes_per_row")}
+                         for p in ("forward", "backward")})
 
 
 # The kernel contract of fastrnn/ops.py: float32 and float64 natively; the op layer runs the

@@ -77,29 +77,32 @@ PLAN_TIE = 0.03
 
 
 def _fit_input_plan(cases, put):
-    """cpp's in-step input projection (csrc/loop_plan.h) from `--plans` cases, which time it against
-    the projection before the loop: the largest weight size, and then the largest weight bytes
-    per batch row, at which the steps still won below the first loss (fwd and fwd+bwd together:
-    both take the same plan)."""
-    step, before = "cpp:input=step", "cpp:input=before"
-    timed = [c for c in cases if c["B"] >= 4 and all("median_s" in c.get("results", {}).get(k, {})
-                                                     for k in (step, before))]
-    if not timed:
-        return
+    """cpp's in-step input projection (csrc/loop_plan.h) from `--plans` cases, per pass: the forward
+    from forward cases (projection in the steps vs before the loop), the backward from training
+    cases (dx in the steps vs after the loop, the forward in its steps both times). Per pass, the
+    largest weight size, and then the largest weight bytes per batch row, at which the steps still
+    won below the first loss."""
+    for pas, mode, steps, other in (("forward", "fwd", "cpp:input=step", "cpp:input=before"),
+                                    ("backward", "fwdbwd", "cpp:input=step", "cpp:input=step/before")):
+        timed = [c for c in cases if c["mode"] == mode and c["B"] >= 4 and all(
+            "median_s" in c.get("results", {}).get(k, {}) for k in (steps, other))]
+        if not timed:
+            continue
 
-    def won(c):  # a tie within the spread of repeated runs keeps the steps (the plan both CPUs measured)
-        return c["results"][before]["median_s"] * (1 + PLAN_TIE) >= c["results"][step]["median_s"]
+        def won(c, steps=steps, other=other):  # a tie within the spread of repeated runs keeps the steps
+            return c["results"][other]["median_s"] * (1 + PLAN_TIE) >= c["results"][steps]["median_s"]
 
-    def cid(c):
-        return f"{c['id']} step/before x{c['results'][before]['median_s'] / c['results'][step]['median_s']:.2f}"
+        def cid(c, steps=steps, other=other):
+            return f"{c['id']} in steps x{c['results'][other]['median_s'] / c['results'][steps]['median_s']:.2f}"
 
-    cached = _edge([(_weight_bytes(c), won(c), cid(c)) for c in timed])
-    put("cpp.step_input_cached_bytes", cached, "[W_ih; W_hh] bytes up to which cpp's in-step projection won")
-    if cached is not None:
-        above = [c for c in timed if _weight_bytes(c) > cached[0]]
-        put("cpp.step_input_bytes_per_row",
-            _edge([(_weight_bytes(c) // c["B"], won(c), cid(c)) for c in above]) if above else None,
-            "weight bytes per batch row up to which the in-step projection won above that size")
+        key = f"cpp.step_input.{pas}"
+        cached = _edge([(_weight_bytes(c), won(c), cid(c)) for c in timed])
+        put(f"{key}.cached_bytes", cached, f"[W_ih; W_hh] bytes up to which cpp's in-step {pas} won")
+        if cached is not None:
+            above = [c for c in timed if _weight_bytes(c) > cached[0]]
+            put(f"{key}.bytes_per_row",
+                _edge([(_weight_bytes(c) // c["B"], won(c), cid(c)) for c in above]) if above else None,
+                f"weight bytes per batch row up to which the in-step {pas} won above that size")
 
 
 def fit_file(path) -> dict:

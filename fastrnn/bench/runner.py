@@ -485,9 +485,12 @@ def flashrnn_impl(setup: Setup) -> Impl:
     return impl
 
 
-# cpp with its float32 input projection forced into the panel loop's steps or before the loop
-# (FASTRNN_INPUT_GEMM, read per call): `--plans` times both for the fit of csrc/loop_plan.h's limits.
-INPUT_PLANS = {"cpp:input=step": "step", "cpp:input=before": "before"}
+# cpp with its float32 input projection forced into the panel loop's steps or before the loop, and
+# the backward's dx into its steps or after it (FASTRNN_INPUT_GEMM, FASTRNN_BACKWARD_INPUT_GEMM, read
+# per call): `--plans` times them for the fit of csrc/loop_plan.h's limits.
+INPUT_PLANS = {"cpp:input=step": {"FASTRNN_INPUT_GEMM": "step"},
+               "cpp:input=before": {"FASTRNN_INPUT_GEMM": "before"},
+               "cpp:input=step/before": {"FASTRNN_INPUT_GEMM": "step", "FASTRNN_BACKWARD_INPUT_GEMM": "before"}}
 
 
 def _input_plan_impl(name: str, setup: Setup, padded: bool) -> Impl:
@@ -495,19 +498,23 @@ def _input_plan_impl(name: str, setup: Setup, padded: bool) -> Impl:
     ok, why = backends.get("cpp").availability()
     if not ok:
         raise Skip(why)
+    env = INPUT_PLANS[name]
+    if "FASTRNN_BACKWARD_INPUT_GEMM" in env and setup.case.mode == "fwd":
+        raise Skip("forward only: no backward to plan")
     impl = module_impl(name, setup.twin("cpp"), setup, padded)
-    inner, value = impl.step, INPUT_PLANS[name]
+    inner = impl.step
 
     def step():
-        old = os.environ.get("FASTRNN_INPUT_GEMM")
-        os.environ["FASTRNN_INPUT_GEMM"] = value
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             return inner()
         finally:
-            if old is None:
-                del os.environ["FASTRNN_INPUT_GEMM"]
-            else:
-                os.environ["FASTRNN_INPUT_GEMM"] = old
+            for k, v in old.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
 
     impl.step = step
     return impl

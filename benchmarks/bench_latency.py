@@ -13,7 +13,8 @@ call), and split into:
             (the per-step barrier, load imbalance, the threads' start-up);
   bound     the slower of: the step's recurrent weights (and W_ih where the plan projects inside
             the steps) read once from the threads' caches at the rate `runner.cache_rate`
-            measures, and the step's flops at torch.mm's fastest rate (`runner.matmul_peak`);
+            measures, and the step's flops (its share of the input projection included, wherever
+            the plan makes it) at torch.mm's fastest rate (`runner.matmul_peak`);
   limit     which of the two it is.
 Speed is reported, never asserted.
 """
@@ -64,7 +65,7 @@ def case(cell, B, H, T, reps, threads, peak_gflops):
     in_steps = plan == "panel+step"
     nbytes = G * H * H * 4 * (2 if in_steps else 1)
     cache_s = nbytes / (cache_rate(nbytes) * 1e9)
-    compute_s = 2.0 * B * H * G * H * (2 if in_steps else 1) / (peak_gflops * 1e9)
+    compute_s = 2.0 * B * (H + H) * G * H / (peak_gflops * 1e9)  # the step's share of both products
     return dict(cell=cell, B=B, H=H, plan=plan, call=t2[1] - step, step=step, step1=step1,
                 split=step - step1 / threads, bound=max(cache_s, compute_s),
                 limit="cache" if cache_s >= compute_s else "compute")

@@ -166,8 +166,10 @@ def torch_wins(backend: str, call) -> str:
 def _cpp_beats_onednn(call, t) -> bool:
     """Where cpp's loops match or beat oneDNN's fused LSTM: short sequences (oneDNN reorders the
     weights on every call), a few rows, up to four rows of a narrow or wide layer, and wherever
-    the panel loop runs the input projection inside its steps (`_ext.loop_plan`), on CPUs where
-    that measured at least as fast as oneDNN (`onednn_panel_step_wins`)."""
+    the loop cpp runs for the call (`_ext.loop_plan`: "panel+step", "panel", "blas") measured at
+    least as fast as oneDNN on this CPU class: up to `onednn_cpp_rows.<plan>.<mode>` rows, or
+    `...<mode>.bi` for a bidirectional layer where fitted (cpp runs both directions at once, oneDNN
+    one after the other)."""
     if call.steps <= t["onednn_short_steps"] or call.batch <= t["onednn_few_rows"]:
         return True
     lo, hi = t["onednn_mid_hidden"]
@@ -175,7 +177,8 @@ def _cpp_beats_onednn(call, t) -> bool:
         return True
     from fastrnn.backends import cpp
     mode = "fwdbwd" if call.needs_grad else "fwd"
-    return cpp.loop_plan(call) == "panel+step" and t[f"onednn_panel_step_wins.{mode}"]
+    key = f"onednn_cpp_rows.{cpp.loop_plan(call)}.{mode}"
+    return call.batch <= t.get(key + ".bi", t.get(key, 0)) if call.directions == 2 else call.batch <= t.get(key, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                     '+ '
                                                                                     'cpu-intel-xeon-avx512-2c.json '
                                                                                     '+ '
+                                                                                    'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                                    '+ '
                                                                                     'cpu-intel-xeon-avx512-2c.plans.json '
                                                                                     '+ '
                                                                                     'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
@@ -41,6 +43,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                               'bfloat16.native.fused_lstm_rows_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
                                                                                        '+ '
                                                                                        'cpu-intel-xeon-avx512-2c.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.lstm-f32.json '
                                                                                        '+ '
                                                                                        'cpu-intel-xeon-avx512-2c.plans.json '
                                                                                        '+ '
@@ -57,6 +61,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                 '+ '
                                                                                 'cpu-intel-xeon-avx512-2c.json '
                                                                                 '+ '
+                                                                                'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                                '+ '
                                                                                 'cpu-intel-xeon-avx512-2c.plans.json '
                                                                                 '+ '
                                                                                 'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
@@ -71,6 +77,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                '+ '
                                                                                'cpu-intel-xeon-avx512-2c.json '
                                                                                '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                               '+ '
                                                                                'cpu-intel-xeon-avx512-2c.plans.json '
                                                                                '+ '
                                                                                'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
@@ -83,6 +91,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                               'cpp.step_input.forward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
                                                                                '+ '
                                                                                'cpu-intel-xeon-avx512-2c.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.lstm-f32.json '
                                                                                '+ '
                                                                                'cpu-intel-xeon-avx512-2c.plans.json '
                                                                                '+ '
@@ -99,6 +109,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                               '+ '
                                                                               'cpu-intel-xeon-avx512-2c.json '
                                                                               '+ '
+                                                                              'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                              '+ '
                                                                               'cpu-intel-xeon-avx512-2c.plans.json '
                                                                               '+ '
                                                                               'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
@@ -112,25 +124,28 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                       'value': 524288},
                               'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
                                                                 'cpu-intel-xeon-avx512-2c.json + '
+                                                                'cpu-intel-xeon-avx512-2c.lstm-f32.json + '
                                                                 'cpu-intel-xeon-avx512-2c.plans.json + '
                                                                 'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                 'per-step GEMM flops where torch beat numba; '
-                                                                'rnn-T100-B1-H256-L1-fwd-f32 x1.63 won, '
-                                                                'gru-T100-B4-H256-L1-fwd-f32 x0.51 lost',
+                                                                'rnn-T100-B1-H256-L1-fwd-f32 x1.71 won, '
+                                                                'gru-T100-B4-H256-L1-fwd-f32 x0.54 lost',
                                                         'value': 131072.0},
                               'numba_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
                                                                    'cpu-intel-xeon-avx512-2c.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.lstm-f32.json + '
                                                                    'cpu-intel-xeon-avx512-2c.plans.json + '
                                                                    'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                    'per-step GEMM flops where torch beat '
                                                                    'numba; gru-T100-B4-H256-L1-fwdbwd-f32 '
-                                                                   'x1.63 won, '
-                                                                   'rnn-T100-B16-H256-L1-fwdbwd-f32 x0.98 '
+                                                                   'x1.67 won, '
+                                                                   'rnn-T100-B16-H256-L1-fwdbwd-f32 x1.00 '
                                                                    'lost',
                                                            'value': 1572864.0},
                               'one_step_to_torch.float32': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
                                                                     'cpu-intel-xeon-avx512-2c.json + '
-                                                                    'cpu-intel-xeon-avx512-2c.plans.json + '
+                                                                    'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                    '+ cpu-intel-xeon-avx512-2c.plans.json + '
                                                                     'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                     'one-step layer calls, '
                                                                     'gru-T1-B1-H64-L1-fwd-f32 x0.76, '
@@ -138,31 +153,89 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                     'gru-T1-B1-H64-L1-fwdbwd-f32 x0.84, '
                                                                     'rnn-T1-B1-H64-L1-fwdbwd-f32 x0.62',
                                                             'value': True},
-                              'onednn_panel_step_wins.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
-                                                                     'cpu-intel-xeon-avx512-2c.json + '
-                                                                     'cpu-intel-xeon-avx512-2c.plans.json + '
-                                                                     'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                     'LSTM vs oneDNN where only the panel '
-                                                                     "loop's in-step projection keeps cpp, "
-                                                                     'fastrnns-default-fwd x0.78, '
-                                                                     'lstm-T100-B256-H256-L1-fwd-f32 x0.91, '
-                                                                     'fastrnns-default-fwd x0.79, '
-                                                                     'lstm-T100-B16-H256-L1-fwd-f32 x0.90',
-                                                             'value': False},
-                              'onednn_panel_step_wins.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
-                                                                        '+ cpu-intel-xeon-avx512-2c.json + '
-                                                                        'cpu-intel-xeon-avx512-2c.plans.json '
-                                                                        '+ '
-                                                                        'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                        'LSTM vs oneDNN where only the panel '
-                                                                        "loop's in-step projection keeps "
-                                                                        'cpp, fastrnns-default-fwdbwd x0.93, '
-                                                                        'lstm-T100-B16-H256-L2-bi-fwdbwd-f32 '
-                                                                        'x0.90, fastrnns-default-fwdbwd '
-                                                                        'x0.94, '
-                                                                        'lstm-T100-B16-H256-L1-fwdbwd-f32 '
-                                                                        'x0.89',
-                                                                'value': False}},
+                              'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                         '+ cpu-intel-xeon-avx512-2c.json + '
+                                                                         'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                         '+ '
+                                                                         'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                         '+ '
+                                                                         'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                         "rows up to which cpp's panel+step "
+                                                                         "loop beat oneDNN's LSTM; "
+                                                                         'lstm-T100-B64-H128-L1-fwd-f32 '
+                                                                         'x0.84 lost',
+                                                                 'value': 0},
+                              'onednn_cpp_rows.panel+step.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                            '+ cpu-intel-xeon-avx512-2c.json '
+                                                                            '+ '
+                                                                            'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                            '+ '
+                                                                            'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                            '+ '
+                                                                            'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                            "rows up to which cpp's "
+                                                                            "panel+step loop beat oneDNN's "
+                                                                            'LSTM; '
+                                                                            'lstm-T100-B64-H128-L1-fwdbwd-f32 '
+                                                                            'x0.87 lost',
+                                                                    'value': 0},
+                              'onednn_cpp_rows.panel.fwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
+                                                                    'cpu-intel-xeon-avx512-2c.json + '
+                                                                    'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                    '+ cpu-intel-xeon-avx512-2c.plans.json + '
+                                                                    'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                    "rows up to which cpp's panel loop beat "
+                                                                    "oneDNN's LSTM; "
+                                                                    'lstm-T100-B4-H512-L1-fwd-f32 x1.66 won, '
+                                                                    'lstm-T100-B16-H256-L1-fwd-f32 x0.90 '
+                                                                    'lost',
+                                                            'value': 4},
+                              'onednn_cpp_rows.panel.fwd.bi': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
+                                                                       'cpu-intel-xeon-avx512-2c.json + '
+                                                                       'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                       '+ '
+                                                                       'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                       '+ '
+                                                                       'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                       "rows up to which cpp's panel loop "
+                                                                       "beat oneDNN's bidirectional LSTM; "
+                                                                       'lstm-T100-B16-H256-L1-bi-fwd-f32 '
+                                                                       'x1.01, '
+                                                                       'lstm-T100-B16-H256-L2-bi-fwd-f32 '
+                                                                       'x1.10, '
+                                                                       'lstm-T100-B16-H256-L4-bi-fwd-f32 '
+                                                                       'x1.11',
+                                                               'value': 16},
+                              'onednn_cpp_rows.panel.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json + '
+                                                                       'cpu-intel-xeon-avx512-2c.json + '
+                                                                       'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                       '+ '
+                                                                       'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                       '+ '
+                                                                       'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                       "rows up to which cpp's panel loop "
+                                                                       "beat oneDNN's LSTM; "
+                                                                       'lstm-T100-B4-H512-L1-fwdbwd-f32 '
+                                                                       'x1.16 won, '
+                                                                       'lstm-T100-B16-H256-L1-fwdbwd-f32 '
+                                                                       'x0.96 lost',
+                                                               'value': 4},
+                              'onednn_cpp_rows.panel.fwdbwd.bi': {'from': 'cpu-intel-xeon-avx512-2c.bf16.json '
+                                                                          '+ cpu-intel-xeon-avx512-2c.json + '
+                                                                          'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                          '+ '
+                                                                          'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                          '+ '
+                                                                          'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                          "rows up to which cpp's panel loop "
+                                                                          "beat oneDNN's bidirectional LSTM; "
+                                                                          'lstm-T100-B16-H256-L2-bi-fwdbwd-f32 '
+                                                                          'x1.24, '
+                                                                          'lstm-T100-B16-H256-L2-bi-fwdbwd-f32 '
+                                                                          'x1.24, '
+                                                                          'lstm-T100-B16-H256-L4-bi-fwdbwd-f32 '
+                                                                          'x1.30',
+                                                                  'value': 16}},
  'default': {'bfloat16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
                                                             'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
                                                             'T=100, I=H, torch time / cpp time, min of 7 '
@@ -328,6 +401,41 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                    'ours side by side in one process: as float32 (same '
                                                    'loops, same per-call cost)',
                                            'value': True},
+             'onednn_cpp_rows.blas.fwd': {'from': '2-core AMD EPYC Zen4, torch 2.13: the BLAS loop (past 512 '
+                                                  'rows, or without AVX2) was never measured ahead of '
+                                                  "oneDNN's fused LSTM",
+                                          'value': 0},
+             'onednn_cpp_rows.blas.fwdbwd': {'from': '2-core AMD EPYC Zen4, torch 2.13: the BLAS loop (past '
+                                                     '512 rows, or without AVX2) was never measured ahead of '
+                                                     "oneDNN's fused LSTM",
+                                             'value': 0},
+             'onednn_cpp_rows.panel+step.fwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time '
+                                                        '/ ours side by side in one process, LSTM vs oneDNN '
+                                                        'where the panel loop runs the input projection in '
+                                                        'its steps: B16 H256 1.03-1.04, B64 H256 0.98-1.01, '
+                                                        'B64 H128 1.01-1.02, 4 layers 1.02-1.04, '
+                                                        'fastrnns-default (B64 H512) 1.00-1.07 (every batch '
+                                                        'size measured, so all rows)',
+                                                'value': 1048576},
+             'onednn_cpp_rows.panel+step.fwdbwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch '
+                                                           'time / ours side by side in one process, same '
+                                                           'shapes fwd+bwd: B16 H256 0.88-1.00, B64 H256 '
+                                                           '1.22, B64 H128 1.02-1.04, 4 layers 1.04-1.17, '
+                                                           'fastrnns-default 1.10 (every batch size '
+                                                           'measured, so all rows)',
+                                                   'value': 1048576},
+             'onednn_cpp_rows.panel.fwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / '
+                                                   'ours side by side: LSTM layers too wide for the in-step '
+                                                   'projection lost to oneDNN (T=50 B16 H1024 x0.70-1.04, '
+                                                   'B16 H768 x0.90-0.97, B4 H1024 x0.72-1.61 by plan); no '
+                                                   'CPU measured ahead of oneDNN there',
+                                           'value': 0},
+             'onednn_cpp_rows.panel.fwdbwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / '
+                                                      'ours side by side: LSTM layers too wide for the '
+                                                      'in-step projection lost to oneDNN (T=50 B16 H1024 '
+                                                      'x0.70-1.04, B16 H768 x0.90-0.97, B4 H1024 x0.72-1.61 '
+                                                      'by plan); no CPU measured ahead of oneDNN there',
+                                              'value': 0},
              'onednn_few_rows': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / ours side by '
                                          'side in one process, LSTM vs oneDNN: B1 H256 1.09 | 1.18 (fwd | '
                                          'fwd+bwd)',
@@ -341,18 +449,6 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                             'by side in one process, LSTM vs oneDNN: B4 H128 1.15-1.32 | '
                                             '1.41, B4 H1024 1.70 | 1.04',
                                     'value': 4},
-             'onednn_panel_step_wins.fwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / '
-                                                    'ours side by side in one process, LSTM vs oneDNN where '
-                                                    'the panel loop runs the input projection in its steps: '
-                                                    'B16 H256 1.03-1.04, B64 H256 0.98-1.01, B64 H128 '
-                                                    '1.01-1.02, 4 layers 1.02-1.04, fastrnns-default (B64 '
-                                                    'H512) 1.00-1.07',
-                                            'value': True},
-             'onednn_panel_step_wins.fwdbwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time '
-                                                       '/ ours side by side in one process, same shapes '
-                                                       'fwd+bwd: B16 H256 0.88-1.00, B64 H256 1.22, B64 H128 '
-                                                       '1.02-1.04, 4 layers 1.04-1.17, fastrnns-default 1.10',
-                                               'value': True},
              'onednn_short_steps': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / ours side '
                                             'by side in one process, LSTM vs oneDNN at T=1 | 5 | 20 | 50 '
                                             'fwd: B3 H512 4.64 | 3.63 | 2.10 | 1.39, B8 H768 5.12 | 1.29 | '

@@ -351,7 +351,7 @@ def test_prefer_hands_oneDNN_lstm_to_torch():
     plan = _ext.loop_plan(proj=False, batch=16, steps=3, input_size=256, hidden=256, gates=4)
     assert plan == ("blas" if _ext.isa() == "baseline" else "panel+step" if in_steps else "panel")
     from fastrnn import dispatch
-    assert _cpp_ok(wide) == ((plan == "panel+step" and dispatch.table()["onednn_panel_step_wins.fwd"]) or ok)
+    assert _cpp_ok(wide) == (16 <= dispatch.table().get(f"onednn_cpp_rows.{plan}.fwd", 0) or ok)
 
 
 def test_loop_limits_come_from_the_table_and_move_the_plan():

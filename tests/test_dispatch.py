@@ -178,8 +178,8 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
     assert backends.select("auto", _call(batch=3, needs_grad=False, steps=100)).name == "cpp"
     assert backends.select("auto", _call(batch=3, hidden_size=512, steps=100)).name == veto
     from fastrnn import _ext
-    step = _ext.loop_plan(proj=False, batch=16, steps=100, input_size=64, hidden=64, gates=4) == "panel+step"
-    step = step and dispatch.table()["onednn_panel_step_wins.fwd"]  # measured per CPU class
+    plan = _ext.loop_plan(proj=False, batch=16, steps=100, input_size=64, hidden=64, gates=4)
+    step = 16 <= dispatch.table().get(f"onednn_cpp_rows.{plan}.fwd", 0)  # measured per CPU class and loop
     assert backends.select("auto", _call(batch=16, input_size=64, hidden_size=64, steps=100)).name == (
         "torch" if onednn and not step else "cpp")
     assert backends.select("auto", _call(batch=128, input_size=64, hidden_size=64, steps=100)).name == veto

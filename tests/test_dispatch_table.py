@@ -65,6 +65,32 @@ def test_fit_of_the_in_step_projection_limits(tmp_path):
     assert row[f"{bwd}.cached_bytes"]["value"] == 0 and row[f"{bwd}.bytes_per_row"]["value"] == 0
 
 
+def test_fit_of_cpp_against_onednn_per_loop(tmp_path):
+    """oneDNN's LSTM against cpp, fitted per loop cpp ran (`cpp_plans`) and pass as a row edge: the
+    last batch cpp won below the first loss, or the largest measured where none lost; a case the
+    default rules decide (few rows) or without plans counts not."""
+    def case(B, mode, plan, torch_s, cpp_s, plans=True):
+        c = _case("lstm", B, 512, mode, torch_s, 1.0)
+        c["results"]["cpp"] = {"median_s": cpp_s}
+        if plans:
+            c["cpp_plans"] = [plan]
+        return c
+    cases = [case(4, "fwd", "panel", 1.2, 1.0), case(16, "fwd", "panel", 1.0, 1.1),      # a loss at 16
+             case(64, "fwd", "panel", 1.2, 1.0),
+             case(16, "fwdbwd", "panel", 1.2, 1.0), case(64, "fwdbwd", "panel", 1.1, 1.0),  # no loss
+             case(64, "fwdbwd", "panel+step", 1.0, 1.2),
+             case(2, "fwd", "panel+step", 1.0, 2.0),                                      # few rows
+             case(64, "fwd", "blas", 1.0, 2.0, plans=False)]                              # no plans
+    path = tmp_path / "cpu-test-2c.json"
+    path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "cases": cases}))
+    row = fit.fit_file(path)
+    assert row["onednn_cpp_rows.panel.fwd"]["value"] == 4
+    assert "lstm-B16-H512-fwd x0.91 lost" in row["onednn_cpp_rows.panel.fwd"]["from"]
+    assert row["onednn_cpp_rows.panel.fwdbwd"]["value"] == 64
+    assert row["onednn_cpp_rows.panel+step.fwdbwd"]["value"] == 0
+    assert "onednn_cpp_rows.panel+step.fwd" not in row and "onednn_cpp_rows.blas.fwd" not in row
+
+
 def test_rules_read_the_table(monkeypatch):
     call = LayerCall(cell="gru", device="cpu", dtype=torch.float32, input_size=64, hidden_size=64, proj_size=0,
                      batch=4, steps=50, directions=1, packed=False, needs_grad=False)

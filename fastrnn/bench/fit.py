@@ -50,19 +50,19 @@ def _ratio(c, backend):
     return r["torch"]["median_s"] / r[backend]["median_s"]
 
 
-def _panel_step_only(c) -> bool:
-    """Whether the in-step panel loop is the only rule keeping cpp on this oneDNN LSTM case: the
-    defaults' short-sequence and few-row rules do not apply, and the results file recorded that
-    every layer ran the "panel+step" plan (`cpp_plans`, written by the runner; files without it
-    leave the rule at its default, so a fit never depends on the machine that runs it)."""
+def _cpp_plan(c):
+    """The loop cpp ran on this oneDNN LSTM case where that loop alone decides whether cpp keeps
+    it (the defaults' short-sequence and few-row rules do not apply): the one plan every layer ran
+    (`cpp_plans`, written by the runner; files without it leave the rule at its default, so a fit
+    never depends on the machine that runs it), else None."""
     from fastrnn import dispatch_table
     d = {k: v["value"] for k, v in dispatch_table.TABLE["default"].items()}
     lo, hi = d["onednn_mid_hidden"]
     if c["T"] <= d["onednn_short_steps"] or c["B"] <= d["onednn_few_rows"] or (
             c["B"] <= d["onednn_narrow_rows"] and not lo < c["H"] < hi):
         return False
-    plans = c.get("cpp_plans")
-    return bool(plans) and all(p == "panel+step" for p in plans)
+    plans = set(c.get("cpp_plans") or ())
+    return plans.pop() if len(plans) == 1 else None
 
 
 def _weight_bytes(c) -> int:
@@ -143,14 +143,16 @@ def fit_file(path) -> dict:
                 _edge([(_step_flops(c), _won(c, "cpp"), cid(c, "cpp")) for c in hc if c not in fused]),
                 f"per-step GEMM flops where torch's {half} beat cpp")
     onednn = [c for c in cases if c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"]
-              and _won(c, "cpp") is not None and _panel_step_only(c)]
-    for mode in ("fwd", "fwdbwd"):
-        mine = [c for c in onednn if c["mode"] == mode]
-        if mine:
-            lost = [c for c in mine if not _won(c, "cpp")]
-            row[f"onednn_panel_step_wins.{mode}"] = {
-                "value": not lost, "from": f"{name}: LSTM vs oneDNN where only the panel loop's in-step "
-                "projection keeps cpp, " + ", ".join(cid(c, "cpp") for c in (lost or mine)[:4])}
+              and _won(c, "cpp") is not None and _cpp_plan(c)]
+    for plan in sorted({_cpp_plan(c) for c in onednn}):
+        for mode in ("fwd", "fwdbwd"):
+            for bi in (False, True):
+                mine = [c for c in onednn if c["mode"] == mode and _cpp_plan(c) == plan and bool(c["bidir"]) == bi]
+                points = [(c["B"], _won(c, "cpp"), cid(c, "cpp")) for c in mine]
+                # where no case lost, cpp keeps up to the largest batch measured (not extrapolated)
+                won_all = (max(points)[0], ", ".join(p[2] for p in sorted(points)[-3:])) if points else None
+                put(f"onednn_cpp_rows.{plan}.{mode}" + (".bi" if bi else ""), _edge(points) or won_all,
+                    f"rows up to which cpp's {plan} loop beat oneDNN's {'bidirectional ' if bi else ''}LSTM")
     _fit_input_plan(cases, put)
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None
            and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]

@@ -331,7 +331,11 @@ def _cpp_ok(call) -> bool:
     return not dispatch.torch_wins("cpp", call)
 
 
-def test_prefer_hands_oneDNN_lstm_to_torch():
+def test_prefer_hands_oneDNN_lstm_to_torch(monkeypatch):
+    from fastrnn import dispatch
+    defaults = dispatch.table("cpu-never-seen-avx2-64c")  # the rules against the default row
+    monkeypatch.setattr(dispatch, "table", lambda: defaults)
+    monkeypatch.setattr(dispatch, "PICKS", {})
     call = LayerCall(cell="lstm", device="cpu", dtype=torch.float32, input_size=8, hidden_size=512, proj_size=0,
                      batch=3, steps=100, directions=1, packed=False, needs_grad=False)
     ok = _cpp_ok(call)

@@ -120,8 +120,12 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     seen = []
     real = functional.rnn
     monkeypatch.setattr(functional, "rnn", lambda *a, **k: seen.append(k["backend"]) or real(*a, **k))
-    # 3 rows of 300 units: below the in-step loop's 4 rows, and neither narrow nor wide enough for
-    # cpp's few-row rule (backends.cpp._beats_onednn); 30 steps: past its short-sequence rule
+    # 3 rows of 300 units: neither narrow nor wide enough for cpp's few-row rule
+    # (dispatch._cpp_beats_onednn); 30 steps: past its short-sequence rule; and, whatever this CPU's
+    # fitted row says, no loop of cpp's measured ahead of oneDNN
+    t = {k: (0 if k.startswith("onednn_cpp_rows.") else v) for k, v in dispatch.table().items()}
+    monkeypatch.setattr(dispatch, "table", lambda: t)
+    monkeypatch.setattr(dispatch, "PICKS", {})  # picks under this table stay in this test
     ref = torch.nn.LSTM(4, 300, num_layers=2, dropout=0.3)
     m = fastrnn.LSTM(4, 300, num_layers=2, dropout=0.3)
     m.load_state_dict(ref.state_dict())
@@ -168,6 +172,10 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
     if "cpp" not in fastrnn.available_backends("cpu"):
         pytest.skip("cpp backend not built")
     from fastrnn import functional
+    # the rules against the default row (the Zen4 measurements), whatever this CPU's fitted row says
+    defaults = dispatch.table("cpu-never-seen-avx2-64c")
+    monkeypatch.setattr(dispatch, "table", lambda: defaults)
+    monkeypatch.setattr(dispatch, "PICKS", {})
     assert backends.select("auto", _call(batch=4, hidden_size=1024, steps=100)).name == "cpp"
     from fastrnn.dispatch import onednn_lstm_applies as onednn_lstm_applies_to
     onednn = onednn_lstm_applies_to("lstm", "cpu", torch.float32, 0, False)

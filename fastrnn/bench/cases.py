@@ -9,7 +9,7 @@ full cartesian product, so each plot (speedup vs batch, vs hidden size, vs lengt
 depth) has its own line of cases and the whole grid stays runnable on a small CPU:
 
     batch    T=100, H=256, B in 1, 4, 16, 64, 256          latency and throughput
-    hidden   T=100, B in 4, 64, H in 128 .. 1024 (2048 GPU)
+    hidden   T=100, B in 4, 16, 64, H in 128 .. 1024 (2048 GPU)
     length   B=16, H=256, T in 50, 100, 500, 1000
     depth    T=100, B=16, H=256, L in 1, 2, 4, uni- and bidirectional
     packed   T=100, H=256, B in 16, 64, lengths uniform in [T/4, T], sorted and unsorted
@@ -184,7 +184,7 @@ def grid(device: str = "cpu") -> list[Case]:
             for dt in dts:
                 for B in (1, 4, 16, 64, 256):
                     cases.append(Case(cell, T=100, B=B, H=256, mode=mode, dtype=dt, sweep="batch"))
-                for B in (4, 64):
+                for B in (4, 16, 64):
                     for H in (128, 256, 512, 1024, 2048):
                         cases.append(Case(cell, T=100, B=B, H=H, mode=mode, dtype=dt, sweep="hidden",
                                           gpu_only=H >= 2048 or dt != "f32"))

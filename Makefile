@@ -31,11 +31,13 @@ test: setup
 
 # The quick grid (layer calls side by side, float32 + bf16/fp16/autocast), the quick whole-model
 # set (training steps, torch.nn and fastrnn each in its own process), one frame per call
-# (fastrnn.Stream against the modules and ONNX Runtime), then the report.
+# (fastrnn.Stream against the modules and ONNX Runtime), the custom cells' quick set (LayerNorm
+# LSTM/GRU, peephole, against their Python loops), then the report.
 bench: setup
 	$(PY) -m fastrnn.bench --quick
 	$(PY) -m fastrnn.bench models --quick
 	$(PY) -m fastrnn.bench stream
+	$(PY) benchmarks/bench_custom.py --quick
 	$(PY) -m fastrnn.bench report
 
 # On the lent GPU machine (README "Running on a GPU"): the python3 found there with its torch and

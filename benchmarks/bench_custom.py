@@ -2,8 +2,11 @@
 math written as users write it today (a Python loop over the step with nn.LayerNorm, eager), and
 against torch.compile of that loop.
 
-    python benchmarks/bench_custom.py [--threads 1] [--reps 5] [--H 128 256 512] [--B 1 16 64]
-        [--cells LayerNormLSTM LayerNormGRU "peephole LSTM"] [--compile step|loop|none]
+    python benchmarks/bench_custom.py [--quick] [--threads 1] [--reps 5] [--H 128 256 512] [--B 1 16 64]
+        [--cells LayerNormLSTM LayerNormGRU "peephole LSTM"] [--compile step|loop|none] [--out FILE]
+
+Results go to benchmarks/results/custom/<hardware-id>.json (--quick: <hardware-id>.quick.json); `python -m fastrnn.bench report`
+puts them in benchmarks/REPORT.md ("Custom cells").
 
 fwd+bwd (loss = output.sum()), float32, T=100, I=H. Each case times every implementation
 alternately in one process and reports medians; speed is never asserted. On a shared machine
@@ -12,11 +15,14 @@ the medians move by ~10-20% between runs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -142,8 +148,51 @@ CELLS = {
 }
 
 
-def main():
+TABLE_HEAD = ("| cell | B | H | eager | compiled | fused | njit-loop | plain fastrnn | GEMM bound | fused vs eager | "
+              "fused vs compiled | fused / plain | eager / bound |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(r) -> str:
+    """One markdown row of a result record (times in ms)."""
+    nan = float("nan")
+    comp = r.get("compiled") or nan
+    return (f"| {r['cell']} | {r['B']} | {r['H']} | {r['eager']:.1f} | {comp:.1f} | {r['fused']:.1f} | "
+            f"{r['njit']:.1f} | {r['plain']:.1f} | {r['bound']:.1f} | {r['eager'] / r['fused']:.1f}x | "
+            f"{comp / r['fused']:.1f}x | {r['fused'] / r['plain']:.2f}x | {r['eager'] / r['bound']:.1f}x |")
+
+
+def time_case(name, B, H, args, peak) -> dict:
+    """Every implementation of one cell and shape, in rounds of one call each in a fresh random
+    order: in a fixed cycle the call right after the eager loop measured ~25% slow at B=1 (the same
+    module ran 2.4 ms alone, 3.4 there)."""
+    x = torch.randn(args.T, B, H)
+    eager_cls, fused, plain = CELLS[name]
+    impls = {"eager": eager_cls(H, H)}
+    if args.compile != "none":
+        impls["compiled"] = _compiled(eager_cls(H, H), args.compile)
+    impls["fused"] = fused(H)
+    impls["njit"] = _NjitLoop(fused(H))
+    impls["plain"] = plain(H)
+    fns = {k: _fwd_bwd(m, x) for k, m in impls.items()}
+    for f in fns.values():  # warm-up: compile (excluded), caches, allocator
+        f()
+        f()
+    times = {k: [] for k in fns}
+    order = random.Random(f"{name}-{B}-{H}")
+    for _ in range(args.reps):
+        for k, f in order.sample(list(fns.items()), len(fns)):
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    rec = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    rec.update(cell=name, B=B, H=H, bound=gemm_bound_ms(name, args.T, B, H, peak))
+    return rec
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="H=128, B in 1 and 16, 3 rounds (under a minute; make bench)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--T", type=int, default=100)
@@ -152,7 +201,10 @@ def main():
     ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     ap.add_argument("--compile", choices=["step", "loop", "none"], default="step",
                     help="torch.compile of the eager loop: the step (default) or the whole unrolled loop")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/custom/<hardware-id>[.quick].json)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.H, args.B, args.reps = [128], [1, 16], 3
     torch.set_num_threads(args.threads)
     torch._dynamo.config.cache_size_limit = 64  # one compiled step per cell and shape, never an eager fallback
     cpu = platform.processor() or platform.machine()
@@ -160,47 +212,31 @@ def main():
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    print(f"# {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
-          f"threads={args.threads}, float32, T={args.T}, I=H, fwd+bwd, median of {args.reps} (ms); "
-          f"compiled = torch.compile of the {args.compile}; njit-loop = the numba @njit whole loop (no extension)")
     from fastrnn.bench.runner import matmul_peak
+    from fastrnn.hardware import hardware_id
     peak = matmul_peak("cpu", best=True)[1]
-    print(f"# GEMM bound = the cell's GEMMs at torch.mm's fastest rate on {args.threads} thread(s), "
-          f"{peak:.0f} GFLOP/s; eager / bound = the most any implementation could gain over eager")
-    print("| cell | B | H | eager | compiled | fused | njit-loop | plain fastrnn | GEMM bound | fused vs eager | "
-          "fused vs compiled | fused / plain | eager / bound |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    load = os.getloadavg()[0]
+    head = (f"{cpu}, {os.cpu_count()} cores, load average {load:.1f}, torch {torch.__version__}, "
+            f"threads={args.threads}, float32, T={args.T}, I=H, fwd+bwd, median of {args.reps} (ms); "
+            f"compiled = torch.compile of the {args.compile}; njit-loop = the numba @njit whole loop (no "
+            f"extension); GEMM bound = the cell's GEMMs at torch.mm's fastest rate on {args.threads} "
+            f"thread(s), {peak:.0f} GFLOP/s; eager / bound = the most any implementation could gain over eager")
+    print("# " + head)
+    print(TABLE_HEAD)
+    rows = []
     for H in args.H:
         for B in args.B:
-            x = torch.randn(args.T, B, H)
             for name in args.cells:
-                eager_cls, fused, plain = CELLS[name]
-                impls = {"eager": eager_cls(H, H)}
-                if args.compile != "none":
-                    impls["compiled"] = _compiled(eager_cls(H, H), args.compile)
-                impls["fused"] = fused(H)
-                impls["njit"] = _NjitLoop(fused(H))
-                impls["plain"] = plain(H)
-                fns = {k: _fwd_bwd(m, x) for k, m in impls.items()}
-                for f in fns.values():  # warm-up: compile (excluded), caches, allocator
-                    f()
-                    f()
-                times = {k: [] for k in fns}
-                # each round in a fresh random order: in a fixed cycle the call right after the
-                # eager loop measured ~25% slow at B=1 (the same module ran 2.4 ms alone, 3.4 there)
-                order = random.Random(f"{name}-{B}-{H}")
-                for _ in range(args.reps):
-                    for k, f in order.sample(list(fns.items()), len(fns)):
-                        t0 = time.perf_counter()
-                        f()
-                        times[k].append(time.perf_counter() - t0)
-                med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-                comp = med.get("compiled", float("nan"))
-                bound = gemm_bound_ms(name, args.T, B, H, peak)
-                print(f"| {name} | {B} | {H} | {med['eager']:.1f} | {comp:.1f} | {med['fused']:.1f} | "
-                      f"{med['njit']:.1f} | {med['plain']:.1f} | {bound:.1f} | {med['eager'] / med['fused']:.1f}x | "
-                      f"{comp / med['fused']:.1f}x | {med['fused'] / med['plain']:.2f}x | "
-                      f"{med['eager'] / bound:.1f}x |", flush=True)
+                rows.append(time_case(name, B, H, args, peak))
+                print(table_row(rows[-1]), flush=True)
+    doc = {"kind": "custom", "hardware_id": hardware_id("cpu"), "header": head,
+           "command": " ".join(["python benchmarks/bench_custom.py"] + (argv if argv is not None else sys.argv[1:])),
+           "loadavg_end": os.getloadavg()[0], "rows": rows}
+    stem = doc["hardware_id"] + (".quick" if args.quick else "")
+    out = args.out or Path(__file__).resolve().parent / "results" / "custom" / f"{stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

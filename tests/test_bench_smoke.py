@@ -174,3 +174,30 @@ def test_roofline():
     from fastrnn.bench import report
     assert "| limited by |" in report.roofline_table(doc)
     assert "cache-streaming rate" in "\n".join(report.env_lines(doc))
+
+
+def test_custom_cells_bench_writes_and_reports(tmp_path):
+    """benchmarks/bench_custom.py on one tiny shape: every implementation timed, the results file
+    written, and the report's "Custom cells" section rendered from it."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_custom.py"
+    spec = importlib.util.spec_from_file_location("bench_custom", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_custom"] = mod
+    spec.loader.exec_module(mod)
+    out = tmp_path / "results" / "custom" / "cpu-test.json"
+    threads = torch.get_num_threads()
+    try:
+        mod.main(["--T", "3", "--H", "8", "--B", "2", "--reps", "1", "--compile", "none",
+                  "--cells", "LayerNormGRU", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # the script times on one thread
+        sys.modules.pop("bench_custom", None)
+    doc = json.loads(out.read_text())
+    (r,) = doc["rows"]
+    assert r["cell"] == "LayerNormGRU" and r["B"] == 2 and r["H"] == 8
+    assert all(r[k] > 0 for k in ("eager", "fused", "njit", "plain", "bound"))
+    md, _ = report.write(tmp_path / "results", tmp_path / "REPORT.md", tmp_path / "plots")
+    assert "| LayerNormGRU | 2 | 8 |" in md.read_text()

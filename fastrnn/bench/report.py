@@ -422,6 +422,34 @@ def plot_sweep(doc: dict, sweep: str, x: str, xlabel: str, path: Path, dtype: st
 
 # ----------------------------------------------------------------------------- REPORT.md
 
+def load_custom(results_dir: Path) -> list[dict]:
+    docs = []
+    for p in sorted((Path(results_dir) / "custom").glob("*.json")):
+        try:
+            doc = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("kind") == "custom":
+            docs.append(doc)
+    return docs
+
+
+def custom_section(doc: dict) -> list[str]:
+    """LayerNorm-LSTM/GRU and the peephole cell (benchmarks/bench_custom.py): one row per cell and
+    shape, times in ms."""
+    nan = float("nan")
+    lines = [f"### Custom cells: {doc['hardware_id']}", "", f"Made with `{doc.get('command')}`: {doc.get('header')}.",
+             "", "| cell | B | H | eager loop | compiled step | fused | njit-loop | plain fastrnn | GEMM bound | "
+             "fused vs eager | fused vs compiled | fused / plain | eager / bound |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        comp = r.get("compiled") or nan
+        lines.append(f"| {r['cell']} | {r['B']} | {r['H']} | {r['eager']:.1f} | {comp:.1f} | {r['fused']:.1f} | "
+                     f"{r['njit']:.1f} | {r['plain']:.1f} | {r['bound']:.1f} | ×{r['eager'] / r['fused']:.1f} | "
+                     f"×{comp / r['fused']:.1f} | {r['fused'] / r['plain']:.2f} | ×{r['eager'] / r['bound']:.1f} |")
+    return lines + [""]
+
+
 def write(results_dir: Path, out_md: Path, plots_dir: Path) -> tuple[Path, list[Path]]:
     docs = load(results_dir)
     plots = []
@@ -471,6 +499,15 @@ def write(results_dir: Path, out_md: Path, plots_dir: Path) -> tuple[Path, list[
                   "calls the network once per frame with the state carried; `stream` is `fastrnn.Stream`.", ""]
         for sdoc in sdocs:
             parts += stream_section(sdoc)
+    cdocs = load_custom(results_dir)
+    if cdocs:
+        parts += ["## Custom cells: LayerNorm-LSTM/GRU and a user-defined (peephole) cell", "",
+                  "Generated from `results/custom/` (`python benchmarks/bench_custom.py`): fwd+bwd of the "
+                  "fused cells against the same step as a Python loop (eager, and its step under "
+                  "torch.compile), the numba `@njit` whole loop, and fastrnn's plain LSTM/GRU at the "
+                  "same shape; the GEMM bound is the cell's products alone at torch.mm's fastest rate.", ""]
+        for cdoc in cdocs:
+            parts += custom_section(cdoc)
     mdocs = load_models(results_dir)
     if mdocs:
         parts += ["## Whole models: training steps, torch.nn vs fastrnn", "",

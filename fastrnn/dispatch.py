@@ -178,7 +178,10 @@ def _cpp_beats_onednn(call, t) -> bool:
     from fastrnn.backends import cpp
     mode = "fwdbwd" if call.needs_grad else "fwd"
     key = f"onednn_cpp_rows.{cpp.loop_plan(call)}.{mode}"
-    return call.batch <= t.get(key + ".bi", t.get(key, 0)) if call.directions == 2 else call.batch <= t.get(key, 0)
+    rows = t.get(key, 0)
+    if call.directions == 2:
+        rows = t.get(key + ".bi", rows)
+    return call.batch <= rows
 
 
 # ---------------------------------------------------------------------------------------------

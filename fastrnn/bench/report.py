@@ -187,26 +187,15 @@ def models_section(doc: dict) -> list[str]:
     return out
 
 
-def load_models(results_dir: Path) -> list[dict]:
+def load_kind(results_dir: Path, kind: str) -> list[dict]:
+    """The results documents of one kind ("models", "stream", "custom") from results/<kind>/."""
     docs = []
-    for p in sorted((Path(results_dir) / "models").glob("*.json")):
+    for p in sorted((Path(results_dir) / kind).glob("*.json")):
         try:
             doc = json.loads(p.read_text())
         except ValueError:
             continue
-        if isinstance(doc, dict) and doc.get("kind") == "models":
-            docs.append(doc)
-    return docs
-
-
-def load_stream(results_dir: Path) -> list[dict]:
-    docs = []
-    for p in sorted((Path(results_dir) / "stream").glob("*.json")):
-        try:
-            doc = json.loads(p.read_text())
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("kind") == "stream":
+        if isinstance(doc, dict) and doc.get("kind") == kind:
             docs.append(doc)
     return docs
 
@@ -422,18 +411,6 @@ def plot_sweep(doc: dict, sweep: str, x: str, xlabel: str, path: Path, dtype: st
 
 # ----------------------------------------------------------------------------- REPORT.md
 
-def load_custom(results_dir: Path) -> list[dict]:
-    docs = []
-    for p in sorted((Path(results_dir) / "custom").glob("*.json")):
-        try:
-            doc = json.loads(p.read_text())
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("kind") == "custom":
-            docs.append(doc)
-    return docs
-
-
 def custom_section(doc: dict) -> list[str]:
     """LayerNorm-LSTM/GRU and the peephole cell (benchmarks/bench_custom.py): one row per cell and
     shape, times in ms."""
@@ -492,14 +469,14 @@ def write(results_dir: Path, out_md: Path, plots_dir: Path) -> tuple[Path, list[
         if cud:
             parts += ["cuDNN algorithm torch used (from profiler kernel names):", ""]
             parts += [f"- {cid}: {d['algo']} ({', '.join(d['kernels'][:3])})" for cid, d in cud] + [""]
-    sdocs = load_stream(results_dir)
+    sdocs = load_kind(results_dir, "stream")
     if sdocs:
         parts += ["## Streaming: one frame per call", "",
                   "Generated from `results/stream/` (`python -m fastrnn.bench stream`): real-time code "
                   "calls the network once per frame with the state carried; `stream` is `fastrnn.Stream`.", ""]
         for sdoc in sdocs:
             parts += stream_section(sdoc)
-    cdocs = load_custom(results_dir)
+    cdocs = load_kind(results_dir, "custom")
     if cdocs:
         parts += ["## Custom cells: LayerNorm-LSTM/GRU and a user-defined (peephole) cell", "",
                   "Generated from `results/custom/` (`python benchmarks/bench_custom.py`): fwd+bwd of the "
@@ -508,7 +485,7 @@ def write(results_dir: Path, out_md: Path, plots_dir: Path) -> tuple[Path, list[
                   "same shape; the GEMM bound is the cell's products alone at torch.mm's fastest rate.", ""]
         for cdoc in cdocs:
             parts += custom_section(cdoc)
-    mdocs = load_models(results_dir)
+    mdocs = load_kind(results_dir, "models")
     if mdocs:
         parts += ["## Whole models: training steps, torch.nn vs fastrnn", "",
                   "Generated from `results/models/` (`python -m fastrnn.bench models`).", ""]

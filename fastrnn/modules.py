@@ -24,28 +24,39 @@ _check_backend_name = functional.check_backend
 _AUTOCAST_POLICY: dict = {}
 
 
-def _autocast_dtype(torch_cls, device_type: str):
-    """The dtype torch's own `torch_cls` computes in under the active autocast, or None."""
+def _autocast_dtypes(torch_cls, device_type: str):
+    """(compute dtype, output dtype) of torch's own `torch_cls` under the active autocast, or None
+    where it runs as called."""
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return None
     return _autocast_policy(torch_cls, device_type, torch.get_autocast_dtype(device_type))
 
 
 def _autocast_policy(torch_cls, device_type: str, dt):
-    """torch's policy differs by device and module (on CPU, LSTM and RNN run in the autocast
-    dtype while GRU and the LSTM/GRU cells stay float32), so we ask torch once per
-    (module, device, autocast dtype) with a 1x1 probe instead of copying its op lists."""
+    """torch's policy differs by device and module: on CPU, LSTM and RNN run in the autocast dtype
+    and return it, while GRU and the LSTM/GRU cells return float32 but compute their products
+    (and much of the gate math) in the autocast dtype. We ask torch once per (module, device,
+    autocast dtype) with a 1x1 probe instead of copying its op lists: weights that the autocast
+    dtype cannot hold (1 + 2^-12) show whether a float32 result was computed in it."""
     key = (torch_cls, device_type, dt)
     if key not in _AUTOCAST_POLICY:
         probe = torch_cls(1, 1).to(device_type)
-        x = torch.zeros((1, 1, 1) if issubclass(torch_cls, nn.RNNBase) else (1, 1), device=device_type)
+        with torch.no_grad():
+            for w in probe.parameters():
+                w.fill_(0.5 + 2.0 ** -13)
+        x = torch.ones((1, 1, 1) if issubclass(torch_cls, nn.RNNBase) else (1, 1), device=device_type)
+        first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
         try:
             with torch.no_grad(), torch.autocast(device_type, dtype=dt):
-                out = probe(x)
-            out_dtype = (out[0] if isinstance(out, tuple) else out).dtype
+                out = first(probe(x))
+            policy = None if out.dtype == torch.float32 else (out.dtype, out.dtype)
+            if policy is None:
+                with torch.no_grad(), torch.autocast(device_type, enabled=False):
+                    if not torch.equal(first(probe(x)), out):
+                        policy = (dt, torch.float32)
         except RuntimeError:  # e.g. oneDNN has no bf16 LSTM on this CPU: torch meant to cast
-            out_dtype = dt
-        _AUTOCAST_POLICY[key] = None if out_dtype == torch.float32 else out_dtype
+            policy = (dt, dt)
+        _AUTOCAST_POLICY[key] = policy
     return _AUTOCAST_POLICY[key]
 
 
@@ -53,11 +64,21 @@ _autocast_policy._dynamo_marked_constant = True  # torch.compile: asked at trace
 
 
 def _autocast(torch_cls, device_type: str, tensors):
-    """Cast float32 tensors as torch's autocast would for this module (float64 never is)."""
-    dt = _autocast_dtype(torch_cls, device_type)
-    if dt is None:
-        return tensors
-    return [t.to(dt) if t is not None and t.dtype == torch.float32 else t for t in tensors]
+    """Cast float32 tensors as torch's autocast would for this module (float64 never is), and the
+    dtype the outputs are returned in (None: as computed)."""
+    dts = _autocast_dtypes(torch_cls, device_type)
+    if dts is None:
+        return tensors, None
+    compute, out = dts
+    cast = [t.to(compute) if t is not None and t.dtype == torch.float32 else t for t in tensors]
+    return cast, (out if out != compute and tensors[0].dtype == torch.float32 else None)
+
+
+def _retype(dtype, *outs):
+    """The outputs in the dtype torch's autocast returns them in (None: unchanged)."""
+    if dtype is None:
+        return outs
+    return tuple(None if t is None else t.to(dtype) for t in outs)
 
 
 class _RNNMixin:
@@ -160,8 +181,10 @@ class _RNNMixin:
             return _torch_error_or_raise(super().forward, orig_input, orig_hx, problem)
         autocast = x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type)
         if autocast:
-            x, h0, c0, *flat = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *flat])
+            (x, h0, c0, *flat), out_dtype = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *flat])
             layers = self._layer_weights(flat)
+        else:
+            out_dtype = None
         # The checks above are functional's (shapes per layer) plus one dtype/device test for all
         # tensors, which autocast relaxes: only then does functional run its own again.
         if self.weight_dropout and self.training:
@@ -173,6 +196,7 @@ class _RNNMixin:
             out, hn, cn = functional.rnn(cell, x, batch_sizes, h0, c0, layers, dropout=self.dropout,
                                          training=self.training, backend=self.backend, validate=autocast)
 
+        out, hn, cn = _retype(out_dtype, out, hn, cn)
         hidden = (hn, cn) if is_lstm else hn
         if batch_sizes is not None:
             return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), \
@@ -378,9 +402,10 @@ class _CellMixin:
             for s in (h0, c0) if s is not None) and _consistent([x, h0, c0, *w]))
         if not ok:
             return super().forward(input, hx)  # torch raises its own error here
-        x, h0, c0, *w = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *w])
+        (x, h0, c0, *w), out_dtype = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *w])
         _, hn, cn = functional.rnn_layer(cell, x, None, h0.unsqueeze(0),
                                          None if c0 is None else c0.unsqueeze(0), [(*w, None)], self.backend)
+        hn, cn = _retype(out_dtype, hn, cn)
         if is_lstm:
             h1, c1 = hn[0], cn[0]
             return (h1, c1) if is_batched else (h1.squeeze(0), c1.squeeze(0))

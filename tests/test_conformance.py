@@ -5,6 +5,8 @@ Ids read like `LSTM-L2-bi-proj-T5-B3-f64-cpp`.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -199,6 +201,41 @@ def test_autocast_cpu_runs_in_autocast_dtype(backend):
             out_r = ref.to(torch.bfloat16)(x.to(torch.bfloat16))[0]
     assert out_f.dtype == out_r.dtype == torch.bfloat16
     assert (out_f.float() - out_r.float()).abs().max() < 5e-2
+
+
+def rel_err(got, truth) -> float:
+    return ((got.double() - truth).norm() / truth.norm()).item()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_autocast_error_within_twice_torchs(name, backend):
+    """Under CPU autocast torch computes every RNN module's products in bf16, also where it returns
+    float32 (GRU, LSTMCell, GRUCell): ours, in the dtype torch returns, is within 2x torch's own
+    error against float64, forward and input gradient."""
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(24, 40)
+    fast = getattr(fastrnn, name)(24, 40, backend=backend)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn((12, 3, 24) if "Cell" not in name else (3, 24))
+    first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
+    xd = x.double().requires_grad_()
+    truth = first(copy.deepcopy(ref).double()(xd))
+    g_truth, = torch.autograd.grad(truth.sum(), xd)
+    errs = []
+    for module in (ref, fast):
+        xi = x.clone().requires_grad_()
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = first(module(xi))
+        except RuntimeError:  # oneDNN has no bf16 LSTM primitive on this CPU
+            pytest.skip("torch has no bf16 LSTM on this CPU")
+        g, = torch.autograd.grad(out.float().sum(), xi)
+        errs.append((out.dtype, rel_err(out, truth), rel_err(g, g_truth)))
+    (want_dtype, out_torch, g_torch), (got_dtype, out_ours, g_ours) = errs
+    assert got_dtype == want_dtype
+    assert out_ours <= 2 * out_torch, f"output rel err {out_ours:.2e} > 2 x torch's {out_torch:.2e}"
+    assert g_ours <= 2 * g_torch, f"input gradient rel err {g_ours:.2e} > 2 x torch's {g_torch:.2e}"
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -61,6 +61,13 @@ struct AmxStepArgs {
   int64_t G, H, b0, b1;
   float* C; int64_t ldc;
   bool load_c;  // C (+)=: start from C's values (the biases) instead of zero
+  // A second product summed in the same tiles after the first, C (+)= A P + A2 P2 (a step's input
+  // projection and recurrent product in one pass, C stored once): A2 [Mp, K2] rows lda2 apart,
+  // panels P2 packed with K2 (a multiple of 32).  K2 = 0: none.
+  const uint16_t* A2 = nullptr; int64_t lda2 = 0;
+  const uint16_t* P2 = nullptr; int64_t K2 = 0;
+  // Start every row from these column values (bias [G*H]) instead of zero or C (load_c false).
+  const float* bias = nullptr;
 };
 
 // Whether the products (input projection and recurrent steps) may run on AMX: the CPU has AMX-BF16, Linux granted this process

@@ -186,7 +186,7 @@ void input_projection(const Bf16Kernels& bk, bool amx, int64_t N, int64_t K, con
 // in cache instead of a [N, G*H] float32 buffer written, re-read and read again from memory
 // (LSTM B=64 H=512: 52 MB a call, measured 31 ms of a 61 ms single-thread call).
 struct ChunkInput {
-  const uint16_t* x; int64_t I;  // x [N, I] bf16
+  const uint16_t* x; int64_t N, I;  // x [N, I] bf16
   const uint16_t* P; int64_t Kp;  // W_ih pair panels, K padded to Kp
   const float* bias;              // [G*H] summed biases (GRU: without b_hn)
 };
@@ -209,6 +209,11 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
   constexpr bool kReadsH = Cell::kDirectPrevH;
   const int64_t H = a.H, GH = G * H, nb = blocks_of(H);
   const bool fold = Cell::kSplitGate < 0 && !packed;
+  // On AMX a folded step makes its input projection and recurrent product in the same tiles
+  // (C = bias + x_t W_ih^T + h W_hh^T, stored once) instead of a chunk's projection ahead into
+  // the ring and the product added onto it: each gate tile is loaded and stored once a step, not
+  // twice, and no bias rows are copied (LSTM B64 H512: see the report's bf16 notes).
+  const bool one_pass = fold && L.amx && B >= L.amx_rows;
   Tensor spare = at::empty({B, H}, at::kFloat);
   const int64_t Kp = L.kpad(H), Bp = L.rows(B);
   Tensor hbt = at::zeros({2, Bp, Kp}, at::kBFloat16);  // bf16 h_{t-1} / h_t, zero past H and B
@@ -273,14 +278,43 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
     uint16_t* hbn = hb[(si & 1) ^ 1];
     const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H), w = j1 - j0;
     if (w <= 0) return;
-    if (si % chunk == 0) project(si, b0, b1, j0, w);
-    float* gi_rows = gic + (st.row0 - chunk_lo(si)) * GH;
+    if (!one_pass && si % chunk == 0) project(si, b0, b1, j0, w);
+    float* gi_rows = one_pass ? gh : gic + (st.row0 - chunk_lo(si)) * GH;
     for (int64_t b = kReadsH ? 0 : st.bs; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
     if (train)
       for (int64_t b = 0; b < st.bs; ++b)
         std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
     FwdArgs<float> s = a;
-    if (fold) {
+    if (one_pass) {
+      // x_t's rows in place where whole tiles of them can be read (K a multiple of 32, Bp rows
+      // inside x), else through this thread's zero-padded copy.
+      const int64_t Bp = round_up(st.bs, 16);
+      const uint16_t* xr = in.x + st.row0 * in.I;
+      int64_t ldx = in.I;
+      if (in.Kp != in.I || st.row0 + Bp > in.N) {
+#ifdef _OPENMP
+        const int64_t tid = std::min<int64_t>(omp_get_thread_num(), team - 1);
+#else
+        const int64_t tid = 0;
+#endif
+        uint16_t* xt = xa + tid * ring_rows * in.Kp;
+        for (int64_t r = 0; r < st.bs; ++r) std::memcpy(xt + r * in.Kp, xr + r * in.I, sizeof(uint16_t) * in.I);
+        xr = xt;
+        ldx = in.Kp;
+      }
+      AmxStepArgs m{Bp, in.Kp, xr, ldx, in.P, G, H, b0, b1, gh, GH, false};
+      m.A2 = hbc;
+      m.lda2 = Kp;
+      m.P2 = P;
+      m.K2 = Kp;
+      m.bias = in.bias;
+      isa_bf16::amx_begin();
+      isa_bf16::amx_step(m);
+      isa_bf16::amx_end();
+      s.gi = zero_row.data();
+      s.ldgi = 0;
+      s.gh = gh;
+    } else if (fold) {
       if (L.amx && st.bs >= L.amx_rows) {
         isa_bf16::amx_begin();
         isa_bf16::amx_step(AmxStepArgs{round_up(st.bs, 16), Kp, hbc, Kp, P, G, H, b0, b1, gi_rows, GH, true});
@@ -393,7 +427,7 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
     if (!d.proj) {
       const int64_t Kpi = L.kpad(d.I);
       Tensor wi = pack_pair_panels(bits(w_ih[k]), G, H, d.I, Kpi);
-      const ChunkInput in{bits(x), d.I, bits(wi), Kpi, bias.data() + k * GH};
+      const ChunkInput in{bits(x), N, d.I, bits(wi), Kpi, bias.data() + k * GH};
       recurrence<Cell>(bk, L, fwd, a, steps, hs, B, P, in, d.packed, out_p + k * Hout, D * Hout, save_k, hprev_k, gh_k,
                        split);
       return;

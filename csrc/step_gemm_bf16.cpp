@@ -116,35 +116,66 @@ const TileConfig& tile_config() {
   return cfg;
 }
 
+// C tiles += the A blocks (rows m0.., and m0 + 16..) times panels p, p + 1 of one operand, K/32
+// steps of 32 k.  Inlined into amx_block: the tile registers live across it.
+template <int NM, int NP>
+__attribute__((always_inline)) inline void amx_k_loop(const uint16_t* A, int64_t lda, const uint16_t* P,
+                                                      int64_t K) {
+  const int64_t stride_p = K * 16;
+  for (int64_t k = 0; k < K; k += 32) {
+    _tile_loadd(4, A + k, lda * 2);
+    _tile_loadd(6, P + k * 16, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (NP > 1) {
+      _tile_loadd(7, P + stride_p + k * 16, 64);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    if (NM > 1) {
+      _tile_loadd(5, A + 16 * lda + k, lda * 2);
+      _tile_dpbf16ps(2, 5, 6);
+      if (NP > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+}
+
 template <int NM, int NP>
 inline void amx_block(const AmxStepArgs& a, int64_t m0, int64_t p, float* tmp) {
-  const int64_t stride_p = a.K * 16;
   // GCC's tile intrinsics are macros that paste the tile number: literal numbers only.
-  auto target = [&](int mi, int pi, int64_t& ncols) {
+  auto column = [&](int pi, int64_t& ncols) {  // offset of panel p + pi's columns in a row of C
     const int64_t q = p + pi, jb = q / a.G, g = q - jb * a.G;
     ncols = std::min<int64_t>(16, a.H - jb * 16);
-    return a.C + (m0 + 16 * mi) * a.ldc + g * a.H + jb * 16;
+    return g * a.H + jb * 16;
   };
+  auto target = [&](int mi, int pi, int64_t& ncols) { return a.C + (m0 + 16 * mi) * a.ldc + column(pi, ncols); };
   auto spill = [&](float* C, int64_t ncols) {
     for (int r = 0; r < 16; ++r) std::memcpy(C + r * a.ldc, tmp + r * 16, sizeof(float) * ncols);
   };
-  auto gather = [&](const float* C, int64_t ncols) {
+  auto gather = [&](const float* C, int64_t ldc, int64_t ncols) {  // ldc 0: one row for all 16
     for (int r = 0; r < 16; ++r) {
-      std::memcpy(tmp + r * 16, C + r * a.ldc, sizeof(float) * ncols);
+      std::memcpy(tmp + r * 16, C + r * ldc, sizeof(float) * ncols);
       std::fill(tmp + r * 16 + ncols, tmp + r * 16 + 16, 0.f);
     }
   };
+  // A bias tile is one row read 16 times (stride 0).
 #define FASTRNN_AMX_INIT(t, mi, pi)               \
   if (NM > mi && NP > pi) {                       \
-    if (!a.load_c) {                              \
+    int64_t ncols;                                \
+    if (a.bias != nullptr) {                      \
+      const float* b = a.bias + column(pi, ncols); \
+      if (ncols == 16) {                          \
+        _tile_loadd(t, b, 0);                     \
+      } else {                                    \
+        gather(b, 0, ncols);                      \
+        _tile_loadd(t, tmp, 64);                  \
+      }                                           \
+    } else if (!a.load_c) {                       \
       _tile_zero(t);                              \
     } else {                                      \
-      int64_t ncols;                              \
       float* C = target(mi, pi, ncols);           \
       if (ncols == 16) {                          \
         _tile_loadd(t, C, a.ldc * 4);             \
       } else {                                    \
-        gather(C, ncols);                         \
+        gather(C, a.ldc, ncols);                  \
         _tile_loadd(t, tmp, 64);                  \
       }                                           \
     }                                             \
@@ -154,22 +185,8 @@ inline void amx_block(const AmxStepArgs& a, int64_t m0, int64_t p, float* tmp) {
   FASTRNN_AMX_INIT(2, 1, 0)
   FASTRNN_AMX_INIT(3, 1, 1)
 #undef FASTRNN_AMX_INIT
-  const uint16_t* A = a.A + m0 * a.lda;
-  const uint16_t* P = a.P + p * stride_p;
-  for (int64_t k = 0; k < a.K; k += 32) {
-    _tile_loadd(4, A + k, a.lda * 2);
-    _tile_loadd(6, P + k * 16, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    if (NP > 1) {
-      _tile_loadd(7, P + stride_p + k * 16, 64);
-      _tile_dpbf16ps(1, 4, 7);
-    }
-    if (NM > 1) {
-      _tile_loadd(5, A + 16 * a.lda + k, a.lda * 2);
-      _tile_dpbf16ps(2, 5, 6);
-      if (NP > 1) _tile_dpbf16ps(3, 5, 7);
-    }
-  }
+  amx_k_loop<NM, NP>(a.A + m0 * a.lda, a.lda, a.P + p * a.K * 16, a.K);
+  if (a.K2 > 0) amx_k_loop<NM, NP>(a.A2 + m0 * a.lda2, a.lda2, a.P2 + p * a.K2 * 16, a.K2);
 #define FASTRNN_AMX_STORE(t, mi, pi)              \
   if (NM > mi && NP > pi) {                       \
     int64_t ncols;                                \

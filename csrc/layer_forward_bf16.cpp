@@ -12,7 +12,8 @@
 //   proj_size         the input projection of all steps first, then step by step gates, cell and
 //                     the projection h_t = W_hr (o*tanh(c_t)) on the same kernels.
 //
-// Outputs and saved values are float32 (the op layer casts out/hn/cn to bf16).  Backward runs the
+// The output is bf16, made from the h_t rows converted for the next step anyway; h_n, c_n and the
+// saved values are float32 (the op layer casts hn/cn to bf16).  Backward runs the
 // float32 loop on them with its per-step product on these kernels (Bf16Product, at the end of this
 // file) and bf16 GEMM operands after the loop (layer_backward.cpp, layer_grads.h).
 #include <pybind11/pybind11.h>
@@ -203,7 +204,7 @@ constexpr int64_t kChunkRows = 64;
 template <class Cell>
 void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, FwdArgs<float> a,
                 const std::vector<StepSpan>& steps, float* h_state, int64_t B, const uint16_t* P,
-                const ChunkInput& in, bool packed, float* out, int64_t ldout, float* save, float* hprev, float* gh,
+                const ChunkInput& in, bool packed, uint16_t* out, int64_t ldout, float* save, float* hprev, float* gh,
                 bool split) {
   constexpr int64_t G = Cell::G, S = Cell::S;
   constexpr bool kReadsH = Cell::kDirectPrevH;
@@ -338,10 +339,12 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
     s.ldgh = GH;
     s.h = hn;
     s.ldh = H;
-    s.out = out + st.row0 * ldout;
+    s.out = nullptr;  // the cell pass writes h only; out gets its bf16 rows below
     s.save = train ? save + st.row0 * S * H : nullptr;
     for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
     for (int64_t b = 0; b < B; ++b) bk.to_bf16(hn + b * H + j0, hbn + b * Kp + j0, w);
+    for (int64_t b = 0; b < st.bs; ++b)
+      std::memcpy(out + (st.row0 + b) * ldout + j0, hbn + b * Kp + j0, sizeof(uint16_t) * w);
   };
   run_steps(n, nb, [&](int64_t si) { return split && steps[si].bs * GH * (H + in.I) >= min_split; }, step);
   if (n & 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
@@ -391,7 +394,7 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
       input_projection(bk, L.amx, N, d.I, bits(x), bits(w_ih[k]), G, H, gi_p + k * GH, D * GH);
   }
 
-  Tensor out = at::empty({N, D * Hout}, opt);
+  Tensor out = at::empty({N, D * Hout}, x.options());  // bf16
   Tensor hn = h0.clone();
   Tensor cn = Cell::has_c ? c0->clone() : Tensor();
   Tensor save, hprev, R;
@@ -402,8 +405,8 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
   }
   const int64_t Bp = L.rows(B);
   Tensor gh = at::empty({D, Bp, GH}, opt);
-  float* out_p = out.data_ptr<float>();
-  const auto fwd = fwd_kernel<float>(Cell::kId, train, !d.proj);
+  uint16_t* out_p = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const auto fwd = fwd_kernel<float>(Cell::kId, train, false);
   auto direction = [&](int64_t k, bool split) {
     const bool rev = k == 1;
     const int64_t Kp = L.kpad(Hout);
@@ -472,8 +475,8 @@ std::tuple<Tensor, Tensor, OptTensor, std::vector<Tensor>> forward_bf16_impl(
         step_product_ld(bk, L, 1, Hout, H, KpH, ldb, st.bs, bb, PR, hp, Hout, b0, b1);
       });
       std::memcpy(hs, hp, sizeof(float) * st.bs * Hout);
-      float* o = out_p + st.row0 * D * Hout + k * Hout;
-      for (int64_t b = 0; b < st.bs; ++b) std::memcpy(o + b * D * Hout, hs + b * Hout, sizeof(float) * Hout);
+      uint16_t* o = out_p + st.row0 * D * Hout + k * Hout;
+      for (int64_t b = 0; b < st.bs; ++b) bk.to_bf16(hs + b * Hout, o + b * D * Hout, Hout);
     }
   };
   run_directions(D, true, direction);

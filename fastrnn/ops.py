@@ -109,7 +109,7 @@ def layer_forward(cell: str, backend: str, x, batch_sizes, h0, c0, flat, train: 
     k = _kernels(backend)
     xc, bs, h0c, c0c, fc = _prepare(k, x, batch_sizes, h0, c0, flat, native=True)
     out, hn, cn, saved = k.forward(cell, xc, bs, h0c, c0c, _split(fc), train)
-    if out.dtype != x.dtype:
+    if hn.dtype != x.dtype:  # a native half-type forward may return its output in it already
         out, hn, cn = out.to(x.dtype), hn.to(x.dtype), _to(cn, x.dtype)
     return out, hn, cn, list(saved)
 

@@ -196,6 +196,13 @@ struct ChunkInput {
 // 2-core Xeon (single-thread CPU time, LSTM B64 H512): see the notes in the report.
 constexpr int64_t kChunkRows = 64;
 
+// A folded step makes its input projection itself (one_pass below) from this many rows, and only
+// where [W_ih; W_hh] (bf16) is at most this many bytes a row: it reads W_ih every step, where the
+// chunked projection reads it once per kChunkRows rows.  2-core Xeon, LSTM T=100 fwd, ms one pass /
+// chunked: H128 B1 0.63/0.49, B2 0.58/0.56, B4 0.67/0.68, B8 0.85/1.05; H256 B2 1.26/0.97, B4
+// 1.32/1.30, B8 1.65/1.99; H512 B1 7.1/2.7, B8 8.1/5.5, B16 8.96/8.85, B32 13.3/15.6.
+constexpr int64_t kOnePassMinRows = 4, kOnePassBytesPerRow = 128 << 10;
+
 // One direction without proj_size: fused_steps.h's loop shape (threads own hidden blocks; one
 // barrier a step) with bf16 operands.  h_state [B, H] fp32 holds h0 on entry and h_n on exit.
 // `fold`: the step's product accumulates onto its gi rows (gh = gi + h W^T, one buffer read by the
@@ -214,7 +221,8 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
   // (C = bias + x_t W_ih^T + h W_hh^T, stored once) instead of a chunk's projection ahead into
   // the ring and the product added onto it: each gate tile is loaded and stored once a step, not
   // twice, and no bias rows are copied (LSTM B64 H512: see the report's bf16 notes).
-  const bool one_pass = fold && L.amx && B >= L.amx_rows;
+  const int64_t weight_bytes = 2 * GH * (in.I + H);
+  const bool one_pass = fold && L.amx && B >= kOnePassMinRows && weight_bytes <= kOnePassBytesPerRow * B;
   Tensor spare = at::empty({B, H}, at::kFloat);
   const int64_t Kp = L.kpad(H), Bp = L.rows(B);
   Tensor hbt = at::zeros({2, Bp, Kp}, at::kBFloat16);  // bf16 h_{t-1} / h_t, zero past H and B

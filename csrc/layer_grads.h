@@ -27,15 +27,17 @@ inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, cons
   // operands with fp32 accumulation (oneDNN's AMX / AVX512_BF16 GEMMs, as torch's bf16 backward),
   // the result rounded once; bias sums stay fp32.  Measured: the three fp32 GEMMs were ~60% of a
   // bf16 LSTM B64 H512 fwd+bwd upcast.
-  auto mm = [&](const at::Tensor& a, const at::Tensor& b) {
-    if (!bf16_gemms) return at::mm(a, b);
-    return at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(a.scalar_type());
-  };
+  // Each operand is converted once (dG feeds dx, dW_ih and, unless split, dW_hh), and the products
+  // stay bf16: the op layer returns the gradients in the layer's dtype.
+  auto bf16 = [&](const at::Tensor& t) { return bf16_gemms ? t.to(at::kBFloat16) : t; };
+  const at::Tensor dgi_m = bf16(dgi);
+  const at::Tensor dgh_m = split_recurrent ? bf16(dgh) : dgi_m;
+  auto mm = [&](const at::Tensor& a, const at::Tensor& b) { return at::mm(a, bf16(b)); };
   if (need_dx && dx_done.defined()) {  // the time loop computed it step by step
     res.push_back(dx_done);
   } else if (need_dx) {
     const at::Tensor wcat = D == 1 ? w_ih[0] : at::cat({w_ih[0], w_ih[1]}, 0);
-    res.push_back(mm(dgi, wcat));
+    res.push_back(mm(dgi_m, wcat));
   } else {
     res.push_back(OptTensor());
   }
@@ -52,16 +54,16 @@ inline void append_layer_grads(std::vector<c10::optional<at::Tensor>>& res, cons
     }
     return;
   }
-  const at::Tensor dwih = mm(dgi.t(), x);  // [D*GH, I]: both directions in one GEMM
+  const at::Tensor dwih = mm(dgi_m.t(), x);  // [D*GH, I]: both directions in one GEMM
   for (int64_t k = 0; k < D; ++k) {
     const at::Tensor dgi_k = dgi.narrow(1, k * GH, GH);
     const at::Tensor dgh_k = dgh.narrow(1, k * GH, GH);
     res.push_back(dwih.narrow(0, k * GH, GH));
-    res.push_back(mm(dgh_k.t(), hprev[k]));
-    const at::Tensor dbi = dgi_k.sum(0);
+    res.push_back(mm(dgh_m.narrow(1, k * GH, GH).t(), hprev[k]));
+    const at::Tensor dbi = dgi_k.sum(0);  // the bias sums from the float32 dG
     res.push_back(dbi);
     res.push_back(split_recurrent ? dgh_k.sum(0) : dbi.clone());  // distinct tensors: each becomes a .grad
-    res.push_back(dht.defined() ? OptTensor(mm(dht[k].t(), r[k])) : OptTensor());
+    res.push_back(dht.defined() ? OptTensor(mm(bf16(dht[k]).t(), r[k])) : OptTensor());
   }
 }
 

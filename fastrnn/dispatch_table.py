@@ -43,11 +43,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                     "rows where torch's "
                                                                                     'fused bfloat16 LSTM '
                                                                                     'beat cpp; '
-                                                                                    'lstm-T100-B16-H512-L1-fwd-bf16 '
-                                                                                    'x1.06 won, '
-                                                                                    'lstm-T100-B64-H128-L1-fwd-bf16 '
-                                                                                    'x0.76 lost',
-                                                                            'value': 16},
+                                                                                    'lstm-T100-B1-H512-L1-fwd-bf16 '
+                                                                                    'x0.94 lost',
+                                                                            'value': 0},
                               'bfloat16.native.fused_lstm_rows_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                        '+ '
                                                                                        'cpu-intel-xeon-avx512-2c.json '
@@ -65,13 +63,12 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                        'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                                        "rows where torch's "
                                                                                        'fused bfloat16 LSTM '
-                                                                                       'beat cpp; default '
-                                                                                       'kept, nothing '
-                                                                                       'measured between it '
-                                                                                       'and '
-                                                                                       'lstm-T100-B16-H256-L1-fwdbwd-bf16 '
-                                                                                       'x0.96 lost',
-                                                                               'value': 4},
+                                                                                       'beat cpp; no loss '
+                                                                                       'measured, largest '
+                                                                                       'win '
+                                                                                       'lstm-T100-B64-H512-L1-fwdbwd-bf16 '
+                                                                                       'x0.98 won',
+                                                                               'value': 64},
                               'bfloat16.native.gemm_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                   '+ '
                                                                                   'cpu-intel-xeon-avx512-2c.json '
@@ -92,7 +89,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                   'cpp; no loss measured, '
                                                                                   'largest win '
                                                                                   'gru-T100-B64-H512-L1-fwdbwd-bf16 '
-                                                                                  'x1.69 won',
+                                                                                  'x1.68 won',
                                                                           'value': 100663296.0},
                               'cpp.step_input.backward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                 '+ '

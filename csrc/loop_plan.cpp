@@ -67,6 +67,15 @@ bool use_panel_input_gemm(const LayerShape& s, Force force) {
 // 8 MiB but loses at 4 rows from 1.5 MiB (0.55-0.64x at 6-8 MiB), and the backward's in-step dx
 // already loses at 0.5 MiB (benchmarks/results/cpu-intel-xeon-avx512-2c.plans.json).
 constexpr int64_t kStepInputMinRows = 4;
+// Past those limits, a forward whose projection of all steps (gi, float32) exceeds kLargeGiBytes
+// still projects in its steps where the weights are at most kLargeGiBytesPerRow per batch row: gi
+// written before the loop and read back in it then streams through memory, which costs more than
+// re-reading the weights.  The limits above were fitted at T=100; measured on the 2-core Xeon
+// (T, B, H: ms in the steps / before the loop, fwd): LSTM T500 B16 H256 (gi 32 MiB, 128 KiB a
+// row) 40.4 / 53.6, T1000 81.6 / 103.0, T300 25.0 / 32.8, T200 (13 MiB) 17.2 / 16.6; T100 B64
+// H512 (52 MiB, 128 KiB) 124.6 / 137.2; GRU T500 B16 H256 31.5 / 39.5, T100 B64 H512 96.0 / 101.8;
+// but GRU T1000 B16 H512 (384 KiB a row) 271.8 / 254.5, LSTM T100 B64 H1024 (512 KiB) 643 / 537.
+constexpr int64_t kLargeGiBytes = int64_t(16) << 20, kLargeGiBytesPerRow = int64_t(128) << 10;
 // [pass][cached bytes, bytes per row]; pass 0 forward, 1 backward.
 std::atomic<int64_t> step_input_limits[2][2] = {{int64_t(8) << 20, int64_t(512) << 10},
                                                 {int64_t(8) << 20, int64_t(512) << 10}};
@@ -77,8 +86,11 @@ bool use_step_input_gemm(const LayerShape& s, bool fused, Force force) {
   if (force == Force::blas || force == Force::panel || force == Force::before) return false;
   const int64_t weight_bytes = (s.input_size + s.hidden) * s.gates * s.hidden * int64_t(sizeof(float));
   const auto& lim = step_input_limits[s.backward ? 1 : 0];
+  const int64_t gi_bytes = s.rows * s.gates * s.hidden * int64_t(sizeof(float));
   return s.batch >= kStepInputMinRows && (weight_bytes <= lim[0].load(std::memory_order_relaxed) ||
-                                          weight_bytes <= s.batch * lim[1].load(std::memory_order_relaxed));
+                                          weight_bytes <= s.batch * lim[1].load(std::memory_order_relaxed) ||
+                                          (!s.backward && gi_bytes > kLargeGiBytes &&
+                                           weight_bytes <= s.batch * kLargeGiBytesPerRow));
 }
 
 }  // namespace

@@ -390,6 +390,25 @@ def test_loop_limits_come_from_the_table_and_move_the_plan():
         _ext.set_loop_limits(lim)
 
 
+def test_long_sequences_project_in_their_steps():
+    """Past the fitted limits, a forward whose projection of all steps would stream through memory
+    (over 16 MiB of float32 gi) still projects in its steps where the weights are at most 128 KiB a
+    batch row; the backward keeps its own limits."""
+    if _ext.isa() == "baseline":
+        pytest.skip("no panel loop on a baseline x86-64 build")
+    lim = _ext.loop_limits()
+    plan = lambda steps, hidden=256, backward=False: _ext.loop_plan(  # noqa: E731
+        proj=False, batch=16, steps=steps, input_size=hidden, hidden=hidden, gates=4, backward=backward)
+    try:
+        _ext.set_loop_limits({p: {"cached_bytes": 0, "bytes_per_row": 0} for p in ("forward", "backward")})
+        assert plan(100) == "panel"                      # gi 6.5 MB
+        assert plan(300) == "panel+step"                 # gi 19.7 MB, 2 MiB of weights / 16 rows
+        assert plan(300, backward=True) == "panel"
+        assert plan(300, hidden=512) == "panel"          # 8 MiB / 16 rows = 512 KiB a row
+    finally:
+        _ext.set_loop_limits(lim)
+
+
 def test_baseline_isa_and_aten_gemm_agree():
     """The kernels built for baseline x86-64 and the at::mm_out GEMM path (env knobs read
     once at load, so in a fresh interpreter) give the AVX2 / BLAS results."""

@@ -202,6 +202,14 @@ constexpr int64_t kChunkRows = 64;
 // chunked: H128 B1 0.63/0.49, B2 0.58/0.56, B4 0.67/0.68, B8 0.85/1.05; H256 B2 1.26/0.97, B4
 // 1.32/1.30, B8 1.65/1.99; H512 B1 7.1/2.7, B8 8.1/5.5, B16 8.96/8.85, B32 13.3/15.6.
 constexpr int64_t kOnePassMinRows = 4, kOnePassBytesPerRow = 128 << 10;
+// One-pass steps make the product and then the cell pass one hidden block (16 units, every gate) at
+// a time, so the pass reads its gates while the tiles' stores are still in L1 (2-core Xeon, torch /
+// ours, bf16 LSTM fwd T=100 I=H: B64 H128 1.09-1.19 against 0.85-0.91 block range at once, B64 H256
+// 0.96-0.99 against 0.91-0.94; B64 H512 and B8-16 alike within the runs' spread).  Their gate rows
+// are kGhPad floats longer than G*H: G*H*4 bytes is a multiple of 4 KiB from H=256, which maps a
+// tile's 16 rows onto one L1 set.
+constexpr int64_t kCellGroupBlocks = 1;
+constexpr int64_t kGhPad = 16;  // B64 H256-512: 1-5% over unpadded rows
 
 // One direction without proj_size: fused_steps.h's loop shape (threads own hidden blocks; one
 // barrier a step) with bf16 operands.  h_state [B, H] fp32 holds h0 on entry and h_n on exit.
@@ -248,6 +256,9 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
   Tensor xat = at::zeros({team, ring_rows, in.Kp}, at::kBFloat16);  // per thread: the chunk's x, padded
   uint16_t* xa = reinterpret_cast<uint16_t*>(xat.data_ptr<at::BFloat16>());
   std::vector<float> zero_row(fold ? GH : 0, 0.f);
+  const int64_t ldg1 = GH + kGhPad;  // one_pass: gate rows, padded
+  Tensor g1buf = one_pass ? at::empty({Bp, ldg1}, at::kFloat) : Tensor();
+  float* g1 = one_pass ? g1buf.data_ptr<float>() : nullptr;
   auto chunk_lo = [&](int64_t si) {
     const int64_t c0 = si - si % chunk, c1 = std::min(n, c0 + chunk);
     int64_t lo = INT64_MAX;
@@ -288,12 +299,13 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
     const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H), w = j1 - j0;
     if (w <= 0) return;
     if (!one_pass && si % chunk == 0) project(si, b0, b1, j0, w);
-    float* gi_rows = one_pass ? gh : gic + (st.row0 - chunk_lo(si)) * GH;
+    float* gi_rows = gic + (st.row0 - chunk_lo(si)) * GH;
     for (int64_t b = kReadsH ? 0 : st.bs; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
     if (train)
       for (int64_t b = 0; b < st.bs; ++b)
         std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
     FwdArgs<float> s = a;
+    AmxStepArgs m{};
     if (one_pass) {
       // x_t's rows in place where whole tiles of them can be read (K a multiple of 32, Bp rows
       // inside x), else through this thread's zero-padded copy.
@@ -311,18 +323,15 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
         xr = xt;
         ldx = in.Kp;
       }
-      AmxStepArgs m{Bp, in.Kp, xr, ldx, in.P, G, H, b0, b1, gh, GH, false};
+      m = AmxStepArgs{Bp, in.Kp, xr, ldx, in.P, G, H, b0, b1, g1, ldg1, false};
       m.A2 = hbc;
       m.lda2 = Kp;
       m.P2 = P;
       m.K2 = Kp;
       m.bias = in.bias;
-      isa_bf16::amx_begin();
-      isa_bf16::amx_step(m);
-      isa_bf16::amx_end();
       s.gi = zero_row.data();
       s.ldgi = 0;
-      s.gh = gh;
+      s.gh = g1;
     } else if (fold) {
       if (L.amx && st.bs >= L.amx_rows) {
         isa_bf16::amx_begin();
@@ -344,12 +353,26 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
       s.ldgi = GH;
       s.gh = gh;
     }
-    s.ldgh = GH;
+    s.ldgh = one_pass ? ldg1 : GH;
     s.h = hn;
     s.ldh = H;
     s.out = nullptr;  // the cell pass writes h only; out gets its bf16 rows below
     s.save = train ? save + st.row0 * S * H : nullptr;
-    for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
+    if (one_pass) {
+      // A few hidden blocks at a time, product then cell pass, so the pass reads its gates while
+      // the tiles' stores are still in L1.
+      isa_bf16::amx_begin();
+      for (int64_t g0 = b0; g0 < b1; g0 += kCellGroupBlocks) {
+        const int64_t g1 = std::min(b1, g0 + kCellGroupBlocks), c0 = g0 * kPanel, c1 = std::min(g1 * kPanel, H);
+        m.b0 = g0;
+        m.b1 = g1;
+        isa_bf16::amx_step(m);
+        for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + c0, b * H + c1);
+      }
+      isa_bf16::amx_end();
+    } else {
+      for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
+    }
     for (int64_t b = 0; b < B; ++b) bk.to_bf16(hn + b * H + j0, hbn + b * Kp + j0, w);
     for (int64_t b = 0; b < st.bs; ++b)
       std::memcpy(out + (st.row0 + b) * ldout + j0, hbn + b * Kp + j0, sizeof(uint16_t) * w);

@@ -43,9 +43,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                     "rows where torch's "
                                                                                     'fused bfloat16 LSTM '
                                                                                     'beat cpp; '
-                                                                                    'lstm-T100-B1-H512-L1-fwd-bf16 '
-                                                                                    'x0.94 lost',
-                                                                            'value': 0},
+                                                                                    'lstm-T100-B16-H512-L1-fwd-bf16 '
+                                                                                    'x1.14 won, '
+                                                                                    'lstm-T100-B64-H512-L1-fwd-autocast '
+                                                                                    'x0.96 lost',
+                                                                            'value': 16},
                               'bfloat16.native.fused_lstm_rows_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                        '+ '
                                                                                        'cpu-intel-xeon-avx512-2c.json '
@@ -67,7 +69,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                        'measured, largest '
                                                                                        'win '
                                                                                        'lstm-T100-B64-H512-L1-fwdbwd-bf16 '
-                                                                                       'x0.98 won',
+                                                                                       'x1.06 won',
                                                                                'value': 64},
                               'bfloat16.native.gemm_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                   '+ '
@@ -89,7 +91,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                   'cpp; no loss measured, '
                                                                                   'largest win '
                                                                                   'gru-T100-B64-H512-L1-fwdbwd-bf16 '
-                                                                                  'x1.68 won',
+                                                                                  'x1.85 won',
                                                                           'value': 100663296.0},
                               'cpp.step_input.backward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                 '+ '

@@ -37,6 +37,32 @@ def test_fit_moves_an_edge_only_to_a_measured_loss(tmp_path):
     assert "numba_flops_above.fwdbwd" not in row
 
 
+def _half_case(cell, B, H, mode, torch_q, cpp_q, dtype="bf16"):
+    """q: (q1, median, q3) seconds."""
+    def timing(q):
+        return {"q1_s": q[0], "median_s": q[1], "q3_s": q[2]}
+    return {"cell": cell, "T": 100, "B": B, "H": H, "I": H, "layers": 1, "bidir": False, "proj": 0, "packed": "",
+            "mode": mode, "dtype": dtype, "id": f"{cell}-B{B}-H{H}-{mode}-{dtype}",
+            "results": {"torch": timing(torch_q), "cpp": timing(cpp_q)}}
+
+
+def test_half_type_fit_counts_a_loss_only_where_the_run_tells_it(tmp_path):
+    """A half-type case is lost only where cpp's median is over 3% slower and the two timings'
+    quartile ranges do not overlap; autocast cases count as bf16 calls; with no loss, a rows or
+    flops edge rises to the largest measured win (never below the default)."""
+    cases = [_half_case("lstm", 1, 512, "fwd", (2.75, 2.89, 3.09), (2.95, 3.10, 3.23)),   # 0.93, ranges overlap
+             _half_case("lstm", 16, 256, "fwd", (3.1, 3.3, 3.4), (2.7, 2.8, 2.8)),
+             _half_case("lstm", 64, 512, "fwd", (24.8, 25.8, 25.9), (26.5, 27.0, 27.4), "autocast"),  # lost
+             _half_case("lstm", 64, 256, "fwdbwd", (49, 50, 51), (45, 46, 46)),
+             _half_case("gru", 64, 512, "fwdbwd", (170, 175, 180), (110, 115, 120))]
+    path = tmp_path / "cpu-test-2c.json"
+    path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "env": {"cpp_native_bf16": True}, "cases": cases}))
+    row = fit.fit_file(path)
+    assert row["bfloat16.native.fused_lstm_rows_above.fwd"]["value"] == 16
+    assert row["bfloat16.native.fused_lstm_rows_above.fwdbwd"]["value"] == 64
+    assert row["bfloat16.native.gemm_flops_above.fwdbwd"]["value"] == 2.0 * 64 * 512 * 3 * 512
+
+
 def _plan_case(cell, B, H, mode, step_s, before_s):
     other = "cpp:input=before" if mode == "fwd" else "cpp:input=step/before"
     return {"cell": cell, "T": 100, "B": B, "H": H, "I": 0, "layers": 1, "bidir": False, "proj": 0, "packed": "",

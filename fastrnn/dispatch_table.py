@@ -191,25 +191,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                 'cpu-intel-xeon-avx512-2c.plans.json + '
                                                                 'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                 'per-step GEMM flops where torch beat numba; '
-                                                                'rnn-T100-B1-H256-L1-fwd-f32 x1.71 won, '
-                                                                'gru-T100-B4-H256-L1-fwd-f32 x0.54 lost',
+                                                                'rnn-T100-B1-H256-L1-fwd-f32 x1.87 won, '
+                                                                'gru-T100-B4-H256-L1-fwd-f32 x0.76 lost',
                                                         'value': 131072.0},
-                              'numba_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
-                                                                   'cpu-intel-xeon-avx512-2c.json + '
-                                                                   'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
-                                                                   '+ cpu-intel-xeon-avx512-2c.lstm-f32.json '
-                                                                   '+ '
-                                                                   'cpu-intel-xeon-avx512-2c.ort-small.json '
-                                                                   '+ '
-                                                                   'cpu-intel-xeon-avx512-2c.plans-b16.json '
-                                                                   '+ cpu-intel-xeon-avx512-2c.plans.json + '
-                                                                   'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                   'per-step GEMM flops where torch beat '
-                                                                   'numba; gru-T100-B4-H256-L1-fwdbwd-f32 '
-                                                                   'x1.67 won, '
-                                                                   'rnn-T100-B16-H256-L1-fwdbwd-f32 x1.00 '
-                                                                   'lost',
-                                                           'value': 1572864.0},
                               'one_step_to_torch.float32': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
                                                                     'cpu-intel-xeon-avx512-2c.json + '
                                                                     'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -342,7 +326,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                           'lstm-T100-B16-H256-L2-bi-fwdbwd-f32 '
                                                                           'x1.24, '
                                                                           'lstm-T100-B16-H256-L2-bi-fwdbwd-f32 '
-                                                                          'x1.24, '
+                                                                          'x1.41, '
                                                                           'lstm-T100-B16-H256-L4-bi-fwdbwd-f32 '
                                                                           'x1.30',
                                                                   'value': 16}},

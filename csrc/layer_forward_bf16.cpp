@@ -265,16 +265,19 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
     for (int64_t c = c0; c < c1; ++c) lo = std::min(lo, steps[c].row0);
     return lo;
   };
-  auto project = [&](int64_t si, int64_t b0, int64_t b1, int64_t j0, int64_t w) {
-    const int64_t c1 = std::min(n, si + chunk), lo = chunk_lo(si);
-    int64_t rows = 0;
-    for (int64_t c = si; c < c1; ++c) rows += steps[c].bs;
+  auto thread_x_rows = [&]() {  // this thread's zero-padded copy of x rows [ring_rows, Kp]
 #ifdef _OPENMP
     const int64_t tid = std::min<int64_t>(omp_get_thread_num(), team - 1);
 #else
     const int64_t tid = 0;
 #endif
-    uint16_t* xt = xa + tid * ring_rows * in.Kp;
+    return xa + tid * ring_rows * in.Kp;
+  };
+  auto project = [&](int64_t si, int64_t b0, int64_t b1, int64_t j0, int64_t w) {
+    const int64_t c1 = std::min(n, si + chunk), lo = chunk_lo(si);
+    int64_t rows = 0;
+    for (int64_t c = si; c < c1; ++c) rows += steps[c].bs;
+    uint16_t* xt = thread_x_rows();
     for (int64_t r = 0; r < rows; ++r) std::memcpy(xt + r * in.Kp, in.x + (lo + r) * in.I, sizeof(uint16_t) * in.I);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t g = 0; g < G; ++g) std::memcpy(gic + r * GH + g * H + j0, in.bias + g * H + j0, sizeof(float) * w);
@@ -313,12 +316,7 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
       const uint16_t* xr = in.x + st.row0 * in.I;
       int64_t ldx = in.I;
       if (in.Kp != in.I || st.row0 + Bp > in.N) {
-#ifdef _OPENMP
-        const int64_t tid = std::min<int64_t>(omp_get_thread_num(), team - 1);
-#else
-        const int64_t tid = 0;
-#endif
-        uint16_t* xt = xa + tid * ring_rows * in.Kp;
+        uint16_t* xt = thread_x_rows();
         for (int64_t r = 0; r < st.bs; ++r) std::memcpy(xt + r * in.Kp, xr + r * in.I, sizeof(uint16_t) * in.I);
         xr = xt;
         ldx = in.Kp;

@@ -37,7 +37,7 @@ def _autocast_policy(torch_cls, device_type: str, dt):
     and return it, while GRU and the LSTM/GRU cells return float32 but compute their products
     (and much of the gate math) in the autocast dtype. We ask torch once per (module, device,
     autocast dtype) with a 1x1 probe instead of copying its op lists: weights that the autocast
-    dtype cannot hold (1 + 2^-12) show whether a float32 result was computed in it."""
+    dtype cannot hold (0.5 + 2^-13) show whether a float32 result was computed in it."""
     key = (torch_cls, device_type, dt)
     if key not in _AUTOCAST_POLICY:
         probe = torch_cls(1, 1).to(device_type)

@@ -233,18 +233,25 @@ def pick(backend: str, call, exclude: tuple = ()):
 # when full and whenever the table is refitted (`fit` calls clear()).
 PICKS: dict = {}
 _PICKS_MAX = 4096
+# counts the times PICKS was emptied: the modules' remembered plans (fastrnn/plans.py) hold picks
+# and are forgotten with them
+EPOCH = 0
 
 
 def remember(key, name: str) -> str:
+    global EPOCH
     if len(PICKS) >= _PICKS_MAX:
         PICKS.clear()
+        EPOCH += 1
     PICKS[key] = name
     return name
 
 
 def clear() -> None:
     """Forget every remembered pick and the table row (after a refit or a test's change)."""
+    global EPOCH
     PICKS.clear()
+    EPOCH += 1
     table.cache_clear()
 
 

@@ -21,18 +21,21 @@ __all__ = ["rnn", "rnn_layer", "check_layer_args"]
 
 
 def rnn_layer(cell: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Optional[Tensor],
-              weights: Sequence[LayerWeights], backend: str = "auto", *, validate: bool = True):
+              weights: Sequence[LayerWeights], backend: str = "auto", *, validate: bool = True,
+              picked: Optional[str] = None):
     """One layer, all directions. Shapes as in `fastrnn.backends.reference.rnn_layer`.
 
     x: [N, I]; batch_sizes: None (uniform, N = T*B) or [T]; h0: [D, B, Hout];
     c0: [D, B, H] or None. Returns out [N, D*Hout], hn [D, B, Hout], cn [D, B, H] | None.
     validate=False skips `check_layer_args`, for callers that ran it (the modules do, with
-    torch's error messages), since it is a good part of a small call's cost.
+    torch's error messages), since it is a good part of a small call's cost.  `picked`: the
+    backend `choose` gave a call with the same facts before (a module's remembered plan,
+    fastrnn/plans.py), used without asking again.
     """
     problem = check_layer_args(cell, x, batch_sizes, h0, c0, weights) if validate else None
     if problem:
         raise RuntimeError(problem)
-    name = choose(cell, x, x.size(1), batch_sizes, h0, c0, weights, backend)
+    name = picked or choose(cell, x, x.size(1), batch_sizes, h0, c0, weights, backend)
     if name in ops.KERNEL_BACKENDS:
         return ops.rnn_layer(cell, name, x, batch_sizes, h0, c0, weights)
     if name in ("torch", "reference") and ops.graph_mode(x):
@@ -114,15 +117,18 @@ def _layer_call(cell, x, input_size, batch_sizes, h0, c0, weights) -> LayerCall:
 
 def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Optional[Tensor],
         layer_weights: Sequence[Sequence[LayerWeights]], dropout: float = 0.0, training: bool = False,
-        backend: str = "auto", *, validate: bool = True):
+        backend: str = "auto", *, validate: bool = True, picks: Optional[Sequence[str]] = None,
+        record: Optional[list] = None):
     """A stack of layers. x: [N, I]; hx: [L*D, B, Hout]; cx: [L*D, B, H] or None.
 
     Dropout is applied to the output of every layer but the last, in training,
     with the same RNG draws as torch's own RNN (so results match under a seed).
     Returns out [N, D*Hout], hn [L*D, B, Hout], cn [L*D, B, H] | None.  validate as in rnn_layer.
+    `picks`: the backend per layer a call with the same facts was given before (fastrnn/plans.py);
+    `record`: a list that receives this call's picks (left empty where torch ran the stack).
     """
     D = len(layer_weights[0])
-    if len(layer_weights) > 1 and x.size(0) and not ops.graph_mode(x) and _stack_to_torch(
+    if picks is None and len(layer_weights) > 1 and x.size(0) and not ops.graph_mode(x) and _stack_to_torch(
             cell, x, batch_sizes, hx, cx, layer_weights, backend):
         if validate:
             _check_stack(cell, x, batch_sizes, hx, cx, layer_weights)
@@ -130,8 +136,11 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
     hns, cns = [], []
     for layer, weights in enumerate(layer_weights):
         h0, c0 = layer_states(hx, cx, layer, D, len(layer_weights))
-        x, hn, cn = rnn_layer(cell, x, batch_sizes, h0, c0, weights, backend,
-                              validate=validate)
+        picked = picks[layer] if picks is not None else None
+        if record is not None:
+            picked = choose(cell, x, x.size(1), batch_sizes, h0, c0, weights, backend)
+            record.append(picked)
+        x, hn, cn = rnn_layer(cell, x, batch_sizes, h0, c0, weights, backend, validate=validate, picked=picked)
         hns.append(hn)
         cns.append(cn)
         if dropout > 0 and training and layer < len(layer_weights) - 1:

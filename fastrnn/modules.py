@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from fastrnn import _dynamo, custom, functional
+from fastrnn import _dynamo, custom, functional, plans
 from fastrnn.cells import MODE_TO_CELL
 
 _check_backend_name = functional.check_backend
@@ -111,10 +111,59 @@ class _RNNMixin:
         if _exporting():
             self._check_exportable()
             return super().forward(input, hx)
+        flat = self._current_weights()
+        facts = None if self.zoneout or self.weight_dropout else plans.facts(self, input, hx, flat)
+        plan = plans.lookup(self, facts)
+        if plan == plans.TORCH:
+            return super().forward(input, hx)
+        if plan is not None:
+            try:
+                return self._planned(input, hx, flat, plan)
+            except plans.REJECTED:
+                pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
+        return self._checked(input, hx, flat, facts)
+
+    def _planned(self, input, hx, flat, picks):
+        """A call whose facts were checked and picked before (fastrnn/plans.py): plain tensors, no
+        PackedSequence, no autocast."""
+        is_lstm = self.mode == "LSTM"
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        x = input.transpose(0, 1) if self.batch_first else input
+        T, B = x.shape[0], x.shape[1]
+        x = x.reshape(T * B, x.shape[2])
+        if hx is None:
+            rows = self.num_layers * (2 if self.bidirectional else 1)
+            h0 = torch.zeros(rows, B, self.proj_size or self.hidden_size, dtype=x.dtype, device=x.device)
+            c0 = torch.zeros(rows, B, self.hidden_size, dtype=x.dtype, device=x.device) if is_lstm else None
+        else:
+            h0, c0 = hx if is_lstm else (hx, None)
+            if not is_batched:
+                h0, c0 = h0.unsqueeze(1), (None if c0 is None else c0.unsqueeze(1))
+        out, hn, cn = functional.rnn(MODE_TO_CELL[self.mode], x, None, h0, c0, self._layer_weights(flat),
+                                     dropout=self.dropout, training=self.training, backend=self.backend,
+                                     validate=False, picks=picks)
+        return self._unbatched_outputs(out, hn, cn, T, B, is_batched, batch_dim)
+
+    def _unbatched_outputs(self, out, hn, cn, T, B, is_batched, batch_dim):
+        """(output, hidden) in the input's layout, from out [T*B, D*Hout] and the [L*D, B, .] states."""
+        hidden = (hn, cn) if self.mode == "LSTM" else hn
+        out = out.view(T, B, out.size(-1))
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not is_batched:
+            out = out.squeeze(batch_dim)
+            hidden = (hn.squeeze(1), cn.squeeze(1)) if self.mode == "LSTM" else hn.squeeze(1)
+        return out, hidden
+
+    def _checked(self, input, hx, flat, facts):
+        """torch's argument checks and ours, then the call; remembers the picks under `facts`."""
         plain = not (torch.compiler.is_compiling() or self.zoneout or self.weight_dropout)
         if plain and self._auto_picks_torch(input):
+            plans.remember(self, facts, plans.TORCH)
             return super().forward(input, hx)
-        flat = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input, orig_hx = input, hx
         D = 2 if self.bidirectional else 1
@@ -193,21 +242,18 @@ class _RNNMixin:
             out, hn, cn = custom.rnn_zoneout(cell, x, batch_sizes, h0, c0, layers, self.dropout, self.training,
                                              self.zoneout, backend=self.backend)
         else:
+            record = [] if facts is not None and batch_sizes is None else None
             out, hn, cn = functional.rnn(cell, x, batch_sizes, h0, c0, layers, dropout=self.dropout,
-                                         training=self.training, backend=self.backend, validate=autocast)
+                                         training=self.training, backend=self.backend, validate=autocast,
+                                         record=record)
+            if record:  # empty where torch ran the stack
+                plans.remember(self, facts, tuple(record))
 
         out, hn, cn = _retype(out_dtype, out, hn, cn)
-        hidden = (hn, cn) if is_lstm else hn
         if batch_sizes is not None:
             return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), \
-                self.permute_hidden(hidden, unsorted_indices)
-        out = out.view(T, B, out.size(-1))
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        if not is_batched:
-            out = out.squeeze(batch_dim)
-            hidden = (hn.squeeze(1), cn.squeeze(1)) if is_lstm else hn.squeeze(1)
-        return out, self.permute_hidden(hidden, unsorted_indices)
+                self.permute_hidden((hn, cn) if is_lstm else hn, unsorted_indices)
+        return self._unbatched_outputs(out, hn, cn, T, B, is_batched, batch_dim)
 
     def _auto_picks_torch(self, input) -> bool:
         """Whether auto hands this whole call to torch (functional.torch_runs, fastrnn/dispatch.py):
@@ -374,9 +420,48 @@ class _CellMixin:
         return "rnn_" + self.nonlinearity
 
     def forward(self, input, hx=None):
+        if _exporting():
+            return super().forward(input, hx)
+        w = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        facts = plans.facts(self, input, hx, w)
+        plan = plans.lookup(self, facts)
+        if plan == plans.TORCH:
+            return super().forward(input, hx)
+        if plan is not None:
+            try:
+                return self._planned(input, hx, w, plan)
+            except plans.REJECTED:
+                pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
+        return self._checked(input, hx, w, facts)
+
+    def _planned(self, input, hx, w, picked):
+        """A call whose facts were checked and picked before (fastrnn/plans.py)."""
+        is_lstm = self._cell_name == "lstm"
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        if hx is None:
+            h0 = torch.zeros(1, x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+            c0 = h0 if is_lstm else None
+        else:
+            h0, c0 = hx if is_lstm else (hx, None)
+            h0 = h0.unsqueeze(0) if is_batched else h0.view(1, 1, -1)
+            c0 = None if c0 is None else c0.unsqueeze(0) if is_batched else c0.view(1, 1, -1)
+        _, hn, cn = functional.rnn_layer(self._cell(), x, None, h0, c0, [(*w, None)], self.backend,
+                                         validate=False, picked=picked)
+        return self._outputs(hn, cn, is_batched)
+
+    def _outputs(self, hn, cn, is_batched):
+        if self._cell_name == "lstm":
+            h1, c1 = hn[0], cn[0]
+            return (h1, c1) if is_batched else (h1.squeeze(0), c1.squeeze(0))
+        return hn[0] if is_batched else hn[0].squeeze(0)
+
+    def _checked(self, input, hx, w, facts):
+        """torch's argument checks and ours, then the call; remembers the pick under `facts`."""
         cls = type(self).__name__
         is_lstm = self._cell_name == "lstm"
-        if _exporting() or self._auto_picks_torch(input):
+        if self._auto_picks_torch(input):
+            plans.remember(self, facts, plans.TORCH)
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{cls}: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -396,20 +481,21 @@ class _CellMixin:
             if not is_batched:
                 h0 = h0.unsqueeze(0)
                 c0 = None if c0 is None else c0.unsqueeze(0)
-        w = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         ok = (x.size(1) == self.input_size and all(
             s.dim() == 2 and s.size(0) == x.size(0) and s.size(1) == self.hidden_size
             for s in (h0, c0) if s is not None) and _consistent([x, h0, c0, *w]))
         if not ok:
             return super().forward(input, hx)  # torch raises its own error here
         (x, h0, c0, *w), out_dtype = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *w])
-        _, hn, cn = functional.rnn_layer(cell, x, None, h0.unsqueeze(0),
-                                         None if c0 is None else c0.unsqueeze(0), [(*w, None)], self.backend)
-        hn, cn = _retype(out_dtype, hn, cn)
-        if is_lstm:
-            h1, c1 = hn[0], cn[0]
-            return (h1, c1) if is_batched else (h1.squeeze(0), c1.squeeze(0))
-        return hn[0] if is_batched else hn[0].squeeze(0)
+        h0, c0, weights = h0.unsqueeze(0), None if c0 is None else c0.unsqueeze(0), [(*w, None)]
+        problem = functional.check_layer_args(cell, x, None, h0, c0, weights)
+        if problem:  # a weight of another shape than the module's sizes
+            return _torch_error_or_raise(super().forward, input, hx, problem)
+        picked = functional.choose(cell, x, x.size(1), None, h0, c0, weights, self.backend)
+        _, hn, cn = functional.rnn_layer(cell, x, None, h0, c0, weights, self.backend, validate=False,
+                                         picked=picked)
+        plans.remember(self, facts, picked)
+        return self._outputs(*_retype(out_dtype, hn, cn), is_batched)
 
     def _auto_picks_torch(self, input) -> bool:
         """auto runs a single step in torch where the dispatch table says so (functional.cell_to_torch):

@@ -1,0 +1,88 @@
+"""A module's remembered plan for a call it has seen before (fastrnn/modules.py).
+
+Most of a small call's time is front-end, not kernel: a one-step RNN call (B=1, H=64) on a
+2-core Sapphire Rapids took ~70 us, of which the kernel ~5 us; torch's argument checks, the
+shape, dtype and device checks of every layer and auto's pick took the rest. Those depend only on
+the call's facts (input shape and dtype, hx shapes, whether autograd is needed, the backend
+asked for) and the module's own settings, so a module runs them once per set of facts and
+remembers the outcome: the backend picked for each layer, or TORCH where auto hands the whole
+call to torch. A call with remembered facts runs straight to the picked kernels.
+
+Skipping the checks is safe because the kernels check every shape, dtype and device before they
+touch memory (csrc/layer_checks.h, the numba backend's `_validate`), and the torch and reference
+backends are torch ops: a call they reject (a weight replaced by one of another shape, dtype
+or device since) raises one of REJECTED, and the module then runs the checked path, which
+raises torch's own error. What the facts leave out is exactly what those checks cover.
+
+Plans are kept for CPU calls outside autocast, torch.compile, exports and torch.func transforms
+(those take the checked path every time), at most MAX_PLANS per module, and are forgotten
+whenever auto's picks are (`dispatch.clear`, a refit, a test's own table).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import Tensor
+
+from fastrnn import dispatch, ops
+
+TORCH = "torch"  # the plan of a call auto hands to torch's own forward as a whole
+MAX_PLANS = 64  # per module: each sequence length is its own set of facts
+REJECTED = (RuntimeError, ValueError, TypeError, IndexError)
+_FULL = (torch.float32, torch.float64)  # the kernels reject other weight dtypes than x's in these
+
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MADE_UNDER = [None, -1]  # (dispatch.PICKS, dispatch.EPOCH) the plans were made under
+
+
+def _plans(module) -> dict:
+    if dispatch.PICKS is not _MADE_UNDER[0] or dispatch.EPOCH != _MADE_UNDER[1]:
+        _PLANS.clear()
+        _MADE_UNDER[:] = [dispatch.PICKS, dispatch.EPOCH]
+    plans = _PLANS.get(module)
+    if plans is None:
+        plans = _PLANS[module] = {}
+    return plans
+
+
+def lookup(module, facts):
+    """The plan remembered for `facts` (None: none, or facts is None)."""
+    return None if facts is None else _plans(module).get(facts)
+
+
+def remember(module, facts, plan) -> None:
+    if facts is None:
+        return
+    plans = _plans(module)
+    if len(plans) >= MAX_PLANS:
+        plans.clear()
+    plans[facts] = plan
+
+
+def facts(module, input, hx, weights):
+    """What a call's checks and picks depend on beyond the module's settings: None where the call
+    is not one to remember (not a plain CPU tensor, hx not tensors, under autocast, torch.compile
+    or a torch.func transform). `weights`: the module's current weight tensors (None entries allowed)."""
+    if type(input) is not Tensor or input.device.type != "cpu":
+        return None
+    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or ops.transforms_active():
+        return None
+    if hx is None:
+        h = None
+    elif type(hx) is Tensor:
+        h = (hx.shape, hx.requires_grad)
+    elif type(hx) is tuple and len(hx) == 2 and type(hx[0]) is Tensor and type(hx[1]) is Tensor:
+        h = (hx[0].shape, hx[1].shape, hx[0].requires_grad or hx[1].requires_grad)
+    else:
+        return None
+    grad = torch.is_grad_enabled() and (input.requires_grad or (h is not None and h[-1]) or any(
+        [w is not None and w.requires_grad for w in weights]))
+    dt = input.dtype
+    # half types are cast to their compute dtype before the kernels, which would hide a weight or
+    # state of another dtype: for them the dtypes of all tensors are facts too
+    dts = None
+    if dt not in _FULL:
+        states = () if hx is None else (hx,) if type(hx) is Tensor else hx
+        dts = tuple([None if t is None else t.dtype for t in (*weights, *states)])
+    return (input.shape, dt, h, grad, dts, dispatch.requested(module.backend), torch.backends.mkldnn.enabled)

@@ -15,6 +15,8 @@ const Blas& blas() {
     r.s = reinterpret_cast<fgemm_t>(dlsym(h, "sgemm_"));
     r.d = reinterpret_cast<dgemm_t>(dlsym(h, "dgemm_"));
     if (!r.s || !r.d) return Blas{};
+    // the Fortran-style entry (int by address), as the gemms are called
+    r.set_local_threads = reinterpret_cast<set_local_threads_t>(dlsym(h, "mkl_set_num_threads_local_"));
     if (!overrides().gemm_nopack) {
       r.spack_size = reinterpret_cast<spack_size_t>(dlsym(h, "sgemm_pack_get_size_"));
       r.spack = reinterpret_cast<spack_t>(dlsym(h, "sgemm_pack_"));

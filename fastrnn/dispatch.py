@@ -89,11 +89,14 @@ def source(key: str, hardware: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------
 # The rules.
 
-def one_step_to_torch(device: str, dtype: torch.dtype) -> bool:
+def one_step_to_torch(device: str, dtype: torch.dtype, needs_grad: bool) -> bool:
     """A single step (a cell, or a layer with T = 1 outside oneDNN's LSTM) has no time loop to
-    fuse: torch runs it as two GEMMs and one pointwise pass with less per-call cost than ours.
-    Half types stay with us (torch's CPU half RNN paths are the slow ones)."""
-    return device == "cpu" and dtype in _FULL_NAMES and table()[f"one_step_to_torch.{_FULL_NAMES[dtype]}"]
+    fuse: torch runs it as two GEMMs and one pointwise pass, and whether its per-call cost or ours
+    is lower is measured per CPU, for inference and training apart (a training step adds
+    autograd's and the backward's per-call costs). Half types stay with us (torch's CPU half RNN
+    paths are the slow ones)."""
+    return device == "cpu" and dtype in _FULL_NAMES and table()[
+        f"one_step_to_torch.{_FULL_NAMES[dtype]}.{'fwdbwd' if needs_grad else 'fwd'}"]
 
 
 one_step_to_torch._dynamo_marked_constant = True  # torch.compile: asked at trace time, result kept
@@ -153,7 +156,8 @@ def torch_wins(backend: str, call) -> str:
                 return f"torch's native {half} oneDNN LSTM is faster than {ours} above {rows} rows"
         elif _step_flops(call) > t[f"{key}.gemm_flops_above.{mode}"]:
             return f"torch's native {half} GEMMs are faster than {ours} at this size"
-    if call.steps == 1 and (backend == "numba" or not onednn) and one_step_to_torch(call.device, call.dtype):
+    if call.steps == 1 and (backend == "numba" or not onednn) and one_step_to_torch(call.device, call.dtype,
+                                                                                   call.needs_grad):
         return "a single float32/float64 step is faster in torch (no time loop to fuse)"
     if onednn and (backend == "numba" or not _cpp_beats_onednn(call, t)):
         return "torch's oneDNN LSTM is faster for float32 LSTM without projection on padded input at this size"
@@ -268,6 +272,6 @@ def torch_may_win(cell: str, device: str, dtype: torch.dtype, steps: int, proj_s
         return device == "cuda"  # meta and other devices run the reference (functional.choose)
     if _first_cpu_kernel() != "cpp":
         return True
-    return ((steps == 1 and one_step_to_torch(device, dtype))
+    return ((steps == 1 and (one_step_to_torch(device, dtype, False) or one_step_to_torch(device, dtype, True)))
             or onednn_lstm_applies(cell, device, dtype, proj_size, False)
             or (dtype in _HALF_NAMES and _torch_has_native(dtype)))

@@ -19,12 +19,15 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                  'flops where torch beat numba; '
                                                                  'rnn-T5-B3-I10-H20-L1-fwdbwd-f32 x0.78 lost',
                                                          'value': 0},
-                            'one_step_to_torch.float32': {'from': 'cpu-amd-epyc-avx512-2c.json: one-step '
-                                                                  'layer calls, gru-T1-B1-H64-L1-fwd-f32 '
-                                                                  'x0.96, rnn-T1-B1-H64-L1-fwd-f32 x0.78, '
-                                                                  'gru-T1-B1-H64-L1-fwdbwd-f32 x0.95, '
-                                                                  'rnn-T1-B1-H64-L1-fwdbwd-f32 x0.71',
-                                                          'value': True}},
+                            'one_step_to_torch.float32.fwd': {'from': 'cpu-amd-epyc-avx512-2c.json: one-step '
+                                                                      'layer calls, gru-T1-B1-H64-L1-fwd-f32 '
+                                                                      'x0.96, rnn-T1-B1-H64-L1-fwd-f32 x0.78',
+                                                              'value': True},
+                            'one_step_to_torch.float32.fwdbwd': {'from': 'cpu-amd-epyc-avx512-2c.json: '
+                                                                         'one-step layer calls, '
+                                                                         'gru-T1-B1-H64-L1-fwdbwd-f32 x0.95, '
+                                                                         'rnn-T1-B1-H64-L1-fwdbwd-f32 x0.71',
+                                                                 'value': True}},
  'cpu-intel-xeon-avx512-2c': {'bfloat16.native.fused_lstm_rows_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                     '+ '
                                                                                     'cpu-intel-xeon-avx512-2c.json '
@@ -194,23 +197,45 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                 'rnn-T100-B1-H256-L1-fwd-f32 x1.87 won, '
                                                                 'gru-T100-B4-H256-L1-fwd-f32 x0.76 lost',
                                                         'value': 131072.0},
-                              'one_step_to_torch.float32': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
-                                                                    'cpu-intel-xeon-avx512-2c.json + '
-                                                                    'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
-                                                                    '+ '
-                                                                    'cpu-intel-xeon-avx512-2c.lstm-f32.json '
-                                                                    '+ '
-                                                                    'cpu-intel-xeon-avx512-2c.ort-small.json '
-                                                                    '+ '
-                                                                    'cpu-intel-xeon-avx512-2c.plans-b16.json '
-                                                                    '+ cpu-intel-xeon-avx512-2c.plans.json + '
-                                                                    'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                    'one-step layer calls, '
-                                                                    'gru-T1-B1-H64-L1-fwd-f32 x0.71, '
-                                                                    'rnn-T1-B1-H64-L1-fwd-f32 x0.62, '
-                                                                    'gru-T1-B1-H64-L1-fwd-f32 x0.76, '
-                                                                    'rnn-T1-B1-H64-L1-fwd-f32 x0.61',
-                                                            'value': True},
+                              'one_step_to_torch.float32.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                                                                        '+ cpu-intel-xeon-avx512-2c.json + '
+                                                                        'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                        '+ '
+                                                                        'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                        '+ '
+                                                                        'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                        '+ '
+                                                                        'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                        '+ '
+                                                                        'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                        '+ '
+                                                                        'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                        'one-step layer calls, '
+                                                                        'gru-T1-B1-H64-L1-fwd-f32 x0.71, '
+                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x0.62, '
+                                                                        'gru-T1-B1-H64-L1-fwd-f32 x0.76, '
+                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x0.61',
+                                                                'value': True},
+                              'one_step_to_torch.float32.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                                                                           '+ cpu-intel-xeon-avx512-2c.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                           'one-step layer calls, '
+                                                                           'gru-T1-B1-H64-L1-fwdbwd-f32 '
+                                                                           'x0.84, '
+                                                                           'rnn-T1-B1-H64-L1-fwdbwd-f32 '
+                                                                           'x0.62',
+                                                                   'value': True},
                               'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                          '+ cpu-intel-xeon-avx512-2c.json + '
                                                                          'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -485,16 +510,24 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                              'MFLOP a step (bf16 RNN B16 H256 fwd 0.77, fp16 LSTM B16 H256 '
                                              'fwd 0.67)',
                                      'value': True},
-             'one_step_to_torch.float32': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / '
-                                                   'ours side by side in one process, one step fwd | '
-                                                   'fwd+bwd: GRUCell B1 H64 0.54 | 0.82, B64 H256 1.01 | '
-                                                   '0.88, RNNCell B8 H64 0.45 | 0.51, B256 H512 1.05 | 0.82, '
-                                                   'LSTMCell B64 H256 1.05 | 0.82, B64 H1024 0.97 | 0.83',
-                                           'value': True},
-             'one_step_to_torch.float64': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time / '
-                                                   'ours side by side in one process: as float32 (same '
-                                                   'loops, same per-call cost)',
-                                           'value': True},
+             'one_step_to_torch.float32.fwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch time '
+                                                       '/ ours side by side in one process, one step fwd: '
+                                                       'GRUCell B1 H64 0.54, B64 H256 1.01, RNNCell B8 H64 '
+                                                       '0.45, B256 H512 1.05, LSTMCell B64 H256 1.05, B64 '
+                                                       'H1024 0.97',
+                                               'value': True},
+             'one_step_to_torch.float32.fwdbwd': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, torch '
+                                                          'time / ours side by side in one process, one step '
+                                                          'fwd+bwd: GRUCell B1 H64 0.82, B64 H256 0.88, '
+                                                          'RNNCell B8 H64 0.51, B256 H512 0.82, LSTMCell B64 '
+                                                          'H256 0.82, B64 H1024 0.83',
+                                                  'value': True},
+             'one_step_to_torch.float64.fwd': {'from': '2-core AMD EPYC Zen4, torch 2.13: as float32 (same '
+                                                       'loops, same per-call cost)',
+                                               'value': True},
+             'one_step_to_torch.float64.fwdbwd': {'from': '2-core AMD EPYC Zen4, torch 2.13: as float32 '
+                                                          '(same loops, same per-call cost)',
+                                                  'value': True},
              'onednn_cpp_rows.blas.fwd': {'from': '2-core AMD EPYC Zen4, torch 2.13: the BLAS loop (past 512 '
                                                   'rows, or without AVX2) was never measured ahead of '
                                                   "oneDNN's fused LSTM",

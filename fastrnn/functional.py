@@ -150,6 +150,23 @@ def rnn(cell: str, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor, cx: Opt
     return x, hn, cn
 
 
+def rnn_inference(cell: str, x: Tensor, hx: Tensor, cx: Optional[Tensor], layer_weights, picks) -> tuple:
+    """`rnn` for a call checked and picked before (fastrnn/plans.py) that needs no autograd, runs in
+    float32/float64 on kernel backends (`picks`, one per layer) and draws no dropout: straight to
+    the kernels, a small call's per-layer overhead (~10 us in Python) left out."""
+    layers = len(layer_weights)
+    if layers == 1:
+        return ops.layer_inference(cell, picks[0], x, hx, cx, layer_weights[0])
+    D = len(layer_weights[0])
+    hns, cns = [], []
+    for layer, weights in enumerate(layer_weights):
+        h0, c0 = layer_states(hx, cx, layer, D, layers)
+        x, hn, cn = ops.layer_inference(cell, picks[layer], x, h0, c0, weights)
+        hns.append(hn)
+        cns.append(cn)
+    return x, torch.cat(hns), None if cx is None else torch.cat(cns)
+
+
 def layer_states(hx, cx, layer: int, D: int, layers: int):
     """Layer `layer`'s rows of hx [L*D, B, Hout] and cx: the tensors themselves for a single layer
     (a slice costs ~2 us, a tenth of a small call)."""
@@ -212,9 +229,9 @@ def torch_may_run(cell: str, device: str, dtype: torch.dtype, steps: int, proj_s
     return dispatch.torch_may_win(cell, device, dtype, steps, proj_size)
 
 
-def cell_to_torch(device: str, dtype: torch.dtype, backend: str) -> bool:
+def cell_to_torch(device: str, dtype: torch.dtype, backend: str, needs_grad: bool) -> bool:
     """Whether auto runs a cell's single step in torch (fastrnn/dispatch.py: one_step_to_torch)."""
-    return dispatch.requested(backend) == "auto" and dispatch.one_step_to_torch(device, dtype)
+    return dispatch.requested(backend) == "auto" and dispatch.one_step_to_torch(device, dtype, needs_grad)
 
 
 def check_backend(name: str) -> str:

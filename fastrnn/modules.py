@@ -108,22 +108,22 @@ class _RNNMixin:
         return layers
 
     def forward(self, input, hx=None):
-        if _exporting():
-            self._check_exportable()
-            return super().forward(input, hx)
         flat = self._current_weights()
         facts = None if self.zoneout or self.weight_dropout else plans.facts(self, input, hx, flat)
-        plan = plans.lookup(self, facts)
-        if plan == plans.TORCH:
-            return super().forward(input, hx)
+        plan = plans.lookup(self, facts)  # none while tracing or exporting (facts is None)
         if plan is not None:
+            if plan is plans.TORCH:
+                return super().forward(input, hx)
             try:
                 return self._planned(input, hx, flat, plan)
             except plans.REJECTED:
                 pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
+        if _exporting():
+            self._check_exportable()
+            return super().forward(input, hx)
         return self._checked(input, hx, flat, facts)
 
-    def _planned(self, input, hx, flat, picks):
+    def _planned(self, input, hx, flat, plan):
         """A call whose facts were checked and picked before (fastrnn/plans.py): plain tensors, no
         PackedSequence, no autocast."""
         is_lstm = self.mode == "LSTM"
@@ -136,15 +136,19 @@ class _RNNMixin:
         x = x.reshape(T * B, x.shape[2])
         if hx is None:
             rows = self.num_layers * (2 if self.bidirectional else 1)
-            h0 = torch.zeros(rows, B, self.proj_size or self.hidden_size, dtype=x.dtype, device=x.device)
-            c0 = torch.zeros(rows, B, self.hidden_size, dtype=x.dtype, device=x.device) if is_lstm else None
+            h0 = x.new_zeros((rows, B, self.proj_size or self.hidden_size))
+            c0 = x.new_zeros((rows, B, self.hidden_size)) if is_lstm else None
         else:
             h0, c0 = hx if is_lstm else (hx, None)
             if not is_batched:
                 h0, c0 = h0.unsqueeze(1), (None if c0 is None else c0.unsqueeze(1))
-        out, hn, cn = functional.rnn(MODE_TO_CELL[self.mode], x, None, h0, c0, self._layer_weights(flat),
-                                     dropout=self.dropout, training=self.training, backend=self.backend,
-                                     validate=False, picks=picks)
+        if plan.inference and not (self.training and self.dropout and self.num_layers > 1):
+            out, hn, cn = functional.rnn_inference(MODE_TO_CELL[self.mode], x, h0, c0, self._layer_weights(flat),
+                                                   plan.picks)
+        else:
+            out, hn, cn = functional.rnn(MODE_TO_CELL[self.mode], x, None, h0, c0, self._layer_weights(flat),
+                                         dropout=self.dropout, training=self.training, backend=self.backend,
+                                         validate=False, picks=plan.picks)
         return self._unbatched_outputs(out, hn, cn, T, B, is_batched, batch_dim)
 
     def _unbatched_outputs(self, out, hn, cn, T, B, is_batched, batch_dim):
@@ -419,35 +423,41 @@ class _CellMixin:
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return "rnn_" + self.nonlinearity
 
+    _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
     def forward(self, input, hx=None):
-        if _exporting():
-            return super().forward(input, hx)
-        w = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        params = self._parameters  # read directly: four nn.Module.__getattr__ calls cost ~2 us
+        w = tuple([params[n] if n in params else getattr(self, n, None) for n in self._WEIGHT_NAMES])
         facts = plans.facts(self, input, hx, w)
-        plan = plans.lookup(self, facts)
-        if plan == plans.TORCH:
-            return super().forward(input, hx)
+        plan = plans.lookup(self, facts)  # none while tracing or exporting (facts is None)
         if plan is not None:
+            if plan is plans.TORCH:
+                return super().forward(input, hx)
             try:
                 return self._planned(input, hx, w, plan)
             except plans.REJECTED:
                 pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
+        if _exporting():
+            return super().forward(input, hx)
         return self._checked(input, hx, w, facts)
 
-    def _planned(self, input, hx, w, picked):
+    def _planned(self, input, hx, w, plan):
         """A call whose facts were checked and picked before (fastrnn/plans.py)."""
         is_lstm = self._cell_name == "lstm"
         is_batched = input.dim() == 2
         x = input if is_batched else input.unsqueeze(0)
         if hx is None:
-            h0 = torch.zeros(1, x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
-            c0 = h0 if is_lstm else None
+            h0 = x.new_zeros((1, x.size(0), self.hidden_size))
+            c0 = h0 if is_lstm else None  # the kernels copy the states they start from
         else:
             h0, c0 = hx if is_lstm else (hx, None)
             h0 = h0.unsqueeze(0) if is_batched else h0.view(1, 1, -1)
             c0 = None if c0 is None else c0.unsqueeze(0) if is_batched else c0.view(1, 1, -1)
-        _, hn, cn = functional.rnn_layer(self._cell(), x, None, h0, c0, [(*w, None)], self.backend,
-                                         validate=False, picked=picked)
+        if plan.inference:
+            _, hn, cn = functional.rnn_inference(self._cell(), x, h0, c0, [[(*w, None)]], plan.picks)
+        else:
+            _, hn, cn = functional.rnn_layer(self._cell(), x, None, h0, c0, [(*w, None)], self.backend,
+                                             validate=False, picked=plan.picks[0])
         return self._outputs(hn, cn, is_batched)
 
     def _outputs(self, hn, cn, is_batched):
@@ -460,7 +470,7 @@ class _CellMixin:
         """torch's argument checks and ours, then the call; remembers the pick under `facts`."""
         cls = type(self).__name__
         is_lstm = self._cell_name == "lstm"
-        if self._auto_picks_torch(input):
+        if self._auto_picks_torch(input, hx, w):
             plans.remember(self, facts, plans.TORCH)
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
@@ -494,19 +504,21 @@ class _CellMixin:
         picked = functional.choose(cell, x, x.size(1), None, h0, c0, weights, self.backend)
         _, hn, cn = functional.rnn_layer(cell, x, None, h0, c0, weights, self.backend, validate=False,
                                          picked=picked)
-        plans.remember(self, facts, picked)
+        plans.remember(self, facts, (picked,))
         return self._outputs(*_retype(out_dtype, hn, cn), is_batched)
 
-    def _auto_picks_torch(self, input) -> bool:
+    def _auto_picks_torch(self, input, hx, w) -> bool:
         """auto runs a single step in torch where the dispatch table says so (functional.cell_to_torch):
         then torch's own cell runs the call as it stands, without our checks and dispatch (the same
         result, errors and speed as torch)."""
         if type(input) is not torch.Tensor or torch.is_autocast_enabled("cpu"):
             return False
-        w = self.weight_ih
-        if w.dtype != input.dtype or w.device != input.device:
+        if w[0].dtype != input.dtype or w[0].device != input.device:
             return False
-        return functional.cell_to_torch(input.device.type, input.dtype, self.backend)
+        states = () if hx is None else hx if isinstance(hx, tuple) else (hx,)
+        needs_grad = torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in (input, *states, *w))
+        return functional.cell_to_torch(input.device.type, input.dtype, self.backend, needs_grad)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

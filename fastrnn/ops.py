@@ -114,6 +114,15 @@ def layer_forward(cell: str, backend: str, x, batch_sizes, h0, c0, flat, train: 
     return out, hn, cn, list(saved)
 
 
+def layer_inference(cell: str, backend: str, x, h0, c0, weights):
+    """One layer through a kernel backend, for a call that was checked before (fastrnn/plans.py),
+    needs no autograd and runs in the backend's compute dtype: layer_forward less its general
+    cases (the kernels check the shapes, dtypes and devices again). (out, hn, cn | None)."""
+    out, hn, cn, _ = _kernels(backend).forward(cell, x.contiguous(), None, h0.contiguous(),
+                                               None if c0 is None else c0.contiguous(), weights, False)
+    return out, hn, cn
+
+
 def layer_backward(cell, backend, x, batch_sizes, h0, c0, flat, saved, dout, dhn, dcn, need):
     """Gradients of one layer: (dx, dh0, dc0, dflat) with None where `need` (for x, h0, c0,
     *flat) is False. Incoming gradients may be None (an output autograd did not reach)."""

@@ -9,18 +9,21 @@ remembers the outcome: the backend picked for each layer, or TORCH where auto ha
 call to torch. A call with remembered facts runs straight to the picked kernels.
 
 Skipping the checks is safe because the kernels check every shape, dtype and device before they
-touch memory (csrc/layer_checks.h, the numba backend's `_validate`), and the torch and reference
-backends are torch ops: a call they reject (a weight replaced by one of another shape, dtype
-or device since) raises one of REJECTED, and the module then runs the checked path, which
-raises torch's own error. What the facts leave out is exactly what those checks cover.
+touch memory (csrc/layer_checks.h, the numba backend's `_validate`): a call they reject (a weight
+replaced by one of another shape, dtype or device since) raises one of REJECTED, and the module
+then runs the checked path, which raises torch's own error. What the facts leave out is exactly
+what those checks cover. Layers picked for the torch or reference backends are never remembered
+(torch's ops do not all check: oneDNN's LSTM reads a misshaped weight), and a call auto hands to
+torch as a whole (TORCH) runs torch.nn's forward with all of torch's checks.
 
-Plans are kept for CPU calls outside autocast, torch.compile, exports and torch.func transforms
-(those take the checked path every time), at most MAX_PLANS per module, and are forgotten
+Plans are kept for CPU calls outside autocast, torch.compile, tracing, exports and torch.func
+transforms (those take the checked path every time), at most MAX_PLANS per module, and are forgotten
 whenever auto's picks are (`dispatch.clear`, a refit, a test's own table).
 """
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,6 +31,13 @@ from torch import Tensor
 from fastrnn import dispatch, ops
 
 TORCH = "torch"  # the plan of a call auto hands to torch's own forward as a whole
+
+
+class Plan(NamedTuple):
+    picks: tuple  # the backend per layer
+    # no autograd and float32/float64: the call can go straight to the kernels
+    # (functional.rnn_inference), without the op layer's general cases
+    inference: bool
 MAX_PLANS = 64  # per module: each sequence length is its own set of facts
 REJECTED = (RuntimeError, ValueError, TypeError, IndexError)
 _FULL = (torch.float32, torch.float64)  # the kernels reject other weight dtypes than x's in these
@@ -51,9 +61,13 @@ def lookup(module, facts):
     return None if facts is None else _plans(module).get(facts)
 
 
-def remember(module, facts, plan) -> None:
-    if facts is None:
+def remember(module, facts, picks) -> None:
+    """Remember TORCH or the picks (a backend name per layer) under `facts`. Picks of the torch or
+    reference backend are not remembered: their layers run torch ops, and oneDNN's LSTM reads a
+    weight of the wrong shape without a check, so those calls keep ours."""
+    if facts is None or (picks != TORCH and not all(p in ops.KERNEL_BACKENDS for p in picks)):
         return
+    plan = picks if picks == TORCH else Plan(tuple(picks), not facts[3] and facts[1] in _FULL)
     plans = _plans(module)
     if len(plans) >= MAX_PLANS:
         plans.clear()
@@ -62,11 +76,12 @@ def remember(module, facts, plan) -> None:
 
 def facts(module, input, hx, weights):
     """What a call's checks and picks depend on beyond the module's settings: None where the call
-    is not one to remember (not a plain CPU tensor, hx not tensors, under autocast, torch.compile
-    or a torch.func transform). `weights`: the module's current weight tensors (None entries allowed)."""
-    if type(input) is not Tensor or input.device.type != "cpu":
+    is not one to remember (not a plain CPU tensor, hx not tensors, under autocast, torch.compile,
+    a torch.func transform, torch.jit.trace or an export). `weights`: the module's current weight tensors (None entries allowed)."""
+    if type(input) is not Tensor or not input.is_cpu:
         return None
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or ops.transforms_active():
+    if (torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or torch._C._is_tracing() or torch.compiler.is_exporting()):
         return None
     if hx is None:
         h = None

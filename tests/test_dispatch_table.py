@@ -126,10 +126,12 @@ def test_rules_read_the_table(monkeypatch):
     monkeypatch.setattr(dispatch, "table", lambda: {**t, "numba_flops_above.fwd": 1e12})
     assert dispatch.torch_wins("numba", call) == ""
     one = LayerCall(**{**call.__dict__, "steps": 1})
-    monkeypatch.setattr(dispatch, "table", lambda: {**t, "one_step_to_torch.float32": False})
+    monkeypatch.setattr(dispatch, "table", lambda: {**t, "one_step_to_torch.float32.fwd": False})
     assert dispatch.torch_wins("cpp", one) == ""
-    monkeypatch.setattr(dispatch, "table", lambda: {**t, "one_step_to_torch.float32": True})
+    monkeypatch.setattr(dispatch, "table", lambda: {**t, "one_step_to_torch.float32.fwd": True,
+                                                    "one_step_to_torch.float32.fwdbwd": False})
     assert "single" in dispatch.torch_wins("cpp", one)
+    assert dispatch.torch_wins("cpp", LayerCall(**{**one.__dict__, "needs_grad": True})) == ""
     assert dispatch.source("onednn_short_steps")
 
 

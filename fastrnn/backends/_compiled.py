@@ -32,10 +32,15 @@ def no_autocast(device_type: str):
 
 
 def forward(ext, cell, x, batch_sizes, h0, c0, weights, train):
-    w_ih, w_hh, b_ih, b_hh, w_hr = map(list, zip(*weights))
-    args = (cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, train)
-    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
-        with no_autocast(x.device.type):
+    if len(weights) == 1:  # a small call's Python is counted in microseconds: no zip for one direction
+        w_ih, w_hh, b_ih, b_hh, w_hr = weights[0]
+        args = (cell, x, batch_sizes, h0, c0, [w_ih], [w_hh], [b_ih], [b_hh], [w_hr], train)
+    else:
+        w_ih, w_hh, b_ih, b_hh, w_hr = map(list, zip(*weights))
+        args = (cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, train)
+    device_type = "cuda" if x.is_cuda else "cpu"  # the extensions take no other device
+    if torch.is_autocast_enabled(device_type):
+        with no_autocast(device_type):
             return ext.forward(*args)
     return ext.forward(*args)  # entering even a null context costs ~1 us, a few percent of a small call
 

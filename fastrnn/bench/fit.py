@@ -10,6 +10,7 @@ measured is not extrapolated). Also refits the CUDA table (fastrnn.gpu_dispatch.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import pprint
 from pathlib import Path
@@ -183,11 +184,11 @@ def fit_file(path) -> dict:
     _fit_input_plan(cases, put)
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None
            and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
-    for short, full in (("f32", "float32"), ("f64", "float64")):
-        mine = [c for c in one if c["dtype"] == short]
+    for (short, full), mode in itertools.product((("f32", "float32"), ("f64", "float64")), ("fwd", "fwdbwd")):
+        mine = [c for c in one if c["dtype"] == short and c["mode"] == mode]
         if mine:
             lost = [c for c in mine if not _won(c, "cpp")]
-            row[f"one_step_to_torch.{full}"] = {
+            row[f"one_step_to_torch.{full}.{mode}"] = {
                 "value": bool(lost), "from": f"{name}: one-step layer calls, "
                 + ", ".join(cid(c, "cpp") for c in (lost or mine)[:4])}
     return row

@@ -59,6 +59,11 @@ def _env_backend():
     return None if raw is None else os.environ.decodevalue(raw)
 
 
+def env_backend_raw():
+    """FASTRNN_BACKEND as stored (undecoded): a fact of a module's plans (fastrnn/plans.py)."""
+    return os.environ.get("FASTRNN_BACKEND") if _RAW_ENV is None else _RAW_ENV.get(_RAW_KEY)
+
+
 # ---------------------------------------------------------------------------------------------
 # The table: defaults merged with this machine's fitted row.
 

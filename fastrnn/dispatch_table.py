@@ -211,11 +211,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                         '+ '
                                                                         'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                         'one-step layer calls, '
-                                                                        'gru-T1-B1-H64-L1-fwd-f32 x0.71, '
-                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x0.62, '
-                                                                        'gru-T1-B1-H64-L1-fwd-f32 x0.76, '
-                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x0.61',
-                                                                'value': True},
+                                                                        'gru-T1-B1-H64-L1-fwd-f32 x1.51, '
+                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x1.19, '
+                                                                        'gru-T1-B1-H64-L1-fwd-f32 x1.51, '
+                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x1.19',
+                                                                'value': False},
                               'one_step_to_torch.float32.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                            '+ cpu-intel-xeon-avx512-2c.json '
                                                                            '+ '
@@ -231,10 +231,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                            '+ '
                                                                            'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                            'one-step layer calls, '
-                                                                           'gru-T1-B1-H64-L1-fwdbwd-f32 '
-                                                                           'x0.84, '
                                                                            'rnn-T1-B1-H64-L1-fwdbwd-f32 '
-                                                                           'x0.62',
+                                                                           'x0.78',
                                                                    'value': True},
                               'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                          '+ cpu-intel-xeon-avx512-2c.json + '

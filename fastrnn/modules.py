@@ -108,20 +108,19 @@ class _RNNMixin:
         return layers
 
     def forward(self, input, hx=None):
-        flat = self._current_weights()
-        facts = None if self.zoneout or self.weight_dropout else plans.facts(self, input, hx, flat)
+        facts = None if self.zoneout or self.weight_dropout else plans.facts(self, input, hx, self._current_weights)
         plan = plans.lookup(self, facts)  # none while tracing or exporting (facts is None)
         if plan is not None:
             if plan is plans.TORCH:
                 return super().forward(input, hx)
             try:
-                return self._planned(input, hx, flat, plan)
+                return self._planned(input, hx, self._current_weights(), plan)
             except plans.REJECTED:
                 pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
         if _exporting():
             self._check_exportable()
             return super().forward(input, hx)
-        return self._checked(input, hx, flat, facts)
+        return self._checked(input, hx, self._current_weights(), facts)
 
     def _planned(self, input, hx, flat, plan):
         """A call whose facts were checked and picked before (fastrnn/plans.py): plain tensors, no
@@ -288,6 +287,11 @@ class _RNNMixin:
                 s += f", {name}={getattr(self, name)}"
         return s if self.backend == "auto" else s + f", backend={self.backend!r}"
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop(plans.ATTR, None)  # remembered plans are this process's (fastrnn/plans.py)
+        return state
+
     def __setstate__(self, d):
         super().__setstate__(d)
         self.__dict__.setdefault("backend", "auto")
@@ -339,6 +343,7 @@ def _copy_as(module, cls):
     """A `cls` instance with `module`'s attributes, sharing its Parameter objects."""
     new = cls.__new__(cls)
     state = dict(module.__dict__)
+    state.pop(plans.ATTR, None)
     for key in ("_parameters", "_buffers", "_modules"):
         state[key] = type(state[key])(state[key])
     new.__dict__.update(state)
@@ -425,21 +430,23 @@ class _CellMixin:
 
     _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
-    def forward(self, input, hx=None):
+    def _weights(self) -> tuple:
         params = self._parameters  # read directly: four nn.Module.__getattr__ calls cost ~2 us
-        w = tuple([params[n] if n in params else getattr(self, n, None) for n in self._WEIGHT_NAMES])
-        facts = plans.facts(self, input, hx, w)
+        return tuple([params[n] if n in params else getattr(self, n, None) for n in self._WEIGHT_NAMES])
+
+    def forward(self, input, hx=None):
+        facts = plans.facts(self, input, hx, self._weights)
         plan = plans.lookup(self, facts)  # none while tracing or exporting (facts is None)
         if plan is not None:
             if plan is plans.TORCH:
                 return super().forward(input, hx)
             try:
-                return self._planned(input, hx, w, plan)
+                return self._planned(input, hx, self._weights(), plan)
             except plans.REJECTED:
                 pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
         if _exporting():
             return super().forward(input, hx)
-        return self._checked(input, hx, w, facts)
+        return self._checked(input, hx, self._weights(), facts)
 
     def _planned(self, input, hx, w, plan):
         """A call whose facts were checked and picked before (fastrnn/plans.py)."""
@@ -454,7 +461,7 @@ class _CellMixin:
             h0 = h0.unsqueeze(0) if is_batched else h0.view(1, 1, -1)
             c0 = None if c0 is None else c0.unsqueeze(0) if is_batched else c0.view(1, 1, -1)
         if plan.inference:
-            _, hn, cn = functional.rnn_inference(self._cell(), x, h0, c0, [[(*w, None)]], plan.picks)
+            _, hn, cn = functional.rnn_inference(self._cell(), x, h0, c0, (((*w, None),),), plan.picks)
         else:
             _, hn, cn = functional.rnn_layer(self._cell(), x, None, h0, c0, [(*w, None)], self.backend,
                                              validate=False, picked=plan.picks[0])
@@ -523,6 +530,11 @@ class _CellMixin:
     def extra_repr(self) -> str:
         s = super().extra_repr()
         return s if self.backend == "auto" else s + f", backend={self.backend!r}"
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop(plans.ATTR, None)  # remembered plans are this process's (fastrnn/plans.py)
+        return state
 
     def __setstate__(self, d):
         super().__setstate__(d)

@@ -22,7 +22,6 @@ whenever auto's picks are (`dispatch.clear`, a refit, a test's own table).
 """
 from __future__ import annotations
 
-import weakref
 from typing import NamedTuple
 
 import torch
@@ -41,19 +40,27 @@ class Plan(NamedTuple):
 MAX_PLANS = 64  # per module: each sequence length is its own set of facts
 REJECTED = (RuntimeError, ValueError, TypeError, IndexError)
 _FULL = (torch.float32, torch.float64)  # the kernels reject other weight dtypes than x's in these
+# the module attribute holding (dispatch.PICKS, dispatch.EPOCH, {facts: plan}); dropped when the
+# module is pickled or copied (the mixins' __getstate__, modules._copy_as)
+ATTR = "_fastrnn_plans"
 
-_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_MADE_UNDER = [None, -1]  # (dispatch.PICKS, dispatch.EPOCH) the plans were made under
+# The checks a call pays before its plan is found, bound once: ~0.3-1.5 us each of attribute
+# walks and argument parsing, in a call of ~20 us (torch's own spellings in comments).
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (
+    lambda: torch.is_autocast_enabled("cpu"))  # torch.is_autocast_enabled(device) for any device
+_functorch = torch._C._are_functorch_transforms_active
+_tracing = torch._C._is_tracing  # torch.jit.is_tracing()
+_mkldnn = torch._C._get_mkldnn_enabled  # torch.backends.mkldnn.enabled
+_grad_enabled = torch.is_grad_enabled
+_compiling = torch.compiler.is_compiling
+_exporting = torch.compiler.is_exporting
 
 
 def _plans(module) -> dict:
-    if dispatch.PICKS is not _MADE_UNDER[0] or dispatch.EPOCH != _MADE_UNDER[1]:
-        _PLANS.clear()
-        _MADE_UNDER[:] = [dispatch.PICKS, dispatch.EPOCH]
-    plans = _PLANS.get(module)
-    if plans is None:
-        plans = _PLANS[module] = {}
-    return plans
+    held = module.__dict__.get(ATTR)
+    if held is None or held[0] is not dispatch.PICKS or held[1] != dispatch.EPOCH:
+        held = module.__dict__[ATTR] = (dispatch.PICKS, dispatch.EPOCH, {})
+    return held[2]
 
 
 def lookup(module, facts):
@@ -77,27 +84,29 @@ def remember(module, facts, picks) -> None:
 def facts(module, input, hx, weights):
     """What a call's checks and picks depend on beyond the module's settings: None where the call
     is not one to remember (not a plain CPU tensor, hx not tensors, under autocast, torch.compile,
-    a torch.func transform, torch.jit.trace or an export). `weights`: the module's current weight tensors (None entries allowed)."""
-    if type(input) is not Tensor or not input.is_cpu:
-        return None
-    if (torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or torch._C._is_tracing() or torch.compiler.is_exporting()):
+    a torch.func transform, torch.jit.trace or an export). `weights()`: the module's current weight
+    tensors (None entries allowed), asked only for half types.
+
+    Grad mode stands for "needs autograd": a call under grad mode whose tensors all have
+    requires_grad off is remembered as needing it, which only costs it the autograd path's
+    overhead (the op layer looks again) and never drops a gradient."""
+    if type(input) is not Tensor or not input.is_cpu or _any_autocast() or _compiling() or _functorch() or _tracing() \
+            or _exporting():
         return None
     if hx is None:
         h = None
     elif type(hx) is Tensor:
-        h = (hx.shape, hx.requires_grad)
+        h = hx.shape
     elif type(hx) is tuple and len(hx) == 2 and type(hx[0]) is Tensor and type(hx[1]) is Tensor:
-        h = (hx[0].shape, hx[1].shape, hx[0].requires_grad or hx[1].requires_grad)
+        h = (hx[0].shape, hx[1].shape)
     else:
         return None
-    grad = torch.is_grad_enabled() and (input.requires_grad or (h is not None and h[-1]) or any(
-        [w is not None and w.requires_grad for w in weights]))
     dt = input.dtype
     # half types are cast to their compute dtype before the kernels, which would hide a weight or
     # state of another dtype: for them the dtypes of all tensors are facts too
     dts = None
     if dt not in _FULL:
         states = () if hx is None else (hx,) if type(hx) is Tensor else hx
-        dts = tuple([None if t is None else t.dtype for t in (*weights, *states)])
-    return (input.shape, dt, h, grad, dts, dispatch.requested(module.backend), torch.backends.mkldnn.enabled)
+        dts = tuple([None if t is None else t.dtype for t in (*weights(), *states)])
+    # the backend asked for: the module's and FASTRNN_BACKEND's raw value (dispatch.requested)
+    return (input.shape, dt, h, _grad_enabled(), dts, module.backend, dispatch.env_backend_raw(), _mkldnn())

@@ -149,8 +149,12 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.float()(x)
     assert len(seen) == 5
-    # A float32/float64 cell is one step: auto runs torch's own cell (backends.native.
-    # one_step_to_torch), not a one-step layer of ours; half types still come to us
+    # A float32/float64 cell is one step: where the table says torch wins one-step calls
+    # (one_step_to_torch, set here whatever this CPU's row says), auto runs torch's own cell, not a
+    # one-step layer of ours; half types still come to us
+    monkeypatch.setattr(dispatch, "table", lambda: {**t, **{f"one_step_to_torch.{d}.{m}": True for d in (
+        "float32", "float64") for m in ("fwd", "fwdbwd")}})
+    monkeypatch.setattr(dispatch, "PICKS", {})
     layers = []
     real_layer = functional.rnn_layer
     monkeypatch.setattr(functional, "rnn_layer", lambda *a, **k: layers.append(1) or real_layer(*a, **k))

@@ -211,10 +211,10 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                         '+ '
                                                                         'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                         'one-step layer calls, '
-                                                                        'gru-T1-B1-H64-L1-fwd-f32 x1.51, '
-                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x1.19, '
-                                                                        'gru-T1-B1-H64-L1-fwd-f32 x1.51, '
-                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x1.19',
+                                                                        'gru-T1-B1-H64-L1-fwd-f32 x1.90, '
+                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x1.37, '
+                                                                        'gru-T1-B1-H64-L1-fwd-f32 x1.90, '
+                                                                        'rnn-T1-B1-H64-L1-fwd-f32 x1.37',
                                                                 'value': False},
                               'one_step_to_torch.float32.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                            '+ cpu-intel-xeon-avx512-2c.json '
@@ -231,8 +231,10 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                            '+ '
                                                                            'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                            'one-step layer calls, '
+                                                                           'gru-T1-B1-H64-L1-fwdbwd-f32 '
+                                                                           'x0.94, '
                                                                            'rnn-T1-B1-H64-L1-fwdbwd-f32 '
-                                                                           'x0.78',
+                                                                           'x0.69',
                                                                    'value': True},
                               'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                          '+ cpu-intel-xeon-avx512-2c.json + '

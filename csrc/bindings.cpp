@@ -62,15 +62,17 @@ std::string loop_plan(bool proj, int64_t batch, int64_t steps, int64_t input_siz
   return loop_plan_name(plan_loop(s));
 }
 
-// {"forward": {"cached_bytes", "bytes_per_row"}, "backward": {...}}
+// {"forward": {"cached_bytes", "bytes_per_row", "panel_max_bytes"}, "backward": {...}}
 void set_limits(const pybind11::dict& limits) {
   auto pass = [&](const char* name) {
     TORCH_CHECK_VALUE(limits.contains(name), "fastrnn._ext: set_loop_limits needs '", name, "'");
     const auto d = limits[name].cast<pybind11::dict>();
-    TORCH_CHECK_VALUE(d.contains("cached_bytes") && d.contains("bytes_per_row"),
-                      "fastrnn._ext: set_loop_limits['", name, "'] needs cached_bytes and bytes_per_row");
-    const StepInputLimits l{d["cached_bytes"].cast<int64_t>(), d["bytes_per_row"].cast<int64_t>()};
-    TORCH_CHECK_VALUE(l.cached_bytes >= 0 && l.bytes_per_row >= 0,
+    TORCH_CHECK_VALUE(d.contains("cached_bytes") && d.contains("bytes_per_row") && d.contains("panel_max_bytes"),
+                      "fastrnn._ext: set_loop_limits['", name,
+                      "'] needs cached_bytes, bytes_per_row and panel_max_bytes");
+    const StepInputLimits l{d["cached_bytes"].cast<int64_t>(), d["bytes_per_row"].cast<int64_t>(),
+                            d["panel_max_bytes"].cast<int64_t>()};
+    TORCH_CHECK_VALUE(l.cached_bytes >= 0 && l.bytes_per_row >= 0 && l.panel_max_bytes >= 0,
                       "fastrnn._ext: set_loop_limits needs non-negative byte counts");
     return l;
   };
@@ -84,6 +86,7 @@ pybind11::dict limits() {
     pybind11::dict p;
     p["cached_bytes"] = pass.cached_bytes;
     p["bytes_per_row"] = pass.bytes_per_row;
+    p["panel_max_bytes"] = pass.panel_max_bytes;
     d[name] = p;
   }
   return d;

@@ -23,6 +23,16 @@ namespace {
 // FASTRNN_STEP_GEMM=blas|panel forces one loop (read per call, so one process can time both).
 constexpr int64_t kFusedMaxRows = 64;
 constexpr int64_t kFusedMaxRowsGated = 512;
+// Within those, a CPU's fitted row may hand calls of this many rows or more with a large W_hh to the
+// BLAS loop (StepInputLimits::panel_max_bytes): on the 2-core Sapphire Rapids class Xeon, T=100,
+// ms panel / BLAS loop: GRU B64 H1024 (12 MiB) 468 / 388, RNN B16 H2048 (16 MiB) 147 / 128,
+// GRU B64 H512 (3 MiB) 109 / 99; but GRU B4 H1024 43 / 51 (few rows: MKL's GEMM does not block).
+constexpr int64_t kBlasLoopMinRows = 16;
+
+// [pass][cached bytes, bytes per row, panel max bytes]; pass 0 forward, 1 backward.  The panel
+// loop's limit defaults to none (Zen4 measured it ahead at every size, loop_plan.cpp above).
+std::atomic<int64_t> step_input_limits[2][3] = {{int64_t(8) << 20, int64_t(512) << 10, INT64_MAX},
+                                                {int64_t(8) << 20, int64_t(512) << 10, INT64_MAX}};
 
 // A single step (a cell, or T = 1) takes the BLAS loop without packing: packing W_hh would cost as
 // much as the one product that reads it.
@@ -30,6 +40,10 @@ bool use_fused_steps(const LayerShape& s, Force force) {
   if (!s.float32 || s.proj || kernels().panel_f == nullptr || s.steps <= 1) return false;
   if (force == Force::blas) return false;
   if (force == Force::panel) return true;
+  const int64_t hh_bytes = s.gates * s.hidden * s.hidden * int64_t(sizeof(float));
+  if (s.batch >= kBlasLoopMinRows &&
+      hh_bytes > step_input_limits[s.backward ? 1 : 0][2].load(std::memory_order_relaxed))
+    return false;
   return s.batch <= kFusedMaxRows || (s.gates >= 3 && s.hidden >= 256 && s.batch <= kFusedMaxRowsGated);
 }
 
@@ -76,9 +90,6 @@ constexpr int64_t kStepInputMinRows = 4;
 // H512 (52 MiB, 128 KiB) 124.6 / 137.2; GRU T500 B16 H256 31.5 / 39.5, T100 B64 H512 96.0 / 101.8;
 // but GRU T1000 B16 H512 (384 KiB a row) 271.8 / 254.5, LSTM T100 B64 H1024 (512 KiB) 643 / 537.
 constexpr int64_t kLargeGiBytes = int64_t(16) << 20, kLargeGiBytesPerRow = int64_t(128) << 10;
-// [pass][cached bytes, bytes per row]; pass 0 forward, 1 backward.
-std::atomic<int64_t> step_input_limits[2][2] = {{int64_t(8) << 20, int64_t(512) << 10},
-                                                {int64_t(8) << 20, int64_t(512) << 10}};
 
 bool use_step_input_gemm(const LayerShape& s, bool fused, Force force) {
   if (!fused || kernels().panel2_f == nullptr) return false;
@@ -116,13 +127,15 @@ void set_loop_limits(const LoopLimits& limits) {
   for (int k = 0; k < 2; ++k) {
     step_input_limits[k][0].store(pass[k]->cached_bytes, std::memory_order_relaxed);
     step_input_limits[k][1].store(pass[k]->bytes_per_row, std::memory_order_relaxed);
+    step_input_limits[k][2].store(pass[k]->panel_max_bytes, std::memory_order_relaxed);
   }
 }
 
 LoopLimits loop_limits() {
   auto get = [](int k) {
     return StepInputLimits{step_input_limits[k][0].load(std::memory_order_relaxed),
-                           step_input_limits[k][1].load(std::memory_order_relaxed)};
+                           step_input_limits[k][1].load(std::memory_order_relaxed),
+                           step_input_limits[k][2].load(std::memory_order_relaxed)};
   };
   return {get(0), get(1)};
 }

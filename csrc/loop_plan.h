@@ -36,9 +36,12 @@ LoopPlan plan_loop(const LayerShape& s);
 // where the forward projected).  fastrnn/backends/cpp.py sets them from the CPU's row of
 // fastrnn/dispatch_table.py when the extension loads (fitted by `python -m fastrnn.bench fit` from
 // `python -m fastrnn.bench --plans` timings).
+// And the panel loop itself runs a call of kBlasLoopMinRows rows or more only while W_hh of a
+// direction is at most `panel_max_bytes` (float32); above, the BLAS loop (MKL's blocked GEMM per step).
 struct StepInputLimits {
   int64_t cached_bytes;
   int64_t bytes_per_row;
+  int64_t panel_max_bytes;
 };
 struct LoopLimits {
   StepInputLimits forward, backward;

@@ -436,6 +436,17 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                  '(25 MF) 1.36 | RNN B64 H512 (33.5 MF) 0.84 '
                                                                  '(GRU B64 H512, 100 MF, 1.43)',
                                                          'value': 25165824.0},
+             'cpp.panel_loop.backward.max_bytes': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, ratio '
+                                                           'to torch panel / BLAS loop: the panel loop ahead '
+                                                           'at every size measured (GRU B64 H512 1.22 / '
+                                                           '1.12, RNN B64 H1024 1.22 / 1.11 fwd+bwd): no '
+                                                           'limit',
+                                                   'value': 1099511627776},
+             'cpp.panel_loop.forward.max_bytes': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, ratio to '
+                                                          'torch panel / BLAS loop: the panel loop ahead at '
+                                                          'every size measured (GRU B64 H512 1.24 / 1.09, '
+                                                          'RNN B64 H1024 1.28 / 1.14 fwd): no limit',
+                                                  'value': 1099511627776},
              'cpp.step_input.backward.bytes_per_row': {'from': '2-core AMD EPYC Zen4, same runs: above 8 MiB '
                                                                'the steps still won with many rows (LSTM '
                                                                'T=50 B16 H1024, 2 MiB a row, 0.70 / 1.04 '

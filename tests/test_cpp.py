@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import fastrnn
 from conftest import assert_close
 
 _ext = pytest.importorskip("fastrnn._ext", reason="the C++ extension is not built")
@@ -365,18 +366,21 @@ def test_loop_limits_come_from_the_table_and_move_the_plan():
     from fastrnn import dispatch
     t = dispatch.table()
     lim = _ext.loop_limits()
-    assert lim == {p: {k: t[f"cpp.step_input.{p}.{k}"] for k in ("cached_bytes", "bytes_per_row")}
-                   for p in ("forward", "backward")}
+    assert lim == {p: {**{k: t[f"cpp.step_input.{p}.{k}"] for k in ("cached_bytes", "bytes_per_row")},
+                       "panel_max_bytes": t[f"cpp.panel_loop.{p}.max_bytes"]} for p in ("forward", "backward")}
     with pytest.raises(ValueError, match="non-negative"):
-        _ext.set_loop_limits({p: {"cached_bytes": -1, "bytes_per_row": 0} for p in ("forward", "backward")})
+        _ext.set_loop_limits({p: {"cached_bytes": -1, "bytes_per_row": 0, "panel_max_bytes": 0}
+                              for p in ("forward", "backward")})
     with pytest.raises(ValueError, match="backward"):
-        _ext.set_loop_limits({"forward": {"cached_bytes": 0, "bytes_per_row": 0}})
+        _ext.set_loop_limits({"forward": {"cached_bytes": 0, "bytes_per_row": 0, "panel_max_bytes": 0}})
+    with pytest.raises(ValueError, match="panel_max_bytes"):
+        _ext.set_loop_limits({p: {"cached_bytes": 0, "bytes_per_row": 0} for p in ("forward", "backward")})
     if _ext.isa() == "baseline":
         pytest.skip("no panel loop on a baseline x86-64 build")
 
     def plan(cached, per_row, backward=False):
-        other = {"cached_bytes": 1 << 40, "bytes_per_row": 1 << 40}  # the other pass always in steps
-        mine = {"cached_bytes": cached, "bytes_per_row": per_row}
+        other = {"cached_bytes": 1 << 40, "bytes_per_row": 1 << 40, "panel_max_bytes": 1 << 40}
+        mine = {"cached_bytes": cached, "bytes_per_row": per_row, "panel_max_bytes": 1 << 40}
         _ext.set_loop_limits({"forward": other if backward else mine, "backward": mine if backward else other})
         return _ext.loop_plan(proj=False, batch=16, steps=100, input_size=256, hidden=256, gates=4, backward=backward)
 
@@ -400,11 +404,40 @@ def test_long_sequences_project_in_their_steps():
     plan = lambda steps, hidden=256, backward=False: _ext.loop_plan(  # noqa: E731
         proj=False, batch=16, steps=steps, input_size=hidden, hidden=hidden, gates=4, backward=backward)
     try:
-        _ext.set_loop_limits({p: {"cached_bytes": 0, "bytes_per_row": 0} for p in ("forward", "backward")})
+        _ext.set_loop_limits({p: {"cached_bytes": 0, "bytes_per_row": 0, "panel_max_bytes": 1 << 40}
+                              for p in ("forward", "backward")})
         assert plan(100) == "panel"                      # gi 6.5 MB
         assert plan(300) == "panel+step"                 # gi 19.7 MB, 2 MiB of weights / 16 rows
         assert plan(300, backward=True) == "panel"
         assert plan(300, hidden=512) == "panel"          # 8 MiB / 16 rows = 512 KiB a row
+    finally:
+        _ext.set_loop_limits(lim)
+
+
+def test_large_recurrent_weights_take_the_blas_loop_from_16_rows():
+    """The fitted panel-loop limit (W_hh bytes of a direction, per pass) hands calls of 16 rows or
+    more above it to the BLAS loop; fewer rows keep the panel loop. Both loops give the same result."""
+    if _ext.isa() == "baseline":
+        pytest.skip("no panel loop on a baseline x86-64 build")
+    lim = _ext.loop_limits()
+    plan = lambda batch, backward=False: _ext.loop_plan(  # noqa: E731
+        proj=False, batch=batch, steps=20, input_size=64, hidden=64, gates=3, backward=backward)
+    hh = 3 * 64 * 64 * 4
+    try:
+        _ext.set_loop_limits({"forward": {**lim["forward"], "panel_max_bytes": hh - 1},
+                              "backward": {**lim["backward"], "panel_max_bytes": hh}})
+        assert plan(16) == "blas" and plan(15) != "blas"
+        assert plan(16, backward=True) != "blas"
+        m = fastrnn.GRU(64, 64, backend="cpp")
+        x = torch.randn(20, 16, 64, requires_grad=True)
+        out = m(x)[0]
+        out.sum().backward()
+        _ext.set_loop_limits(lim)
+        x2 = x.detach().clone().requires_grad_()
+        out2 = m(x2)[0]
+        out2.sum().backward()
+        torch.testing.assert_close(out, out2, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
     finally:
         _ext.set_loop_limits(lim)
 

@@ -91,6 +91,26 @@ def test_fit_of_the_in_step_projection_limits(tmp_path):
     assert row[f"{bwd}.cached_bytes"]["value"] == 0 and row[f"{bwd}.bytes_per_row"]["value"] == 0
 
 
+def test_fit_of_the_panel_loop_limit(tmp_path):
+    """`--plans` timings of the BLAS loop (`cpp:loop=blas`) against the better panel input plan
+    move the panel loop's W_hh limit (16+ rows) to the last size the panel loop won at, per pass."""
+    def case(cell, B, H, mode, panel_s, blas_s):
+        c = _plan_case(cell, B, H, mode, panel_s, panel_s * 1.5)
+        c["results"]["cpp:loop=blas"] = {"median_s": blas_s}
+        return c
+    cases = [case("gru", 64, 256, "fwd", 1.0, 1.2),      # W_hh 0.75 MiB: panel won
+             case("gru", 16, 512, "fwd", 1.02, 1.0),     # 3 MiB: a tie (2%), kept
+             case("gru", 64, 1024, "fwd", 1.2, 1.0),     # 12 MiB: lost
+             case("gru", 4, 2048, "fwd", 1.5, 1.0),      # under 16 rows: not this rule's
+             case("rnn", 64, 256, "fwdbwd", 1.0, 1.1)]   # the backward: no loss, no limit
+    path = tmp_path / "cpu-test-2c.plans.json"
+    path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "cases": cases}))
+    row = fit.fit_file(path)
+    assert row["cpp.panel_loop.forward.max_bytes"]["value"] == 3 * 512 * 512 * 4
+    assert "gru-B64-H1024-fwd panel x0.83 lost" in row["cpp.panel_loop.forward.max_bytes"]["from"]
+    assert "cpp.panel_loop.backward.max_bytes" not in row
+
+
 def test_fit_of_cpp_against_onednn_per_loop(tmp_path):
     """oneDNN's LSTM against cpp, fitted per loop cpp ran (`cpp_plans`) and pass as a row edge: the
     last batch cpp won below the first loss, or the largest measured where none lost; a case the

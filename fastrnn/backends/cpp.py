@@ -41,10 +41,11 @@ def _load():
 def _set_loop_limits(ext):
     """The C++ loop plan's CPU-dependent thresholds (csrc/loop_plan.h) from this CPU's row of the
     dispatch table: where the panel loop projects the input (forward) or makes dx (backward)
-    inside its steps."""
+    inside its steps, and up to which W_hh size it runs calls of 16 rows or more at all."""
     from fastrnn import dispatch
     t = dispatch.table()
-    ext.set_loop_limits({p: {k: int(t[f"cpp.step_input.{p}.{k}"]) for k in ("cached_bytes", "bytes_per_row")}
+    ext.set_loop_limits({p: {**{k: int(t[f"cpp.step_input.{p}.{k}"]) for k in ("cached_bytes", "bytes_per_row")},
+                             "panel_max_bytes": int(t[f"cpp.panel_loop.{p}.max_bytes"])}
                          for p in ("forward", "backward")})
 
 

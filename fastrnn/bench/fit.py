@@ -130,6 +130,32 @@ def _fit_input_plan(cases, put):
                 f"weight bytes per batch row up to which the in-step {pas} won above that size")
 
 
+def _fit_panel_loop(cases, put):
+    """Up to which W_hh size (one direction, float32) cpp's panel loop runs calls of 16 rows or more
+    (csrc/loop_plan.cpp: kBlasLoopMinRows), per pass, from `--plans` cases: the BLAS loop
+    (`cpp:loop=blas`) against the better of the panel loop's two input plans; the backward from
+    training cases (both passes in the timed loop)."""
+    for pas, mode in (("forward", "fwd"), ("backward", "fwdbwd")):
+        panels = ("cpp:input=step", "cpp:input=before")
+        timed = [c for c in cases if c["mode"] == mode and c["B"] >= 16 and "median_s" in c.get(
+            "results", {}).get("cpp:loop=blas", {}) and any("median_s" in c["results"].get(k, {}) for k in panels)]
+        if not timed:
+            continue
+
+        def panel(c):
+            return min(c["results"][k]["median_s"] for k in panels if "median_s" in c["results"].get(k, {}))
+
+        def won(c):  # a tie within the spread of repeated runs keeps the panel loop
+            return c["results"]["cpp:loop=blas"]["median_s"] * (1 + TIE) >= panel(c)
+
+        def cid(c):
+            return f"{c['id']} panel x{c['results']['cpp:loop=blas']['median_s'] / panel(c):.2f}"
+
+        G = lambda c: gates("rnn_tanh" if c["cell"] == "rnn" else c["cell"])  # noqa: E731
+        put(f"cpp.panel_loop.{pas}.max_bytes", _edge([(G(c) * c["H"] * c["H"] * 4, won(c), cid(c)) for c in timed]),
+            f"W_hh bytes up to which cpp's panel loop beat its BLAS loop at 16+ rows ({pas})")
+
+
 def fit_file(path) -> dict:
     """The fitted row of one CPU class from its results file(s): {rule key: {"value", "from"}}."""
     paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
@@ -182,6 +208,7 @@ def fit_file(path) -> dict:
                 put(f"onednn_cpp_rows.{plan}.{mode}" + (".bi" if bi else ""), _edge(points) or won_all,
                     f"rows up to which cpp's {plan} loop beat oneDNN's {'bidirectional ' if bi else ''}LSTM")
     _fit_input_plan(cases, put)
+    _fit_panel_loop(cases, put)
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None
            and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
     for (short, full), mode in itertools.product((("f32", "float32"), ("f64", "float64")), ("fwd", "fwdbwd")):

@@ -485,12 +485,14 @@ def flashrnn_impl(setup: Setup) -> Impl:
     return impl
 
 
-# cpp with its float32 input projection forced into the panel loop's steps or before the loop, and
-# the backward's dx into its steps or after it (FASTRNN_INPUT_GEMM, FASTRNN_BACKWARD_INPUT_GEMM, read
-# per call): `--plans` times them for the fit of csrc/loop_plan.h's limits.
+# cpp with its float32 input projection forced into the panel loop's steps or before the loop, the
+# backward's dx into its steps or after it, and the BLAS loop instead of the panel loop
+# (FASTRNN_INPUT_GEMM, FASTRNN_BACKWARD_INPUT_GEMM, FASTRNN_STEP_GEMM, read per call): `--plans`
+# times them for the fit of csrc/loop_plan.h's limits.
 INPUT_PLANS = {"cpp:input=step": {"FASTRNN_INPUT_GEMM": "step"},
                "cpp:input=before": {"FASTRNN_INPUT_GEMM": "before"},
-               "cpp:input=step/before": {"FASTRNN_INPUT_GEMM": "step", "FASTRNN_BACKWARD_INPUT_GEMM": "before"}}
+               "cpp:input=step/before": {"FASTRNN_INPUT_GEMM": "step", "FASTRNN_BACKWARD_INPUT_GEMM": "before"},
+               "cpp:loop=blas": {"FASTRNN_STEP_GEMM": "blas"}}
 
 
 def _input_plan_impl(name: str, setup: Setup, padded: bool) -> Impl:

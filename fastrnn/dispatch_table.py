@@ -96,6 +96,28 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                   'gru-T100-B64-H512-L1-fwdbwd-bf16 '
                                                                                   'x1.85 won',
                                                                           'value': 100663296.0},
+                              'cpp.panel_loop.forward.max_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                                                                           '+ cpu-intel-xeon-avx512-2c.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                           "W_hh bytes up to which cpp's "
+                                                                           'panel loop beat its BLAS loop at '
+                                                                           '16+ rows (forward); '
+                                                                           'rnn-T100-B64-H512-L1-fwd-f32 '
+                                                                           'panel x1.04 won, '
+                                                                           'gru-T100-B64-H512-L1-fwd-f32 '
+                                                                           'panel x0.96 lost',
+                                                                   'value': 1048576},
                               'cpp.step_input.backward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                 '+ '
                                                                                 'cpu-intel-xeon-avx512-2c.json '
@@ -115,9 +137,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                 'up to which the in-step '
                                                                                 'backward won above that '
                                                                                 'size; '
-                                                                                'rnn-T100-B64-H128-L1-fwdbwd-f32 '
-                                                                                'in steps x0.94 lost',
-                                                                        'value': 0},
+                                                                                'gru-T100-B64-H128-L1-fwdbwd-f32 '
+                                                                                'in steps x0.98 won, '
+                                                                                'rnn-T100-B16-H128-L1-fwdbwd-f32 '
+                                                                                'in steps x0.97 lost',
+                                                                        'value': 6144},
                               'cpp.step_input.backward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                '+ '
                                                                                'cpu-intel-xeon-avx512-2c.json '
@@ -157,11 +181,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                'weight bytes per batch row '
                                                                                'up to which the in-step '
                                                                                'forward won above that size; '
+                                                                               'gru-T100-B64-H256-L1-fwd-f32 '
+                                                                               'in steps x1.26 won, '
                                                                                'rnn-T100-B64-H512-L1-fwd-f32 '
-                                                                               'in steps x1.07 won, '
-                                                                               'gru-T100-B16-H256-L1-fwd-f32 '
-                                                                               'in steps x0.95 lost',
-                                                                       'value': 32768},
+                                                                               'in steps x0.92 lost',
+                                                                       'value': 24576},
                               'cpp.step_input.forward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                               '+ '
                                                                               'cpu-intel-xeon-avx512-2c.json '
@@ -180,11 +204,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                               '[W_ih; W_hh] bytes up to '
                                                                               "which cpp's in-step forward "
                                                                               'won; '
-                                                                              'rnn-T100-B64-H256-L1-fwd-f32 '
-                                                                              'in steps x1.10 won, '
-                                                                              'gru-T100-B16-H256-L1-fwd-f32 '
-                                                                              'in steps x0.95 lost',
-                                                                      'value': 524288},
+                                                                              'gru-T100-B64-H128-L1-fwd-f32 '
+                                                                              'in steps x1.24 won, '
+                                                                              'rnn-T100-B4-H256-L1-fwd-f32 '
+                                                                              'in steps x0.97 lost',
+                                                                      'value': 393216},
                               'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
                                                                 'cpu-intel-xeon-avx512-2c.json + '
                                                                 'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -236,6 +260,38 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                            'rnn-T1-B1-H64-L1-fwdbwd-f32 '
                                                                            'x0.69',
                                                                    'value': True},
+                              'onednn_cpp_rows.blas.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                   '+ cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                   '+ '
+                                                                   'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                   '+ '
+                                                                   'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                   '+ cpu-intel-xeon-avx512-2c.plans.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                   "rows up to which cpp's blas loop beat "
+                                                                   "oneDNN's LSTM; "
+                                                                   'lstm-T100-B16-H512-L1-fwd-f32 x1.12 won, '
+                                                                   'fastrnns-default-fwd x0.82 lost',
+                                                           'value': 16},
+                              'onednn_cpp_rows.blas.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
+                                                                      'cpu-intel-xeon-avx512-2c.json + '
+                                                                      'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                      '+ '
+                                                                      'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                      '+ '
+                                                                      'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                      '+ '
+                                                                      'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                      '+ cpu-intel-xeon-avx512-2c.plans.json '
+                                                                      '+ '
+                                                                      'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                      "rows up to which cpp's blas loop beat "
+                                                                      "oneDNN's LSTM; "
+                                                                      'fastrnns-default-fwdbwd x1.15, '
+                                                                      'fastrnns-default-fwdbwd x1.15',
+                                                              'value': 64},
                               'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                          '+ cpu-intel-xeon-avx512-2c.json + '
                                                                          'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '

@@ -148,9 +148,9 @@ class _RNNMixin:
             out, hn, cn = functional.rnn(MODE_TO_CELL[self.mode], x, None, h0, c0, self._layer_weights(flat),
                                          dropout=self.dropout, training=self.training, backend=self.backend,
                                          validate=False, picks=plan.picks)
-        return self._unbatched_outputs(out, hn, cn, T, B, is_batched, batch_dim)
+        return self._shaped_outputs(out, hn, cn, T, B, is_batched, batch_dim)
 
-    def _unbatched_outputs(self, out, hn, cn, T, B, is_batched, batch_dim):
+    def _shaped_outputs(self, out, hn, cn, T, B, is_batched, batch_dim):
         """(output, hidden) in the input's layout, from out [T*B, D*Hout] and the [L*D, B, .] states."""
         hidden = (hn, cn) if self.mode == "LSTM" else hn
         out = out.view(T, B, out.size(-1))
@@ -256,7 +256,7 @@ class _RNNMixin:
         if batch_sizes is not None:
             return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), \
                 self.permute_hidden((hn, cn) if is_lstm else hn, unsorted_indices)
-        return self._unbatched_outputs(out, hn, cn, T, B, is_batched, batch_dim)
+        return self._shaped_outputs(out, hn, cn, T, B, is_batched, batch_dim)
 
     def _auto_picks_torch(self, input) -> bool:
         """Whether auto hands this whole call to torch (functional.torch_runs, fastrnn/dispatch.py):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import fastrnn
-from fastrnn import dispatch, plans
+from fastrnn import dispatch, modules, plans
 from conftest import CPU_BACKENDS, assert_close
 from test_errors import assert_same_error
 
@@ -147,3 +147,21 @@ def test_no_plan_under_autocast_or_for_packed_input():
         assert plans.facts(m, x, None, list(m.parameters())) is None
     packed = nn.utils.rnn.pack_padded_sequence(x, [3, 2])
     assert plans.facts(m, packed, None, list(m.parameters())) is None
+
+
+def test_plans_stay_out_of_copies_and_checkpoints(tmp_path):
+    import copy
+    import pickle
+    for m, x in ((fastrnn.LSTM(4, 5), torch.randn(2, 3, 4)), (fastrnn.GRUCell(4, 5), torch.randn(3, 4))):
+        with torch.no_grad():
+            expected = m(x)
+            m(x)
+        assert plans.ATTR in m.__dict__
+        torch.save(m, tmp_path / "m.pt")
+        copies = [copy.deepcopy(m), pickle.loads(pickle.dumps(m)), torch.load(tmp_path / "m.pt", weights_only=True),
+                  modules._torch_twin(m)]  # what torch.jit.script compiles in our place
+        for c in copies:
+            assert plans.ATTR not in c.__dict__
+            with torch.no_grad():
+                for a, e in zip(_flat(c(x)), _flat(expected)):
+                    torch.testing.assert_close(a, e)

@@ -57,6 +57,30 @@ const Blas& blas();
 // win 3x: the weights then stream from both cores' L2 caches.
 constexpr int64_t kSerialGemmMacs = 32768;
 
+// MKL on the calling thread alone while it lives, where `serial` (MKL's own setting restored
+// after: a library call leaves the process as it found it).  The backward of a small layer call
+// holds one around its ATen products (csrc/layer_backward.cpp).
+class SerialBlas {
+ public:
+  explicit SerialBlas(bool serial) {
+    const Blas& bl = blas();
+    if (serial && bl.set_local_threads != nullptr) {
+      const int one = 1;
+      before_ = bl.set_local_threads(&one);
+      active_ = true;
+    }
+  }
+  ~SerialBlas() {
+    if (active_) blas().set_local_threads(&before_);
+  }
+  SerialBlas(const SerialBlas&) = delete;
+  SerialBlas& operator=(const SerialBlas&) = delete;
+
+ private:
+  int before_ = 0;
+  bool active_ = false;
+};
+
 // Runs `f` with MKL on this thread only where the product is that small (restoring MKL's own
 // setting after: a library call leaves the process as it found it).
 template <class F>

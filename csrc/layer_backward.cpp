@@ -168,6 +168,11 @@ std::vector<OptTensor> backward(const std::string& cell, const Tensor& x, const 
   Dims d = check_layer(cell, x, batch_sizes, h0, c0, w_ih, w_hh, w_hr);
   const auto dt = x.scalar_type();
   checks::check_backward(kWhere, d, x, cell_traits(d.cell).S, dt, saved, dout, dhn, dcn);
+  // A small call's products after the loop (dx, dW_ih, dW_hh: at::mm on MKL) each as small as the
+  // per-step ones blas.h keeps on this thread: these too (a one-step LSTM H64 backward spent ~45%
+  // of its time in OpenMP's fork and barrier)
+  const int64_t G = cell_traits(d.cell).G;
+  const SerialBlas serial(d.N * G * d.H * std::max(d.I, d.Hout) <= kSerialGemmMacs);
   return layer::with_cell_and_type(d.cell, dt, [&](auto c, auto t) {
     return layer::backward_impl<decltype(c), decltype(t)>(d, x, w_ih, w_hh, w_hr, saved, dout, dhn, dcn, need_dx,
                                                    need_dw, bf16_gemms);

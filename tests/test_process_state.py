@@ -32,6 +32,9 @@ CASES = {
     "gru-f64-blas-train": dict(cell="gru", hidden=32, steps=12, batch=70, dtype="float64", train=True),
     "lstm-proj-packed-train": dict(cell="lstm", hidden=24, proj=8, steps=9, batch=5, packed=True, train=True),
     "rnn-small-serial": dict(cell="rnn_tanh", hidden=20, input=10, steps=5, batch=1),
+    # one step: MKL held on the calling thread for its products (blas.h), forward and backward
+    "lstm-one-step-train": dict(cell="lstm", hidden=64, input=64, steps=1, batch=1, train=True),
+    "gru-one-step-infer": dict(cell="gru", hidden=64, input=64, steps=1, batch=1),
     "lstm-bf16-train": dict(cell="lstm", hidden=32, steps=10, batch=4, dtype="bfloat16", train=True),
     "gru-bad-first": dict(cell="gru", hidden=32, steps=6, batch=3, bad=True),
 }

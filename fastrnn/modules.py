@@ -81,7 +81,31 @@ def _retype(dtype, *outs):
     return tuple(None if t is None else t.to(dtype) for t in outs)
 
 
-class _RNNMixin:
+class _Front:
+    """forward() of every module: the plan remembered for the call's facts where there is one
+    (fastrnn/plans.py), else the checked path (`_checked`), which makes and remembers it. The
+    mixins below supply `_weights`, `_plannable`, `_planned`, `_checked` and `_exported`."""
+
+    def forward(self, input, hx=None):
+        facts = plans.facts(self, input, hx, self._weights) if self._plannable() else None
+        plan = plans.lookup(self, facts)  # none while tracing or exporting (facts is None)
+        if plan is not None:
+            if plan is plans.TORCH:
+                return self._torch_forward(input, hx)
+            try:
+                return self._planned(input, hx, self._weights(), plan)
+            except plans.REJECTED:
+                pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
+        if _exporting():
+            return self._exported(input, hx)
+        return self._checked(input, hx, self._weights(), facts)
+
+    def _torch_forward(self, input, hx):
+        """torch.nn's own forward (the class after the mixins in the MRO)."""
+        return super().forward(input, hx)
+
+
+class _RNNMixin(_Front):
     """forward() shared by LSTM, GRU and RNN. Mirrors torch.nn.RNNBase's forward."""
 
     def _current_weights(self) -> list:
@@ -107,20 +131,14 @@ class _RNNMixin:
             layers.append(dirs)
         return layers
 
-    def forward(self, input, hx=None):
-        facts = None if self.zoneout or self.weight_dropout else plans.facts(self, input, hx, self._current_weights)
-        plan = plans.lookup(self, facts)  # none while tracing or exporting (facts is None)
-        if plan is not None:
-            if plan is plans.TORCH:
-                return super().forward(input, hx)
-            try:
-                return self._planned(input, hx, self._current_weights(), plan)
-            except plans.REJECTED:
-                pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
-        if _exporting():
-            self._check_exportable()
-            return super().forward(input, hx)
-        return self._checked(input, hx, self._current_weights(), facts)
+    _weights = _current_weights
+
+    def _plannable(self) -> bool:
+        return not (self.zoneout or self.weight_dropout)
+
+    def _exported(self, input, hx):
+        self._check_exportable()
+        return self._torch_forward(input, hx)
 
     def _planned(self, input, hx, flat, plan):
         """A call whose facts were checked and picked before (fastrnn/plans.py): plain tensors, no
@@ -166,7 +184,7 @@ class _RNNMixin:
         plain = not (torch.compiler.is_compiling() or self.zoneout or self.weight_dropout)
         if plain and self._auto_picks_torch(input):
             plans.remember(self, facts, plans.TORCH)
-            return super().forward(input, hx)
+            return self._torch_forward(input, hx)
         is_lstm = self.mode == "LSTM"
         orig_input, orig_hx = input, hx
         D = 2 if self.bidirectional else 1
@@ -230,7 +248,7 @@ class _RNNMixin:
             h0_l, c0_l = functional.layer_states(h0, c0, layer, D, len(layers))
             problem = functional.check_layer_args(cell, (x.size(0), in_size), batch_sizes, h0_l, c0_l, ws)
         if problem:
-            return _torch_error_or_raise(super().forward, orig_input, orig_hx, problem)
+            return _torch_error_or_raise(self._torch_forward, orig_input, orig_hx, problem)
         autocast = x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type)
         if autocast:
             (x, h0, c0, *flat), out_dtype = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *flat])
@@ -416,7 +434,7 @@ class RNN(_RNNMixin, nn.RNN):
         self.weight_dropout = _check_probability("weight_dropout", weight_dropout)
 
 
-class _CellMixin:
+class _CellMixin(_Front):
     """forward() shared by the cells: one time step through the same layer op."""
 
     _cell_name = ""
@@ -434,19 +452,11 @@ class _CellMixin:
         params = self._parameters  # read directly: four nn.Module.__getattr__ calls cost ~2 us
         return tuple([params[n] if n in params else getattr(self, n, None) for n in self._WEIGHT_NAMES])
 
-    def forward(self, input, hx=None):
-        facts = plans.facts(self, input, hx, self._weights)
-        plan = plans.lookup(self, facts)  # none while tracing or exporting (facts is None)
-        if plan is not None:
-            if plan is plans.TORCH:
-                return super().forward(input, hx)
-            try:
-                return self._planned(input, hx, self._weights(), plan)
-            except plans.REJECTED:
-                pass  # a kernel refused the call (a weight changed since): the checked path raises torch's error
-        if _exporting():
-            return super().forward(input, hx)
-        return self._checked(input, hx, self._weights(), facts)
+    def _plannable(self) -> bool:
+        return True
+
+    def _exported(self, input, hx):
+        return self._torch_forward(input, hx)
 
     def _planned(self, input, hx, w, plan):
         """A call whose facts were checked and picked before (fastrnn/plans.py)."""
@@ -479,7 +489,7 @@ class _CellMixin:
         is_lstm = self._cell_name == "lstm"
         if self._auto_picks_torch(input, hx, w):
             plans.remember(self, facts, plans.TORCH)
-            return super().forward(input, hx)
+            return self._torch_forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"{cls}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -502,12 +512,12 @@ class _CellMixin:
             s.dim() == 2 and s.size(0) == x.size(0) and s.size(1) == self.hidden_size
             for s in (h0, c0) if s is not None) and _consistent([x, h0, c0, *w]))
         if not ok:
-            return super().forward(input, hx)  # torch raises its own error here
+            return self._torch_forward(input, hx)  # torch raises its own error here
         (x, h0, c0, *w), out_dtype = _autocast(_torch_class(self), x.device.type, [x, h0, c0, *w])
         h0, c0, weights = h0.unsqueeze(0), None if c0 is None else c0.unsqueeze(0), [(*w, None)]
         problem = functional.check_layer_args(cell, x, None, h0, c0, weights)
         if problem:  # a weight of another shape than the module's sizes
-            return _torch_error_or_raise(super().forward, input, hx, problem)
+            return _torch_error_or_raise(self._torch_forward, input, hx, problem)
         picked = functional.choose(cell, x, x.size(1), None, h0, c0, weights, self.backend)
         _, hn, cn = functional.rnn_layer(cell, x, None, h0, c0, weights, self.backend, validate=False,
                                          picked=picked)

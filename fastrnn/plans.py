@@ -37,6 +37,8 @@ class Plan(NamedTuple):
     # no autograd and float32/float64: the call can go straight to the kernels
     # (functional.rnn_inference), without the op layer's general cases
     inference: bool
+
+
 MAX_PLANS = 64  # per module: each sequence length is its own set of facts
 REJECTED = (RuntimeError, ValueError, TypeError, IndexError)
 _FULL = (torch.float32, torch.float64)  # the kernels reject other weight dtypes than x's in these

@@ -165,3 +165,17 @@ def test_plans_stay_out_of_copies_and_checkpoints(tmp_path):
             with torch.no_grad():
                 for a, e in zip(_flat(c(x)), _flat(expected)):
                     torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_empty_batches(backend):
+    """B = 0 through the remembered plan too: empty outputs shaped as torch's."""
+    for name in ("LSTM", "GRU", "RNN", "GRUCell"):
+        ref = getattr(nn, name)(4, 5)
+        ours = getattr(fastrnn, name)(4, 5, backend=backend)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(0, 4) if name.endswith("Cell") else torch.randn(3, 0, 4)
+        with torch.no_grad():
+            for _ in range(3):
+                for a, e in zip(_flat(ours(x)), _flat(ref(x))):
+                    assert a.shape == e.shape

@@ -21,6 +21,10 @@ using PanelGemmFn = void (*)(int64_t M, int64_t K, const float* A, int64_t lda, 
 // The two-operand form, for a step that also does its input projection:
 // C[m, :ncols] (+)= bias[:ncols] + A1[m, :K1] P[:K1] + A2[m, :K2] P[K1:K1+K2], P one packed
 // (K1 + K2) x 16 panel, bias optional (nullptr: zero).
+// With panels = NP > 1, NP such products at once (panel p at P + p * panel_stride, its bias at
+// bias + p * bias_stride, its columns at C + p * c_stride), all of width ncols: at a few rows
+// one broadcast of A then feeds NP FMAs instead of one (a step's G gate panels of one hidden
+// block, or consecutive blocks of a one-gate cell).
 struct PanelArgs {
   int64_t M, K1;
   const float* A1; int64_t lda1;
@@ -31,6 +35,8 @@ struct PanelArgs {
   float* C; int64_t ldc;
   int64_t ncols;
   bool accumulate;
+  int panels = 1;
+  int64_t panel_stride = 0, bias_stride = 0, c_stride = 0;
 };
 using PanelGemm2Fn = void (*)(const PanelArgs&);
 

@@ -96,6 +96,15 @@ inline void tile(const PanelArgs& g, const float* A1, const float* A2, float* C)
 // Tiles of 6 rows (12 accumulators of 16 registers); a remainder of 1-3 rows splits k to keep
 // at least eight FMA chains in flight.
 void panel_gemm2(const PanelArgs& g) {
+  if (g.panels > 1) {  // 16 ymm registers hold no multi-panel tile: one panel at a time
+    PanelArgs one = g;
+    one.panels = 1;
+    for (int p = 0; p < g.panels; ++p, one.P += g.panel_stride, one.C += g.c_stride) {
+      one.bias = g.bias ? g.bias + p * g.bias_stride : nullptr;
+      panel_gemm2(one);
+    }
+    return;
+  }
   for_row_tiles<6>(g.M, [&](auto rows, int64_t m) {
     constexpr int MR = decltype(rows)::value;
     tile<MR, (MR == 1 ? 4 : MR <= 3 ? 2 : 1)>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);

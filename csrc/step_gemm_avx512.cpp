@@ -9,6 +9,11 @@
 // [M, 256] x [256, 1024] AVX2 / AVX-512: M=4 99 / 112, M=16 88-110 / 115, M=32 106 / 116,
 // M=64 (K=512, N=2048) 110 / 115.  On Intel server parts with two 512-bit FMA units the
 // peak itself doubles.  Compiled into the AVX-512 table with pointwise.cpp; isa.cpp picks it at run time.
+//
+// The callers (fused_steps.h) hand over several panels that share their rows at once where they
+// can (PanelArgs::panels: a hidden block's gate panels, or consecutive blocks): a tile of up to
+// 6 rows x 4 panels then loads each broadcast of A once for 4 FMAs, and every panel row once
+// (an 8-row single-panel tile loads one panel row and 8 broadcasts for 8 FMAs).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -20,6 +25,23 @@ namespace fastrnn {
 namespace isa_avx512 {
 namespace {
 
+// Panel rows are fetched this many rows (64 B each) ahead: at a few rows a step streams its
+// panels from L2, and the L1 prefetchers alone leave the loads waiting.  Measured single-thread,
+// LSTM H=256 gate panels from L2 (1 MiB): 1 row 11.4 -> 9.7 us a step, 4 rows 16.7 -> 13.7
+// (8 rows ahead; 16 and 32 measured 1-8% slower).
+constexpr int64_t kPrefetchRows = 8;
+
+// Row k of a panel into a register, prefetching row k + kPrefetchRows.  `reused`: the row feeds
+// several FMAs; GCC would otherwise fold the load into each of them (one load per tile row:
+// 2-row tiles ran at 54 GB/s instead of 77).
+template <bool reused>
+inline __m512 panel_row(const float* P, int64_t k) {
+  _mm_prefetch(reinterpret_cast<const char*>(P + (k + kPrefetchRows) * 16), _MM_HINT_T0);
+  __m512 b = _mm512_loadu_ps(P + k * 16);
+  if constexpr (reused) asm("" : "+v"(b));
+  return b;
+}
+
 // acc[u][m] += sum over k (step KS, offset u) of A[m, k] * P[k, :] for m < MR, k < K.
 template <int MR, int KS>
 inline void segment(__m512 (&acc)[KS][MR], int64_t K, const float* A, int64_t lda, const float* P) {
@@ -27,13 +49,13 @@ inline void segment(__m512 (&acc)[KS][MR], int64_t K, const float* A, int64_t ld
   for (; k + KS <= K; k += KS) {
 #pragma GCC unroll 8
     for (int u = 0; u < KS; ++u) {
-      const __m512 b = _mm512_loadu_ps(P + (k + u) * 16);
+      const __m512 b = panel_row<(MR > 1)>(P, k + u);
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) acc[u][m] = _mm512_fmadd_ps(_mm512_set1_ps(A[m * lda + k + u]), b, acc[u][m]);
     }
   }
   for (; k < K; ++k) {
-    const __m512 b = _mm512_loadu_ps(P + k * 16);
+    const __m512 b = panel_row<(MR > 1)>(P, k);
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) acc[0][m] = _mm512_fmadd_ps(_mm512_set1_ps(A[m * lda + k]), b, acc[0][m]);
   }
@@ -63,6 +85,78 @@ inline void tile(const PanelArgs& g, const float* A1, const float* A2, float* C)
     if (g.accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(cols, C + m * g.ldc));
     _mm512_mask_storeu_ps(C + m * g.ldc, cols, r);
   }
+}
+
+// The NP-panel tile (PanelArgs::panels): acc[u][p][m] over panels p < NP, KS partial sums.
+template <int MR, int NP, int KS>
+inline void multi_segment(__m512 (&acc)[KS][NP][MR], int64_t K, const float* A, int64_t lda, const float* P,
+                          int64_t pstride) {
+  int64_t k = 0;
+  for (; k + KS <= K; k += KS) {
+#pragma GCC unroll 8
+    for (int u = 0; u < KS; ++u) {
+      __m512 b[NP];
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) b[p] = panel_row<(MR > 1)>(P + p * pstride, k + u);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const __m512 a = _mm512_set1_ps(A[m * lda + k + u]);
+#pragma GCC unroll 4
+        for (int p = 0; p < NP; ++p) acc[u][p][m] = _mm512_fmadd_ps(a, b[p], acc[u][p][m]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    __m512 b[NP];
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) b[p] = panel_row<(MR > 1)>(P + p * pstride, k);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m512 a = _mm512_set1_ps(A[m * lda + k]);
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) acc[0][p][m] = _mm512_fmadd_ps(a, b[p], acc[0][p][m]);
+    }
+  }
+}
+
+template <int MR, int NP, int KS>
+inline void multi_tile(const PanelArgs& g, const float* A1, const float* A2, float* C) {
+  __m512 acc[KS][NP][MR];
+  const __mmask16 cols = g.ncols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << g.ncols) - 1u);
+#pragma GCC unroll 4
+  for (int p = 0; p < NP; ++p) {
+    const __m512 init = g.bias ? _mm512_maskz_loadu_ps(cols, g.bias + p * g.bias_stride) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int u = 0; u < KS; ++u)
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[u][p][m] = u == 0 ? init : _mm512_setzero_ps();
+  }
+  multi_segment<MR, NP, KS>(acc, g.K1, A1, g.lda1, g.P, g.panel_stride);
+  if (g.K2 > 0) multi_segment<MR, NP, KS>(acc, g.K2, A2, g.lda2, g.P + g.K1 * 16, g.panel_stride);
+#pragma GCC unroll 4
+  for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      __m512 r = acc[0][p][m];
+#pragma GCC unroll 8
+      for (int u = 1; u < KS; ++u) r = _mm512_add_ps(r, acc[u][p][m]);
+      float* c = C + p * g.c_stride + m * g.ldc;
+      if (g.accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(cols, c));
+      _mm512_mask_storeu_ps(c, cols, r);
+    }
+}
+
+// NP panels over tiles of at most 6 rows (NP x 6 accumulators, KS partial sums where that leaves
+// fewer than 8 FMA chains).  Measured single-thread against one panel at a time in 8-row tiles,
+// LSTM H=256 with W_ih, one thread's half of the blocks (1 MiB, in L2), us a step: 1 row 11.4 ->
+// 9.5, 4 rows 17.7 -> 14.4, 16 rows 60 -> 51, 64 rows 244 -> 199; 8 rows (6 + 2) 32 -> 31.
+template <int NP>
+void multi_panel(const PanelArgs& g) {
+  for_row_tiles<6>(g.M, [&](auto rows, int64_t m) {
+    constexpr int MR = decltype(rows)::value;
+    constexpr int KS = MR * NP >= 8 ? 1 : MR * NP >= 4 ? 2 : 4;
+    multi_tile<MR, NP, KS>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);
+  });
 }
 
 // C[m, n0 + :16] += sum_k Ap[k * 8 + m] * X[k * ldx + n0 + :16] for m < MR (masked to `cols`),
@@ -112,6 +206,23 @@ void rank_update(const RankUpdateArgs& r) {
 // Tiles of 8 rows; a remainder of MR rows splits k into enough partial sums to keep 8 FMA chains
 // in flight.
 void panel_gemm2(const PanelArgs& g) {
+  switch (g.panels) {
+    case 1: break;
+    case 2: return multi_panel<2>(g);
+    case 3: return multi_panel<3>(g);
+    case 4: return multi_panel<4>(g);
+    default: {  // more than a tile holds: four at a time
+      PanelArgs part = g;
+      for (int p = 0; p < g.panels; p += 4) {
+        part.panels = std::min(4, g.panels - p);
+        part.P = g.P + p * g.panel_stride;
+        part.C = g.C + p * g.c_stride;
+        part.bias = g.bias ? g.bias + p * g.bias_stride : nullptr;
+        panel_gemm2(part);
+      }
+      return;
+    }
+  }
   for_row_tiles<8>(g.M, [&](auto rows, int64_t m) {
     constexpr int MR = decltype(rows)::value;
     tile<MR, (MR == 1 ? 8 : MR <= 3 ? 4 : MR <= 7 ? 2 : 1)>(g, g.A1 + m * g.lda1, g.A2 + m * g.lda2, g.C + m * g.ldc);

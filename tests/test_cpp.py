@@ -293,6 +293,24 @@ def test_step_input_projection_without_biases(cell, monkeypatch):
     _check_float32_loops(cell, 2, True, functional, bias=False)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_panel_groups_at_few_rows(cell, threads, monkeypatch):
+    """The panel kernel's multi-panel tiles (a block's gate panels, or up to four whole blocks of a
+    one-gate cell and of the backward's columns): every row count of a 6-row tile, groups of 1-4
+    panels and a ragged last block, each with the input projection in the steps and before them."""
+    from fastrnn import functional
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for loop in ("step", "panel"):
+            _set_loop(monkeypatch, loop)
+            for B, H in ((1, 48), (2, 100), (3, 64), (5, 16), (6, 57), (7, 80)):
+                _check_float32_loops(cell, 1, False, functional, B=B, T=3, I=36, H=H)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _check_float32_loops(cell, D, packed, functional, B=19, T=6, I=20, H=100, bias=True):
     prob = _layer_problem(cell, D, B, T, I, H, packed, torch.float32)
     if not bias:

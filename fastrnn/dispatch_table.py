@@ -96,28 +96,6 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                   'gru-T100-B64-H512-L1-fwdbwd-bf16 '
                                                                                   'x1.85 won',
                                                                           'value': 100663296.0},
-                              'cpp.panel_loop.forward.max_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
-                                                                           '+ cpu-intel-xeon-avx512-2c.json '
-                                                                           '+ '
-                                                                           'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
-                                                                           '+ '
-                                                                           'cpu-intel-xeon-avx512-2c.lstm-f32.json '
-                                                                           '+ '
-                                                                           'cpu-intel-xeon-avx512-2c.ort-small.json '
-                                                                           '+ '
-                                                                           'cpu-intel-xeon-avx512-2c.plans-b16.json '
-                                                                           '+ '
-                                                                           'cpu-intel-xeon-avx512-2c.plans.json '
-                                                                           '+ '
-                                                                           'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                           "W_hh bytes up to which cpp's "
-                                                                           'panel loop beat its BLAS loop at '
-                                                                           '16+ rows (forward); '
-                                                                           'rnn-T100-B64-H512-L1-fwd-f32 '
-                                                                           'panel x1.04 won, '
-                                                                           'gru-T100-B64-H512-L1-fwd-f32 '
-                                                                           'panel x0.96 lost',
-                                                                   'value': 1048576},
                               'cpp.step_input.backward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                 '+ '
                                                                                 'cpu-intel-xeon-avx512-2c.json '
@@ -137,11 +115,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                 'up to which the in-step '
                                                                                 'backward won above that '
                                                                                 'size; '
-                                                                                'gru-T100-B64-H128-L1-fwdbwd-f32 '
-                                                                                'in steps x0.98 won, '
-                                                                                'rnn-T100-B16-H128-L1-fwdbwd-f32 '
-                                                                                'in steps x0.97 lost',
-                                                                        'value': 6144},
+                                                                                'rnn-T100-B64-H128-L1-fwdbwd-f32 '
+                                                                                'in steps x0.95 lost',
+                                                                        'value': 0},
                               'cpp.step_input.backward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                '+ '
                                                                                'cpu-intel-xeon-avx512-2c.json '
@@ -161,7 +137,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                "which cpp's in-step backward "
                                                                                'won; '
                                                                                'rnn-T100-B16-H128-L1-fwdbwd-f32 '
-                                                                               'in steps x0.97 lost',
+                                                                               'in steps x0.92 lost',
                                                                        'value': 0},
                               'cpp.step_input.forward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                '+ '
@@ -181,11 +157,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                'weight bytes per batch row '
                                                                                'up to which the in-step '
                                                                                'forward won above that size; '
-                                                                               'gru-T100-B64-H256-L1-fwd-f32 '
-                                                                               'in steps x1.26 won, '
                                                                                'rnn-T100-B64-H512-L1-fwd-f32 '
-                                                                               'in steps x0.92 lost',
-                                                                       'value': 24576},
+                                                                               'in steps x1.23 won, '
+                                                                               'gru-T100-B16-H256-L1-fwd-f32 '
+                                                                               'in steps x0.93 lost',
+                                                                       'value': 32768},
                               'cpp.step_input.forward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                               '+ '
                                                                               'cpu-intel-xeon-avx512-2c.json '
@@ -204,11 +180,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                               '[W_ih; W_hh] bytes up to '
                                                                               "which cpp's in-step forward "
                                                                               'won; '
-                                                                              'gru-T100-B64-H128-L1-fwd-f32 '
+                                                                              'rnn-T100-B64-H256-L1-fwd-f32 '
                                                                               'in steps x1.24 won, '
-                                                                              'rnn-T100-B4-H256-L1-fwd-f32 '
-                                                                              'in steps x0.97 lost',
-                                                                      'value': 393216},
+                                                                              'gru-T100-B16-H256-L1-fwd-f32 '
+                                                                              'in steps x0.93 lost',
+                                                                      'value': 524288},
                               'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
                                                                 'cpu-intel-xeon-avx512-2c.json + '
                                                                 'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '

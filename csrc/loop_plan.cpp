@@ -27,6 +27,8 @@ constexpr int64_t kFusedMaxRowsGated = 512;
 // BLAS loop (StepInputLimits::panel_max_bytes): on the 2-core Sapphire Rapids class Xeon, T=100,
 // ms panel / BLAS loop: GRU B64 H1024 (12 MiB) 468 / 388, RNN B16 H2048 (16 MiB) 147 / 128,
 // GRU B64 H512 (3 MiB) 109 / 99; but GRU B4 H1024 43 / 51 (few rows: MKL's GEMM does not block).
+// Since the multi-panel tiles (step_gemm_avx512.cpp) the two loops tie there (BLAS / panel time
+// 0.97-1.04 from 3 MiB, 1.03-1.42 below), and that CPU's row no longer sets a limit.
 constexpr int64_t kBlasLoopMinRows = 16;
 
 // [pass][cached bytes, bytes per row, panel max bytes]; pass 0 forward, 1 backward.  The panel

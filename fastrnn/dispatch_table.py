@@ -194,9 +194,25 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                 'cpu-intel-xeon-avx512-2c.plans.json + '
                                                                 'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                 'per-step GEMM flops where torch beat numba; '
-                                                                'rnn-T100-B1-H256-L1-fwd-f32 x1.87 won, '
-                                                                'gru-T100-B4-H256-L1-fwd-f32 x0.76 lost',
+                                                                'rnn-T100-B1-H256-L1-fwd-f32 x1.80 won, '
+                                                                'gru-T100-B4-H256-L1-fwd-f32 x0.48 lost',
                                                         'value': 131072.0},
+                              'numba_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                   '+ cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                   '+ '
+                                                                   'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                   '+ '
+                                                                   'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                   '+ cpu-intel-xeon-avx512-2c.plans.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                   'per-step GEMM flops where torch beat '
+                                                                   'numba; gru-T100-B4-H256-L1-fwdbwd-f32 '
+                                                                   'x1.65 won, '
+                                                                   'rnn-T100-B16-H256-L1-fwdbwd-f32 x0.97 '
+                                                                   'lost',
+                                                           'value': 1572864.0},
                               'one_step_to_torch.float32.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                         '+ cpu-intel-xeon-avx512-2c.json + '
                                                                         'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -236,38 +252,6 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                            'rnn-T1-B1-H64-L1-fwdbwd-f32 '
                                                                            'x0.69',
                                                                    'value': True},
-                              'onednn_cpp_rows.blas.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
-                                                                   'cpu-intel-xeon-avx512-2c.json + '
-                                                                   'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
-                                                                   '+ cpu-intel-xeon-avx512-2c.lstm-f32.json '
-                                                                   '+ '
-                                                                   'cpu-intel-xeon-avx512-2c.ort-small.json '
-                                                                   '+ '
-                                                                   'cpu-intel-xeon-avx512-2c.plans-b16.json '
-                                                                   '+ cpu-intel-xeon-avx512-2c.plans.json + '
-                                                                   'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                   "rows up to which cpp's blas loop beat "
-                                                                   "oneDNN's LSTM; "
-                                                                   'lstm-T100-B16-H512-L1-fwd-f32 x1.12 won, '
-                                                                   'fastrnns-default-fwd x0.82 lost',
-                                                           'value': 16},
-                              'onednn_cpp_rows.blas.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
-                                                                      'cpu-intel-xeon-avx512-2c.json + '
-                                                                      'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
-                                                                      '+ '
-                                                                      'cpu-intel-xeon-avx512-2c.lstm-f32.json '
-                                                                      '+ '
-                                                                      'cpu-intel-xeon-avx512-2c.ort-small.json '
-                                                                      '+ '
-                                                                      'cpu-intel-xeon-avx512-2c.plans-b16.json '
-                                                                      '+ cpu-intel-xeon-avx512-2c.plans.json '
-                                                                      '+ '
-                                                                      'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                      "rows up to which cpp's blas loop beat "
-                                                                      "oneDNN's LSTM; "
-                                                                      'fastrnns-default-fwdbwd x1.15, '
-                                                                      'fastrnns-default-fwdbwd x1.15',
-                                                              'value': 64},
                               'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                          '+ cpu-intel-xeon-avx512-2c.json + '
                                                                          'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -283,9 +267,10 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                          'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                          "rows up to which cpp's panel+step "
                                                                          "loop beat oneDNN's LSTM; "
-                                                                         'lstm-T100-B16-H128-L1-fwd-f32 '
-                                                                         'x0.97 lost',
-                                                                 'value': 0},
+                                                                         'lstm-T500-B16-H256-L1-fwd-f32 '
+                                                                         'x1.06 won, fastrnns-default-fwd '
+                                                                         'x0.99 lost',
+                                                                 'value': 16},
                               'onednn_cpp_rows.panel+step.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                             '+ cpu-intel-xeon-avx512-2c.json '
                                                                             '+ '
@@ -304,7 +289,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                             "panel+step loop beat oneDNN's "
                                                                             'LSTM; '
                                                                             'lstm-T100-B16-H128-L1-fwdbwd-f32 '
-                                                                            'x0.90 lost',
+                                                                            'x0.93 lost',
                                                                     'value': 0},
                               'onednn_cpp_rows.panel.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
                                                                     'cpu-intel-xeon-avx512-2c.json + '
@@ -319,8 +304,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                     'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
                                                                     "rows up to which cpp's panel loop beat "
                                                                     "oneDNN's LSTM; "
-                                                                    'lstm-T100-B4-H512-L1-fwd-f32 x1.72 won, '
-                                                                    'lstm-T100-B16-H256-L1-fwd-f32 x0.90 '
+                                                                    'lstm-T100-B4-H512-L1-fwd-f32 x2.09 won, '
+                                                                    'lstm-T100-B16-H256-L1-fwd-f32 x0.96 '
                                                                     'lost',
                                                             'value': 4},
                               'onednn_cpp_rows.panel.fwd.bi': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
@@ -339,11 +324,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                        "rows up to which cpp's panel loop "
                                                                        "beat oneDNN's bidirectional LSTM; "
                                                                        'lstm-T100-B16-H256-L1-bi-fwd-f32 '
-                                                                       'x1.01, '
+                                                                       'x1.23, '
                                                                        'lstm-T100-B16-H256-L2-bi-fwd-f32 '
-                                                                       'x1.10, '
+                                                                       'x1.15, '
                                                                        'lstm-T100-B16-H256-L4-bi-fwd-f32 '
-                                                                       'x1.11',
+                                                                       'x1.15',
                                                                'value': 16},
                               'onednn_cpp_rows.panel.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
                                                                        'cpu-intel-xeon-avx512-2c.json + '
@@ -361,9 +346,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                        "rows up to which cpp's panel loop "
                                                                        "beat oneDNN's LSTM; "
                                                                        'lstm-T100-B4-H512-L1-fwdbwd-f32 '
-                                                                       'x1.16 won, '
-                                                                       'lstm-T100-B16-H256-L1-fwdbwd-f32 '
-                                                                       'x0.96 lost',
+                                                                       'x1.26 won, '
+                                                                       'lstm-T100-B16-H256-L2-fwdbwd-f32 '
+                                                                       'x0.97 lost',
                                                                'value': 4},
                               'onednn_cpp_rows.panel.fwdbwd.bi': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                           '+ cpu-intel-xeon-avx512-2c.json + '
@@ -381,11 +366,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                           "rows up to which cpp's panel loop "
                                                                           "beat oneDNN's bidirectional LSTM; "
                                                                           'lstm-T100-B16-H256-L2-bi-fwdbwd-f32 '
-                                                                          'x1.24, '
+                                                                          'x1.25, '
                                                                           'lstm-T100-B16-H256-L2-bi-fwdbwd-f32 '
-                                                                          'x1.41, '
+                                                                          'x1.34, '
                                                                           'lstm-T100-B16-H256-L4-bi-fwdbwd-f32 '
-                                                                          'x1.30',
+                                                                          'x1.35',
                                                                   'value': 16}},
  'default': {'bfloat16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
                                                             'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '

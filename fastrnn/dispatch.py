@@ -178,7 +178,8 @@ def _cpp_beats_onednn(call, t) -> bool:
     the loop cpp runs for the call (`_ext.loop_plan`: "panel+step", "panel", "blas") measured at
     least as fast as oneDNN on this CPU class: up to `onednn_cpp_rows.<plan>.<mode>` rows, or
     `...<mode>.bi` for a bidirectional layer where fitted (cpp runs both directions at once, oneDNN
-    one after the other)."""
+    one after the other), and from `onednn_cpp_wide.<plan>.<mode>` = [hidden, rows] units up to
+    its rows where fitted (the rows rule stopped at a narrower layer's loss)."""
     if call.steps <= t["onednn_short_steps"] or call.batch <= t["onednn_few_rows"]:
         return True
     lo, hi = t["onednn_mid_hidden"]
@@ -186,10 +187,13 @@ def _cpp_beats_onednn(call, t) -> bool:
         return True
     from fastrnn.backends import cpp
     mode = "fwdbwd" if call.needs_grad else "fwd"
-    key = f"onednn_cpp_rows.{cpp.loop_plan(call)}.{mode}"
-    rows = t.get(key, 0)
+    plan = f"{cpp.loop_plan(call)}.{mode}"
+    key, wide_key = f"onednn_cpp_rows.{plan}", f"onednn_cpp_wide.{plan}"
+    rows, wide = t.get(key, 0), t.get(wide_key)
     if call.directions == 2:
-        rows = t.get(key + ".bi", rows)
+        rows, wide = t.get(key + ".bi", rows), t.get(wide_key + ".bi", wide)
+    if wide is not None and call.hidden_size >= wide[0] and call.batch <= wide[1]:
+        return True
     return call.batch <= rows
 
 

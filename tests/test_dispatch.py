@@ -123,7 +123,8 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     # 3 rows of 300 units: neither narrow nor wide enough for cpp's few-row rule
     # (dispatch._cpp_beats_onednn); 30 steps: past its short-sequence rule; and, whatever this CPU's
     # fitted row says, no loop of cpp's measured ahead of oneDNN
-    t = {k: (0 if k.startswith("onednn_cpp_rows.") else v) for k, v in dispatch.table().items()}
+    t = {k: (0 if k.startswith("onednn_cpp_rows.") else v) for k, v in dispatch.table().items()
+         if not k.startswith("onednn_cpp_wide.")}
     monkeypatch.setattr(dispatch, "table", lambda: t)
     monkeypatch.setattr(dispatch, "PICKS", {})  # picks under this table stay in this test
     ref = torch.nn.LSTM(4, 300, num_layers=2, dropout=0.3)
@@ -167,6 +168,28 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
     assert layers == []
     cell.bfloat16()(x[0].bfloat16())
     assert layers == [1]
+
+
+def test_wide_rule_keeps_wide_lstm_layers_on_cpp(monkeypatch):
+    """`onednn_cpp_wide.<plan>.<mode>` = [hidden, rows]: where the rows rule stopped at a narrow
+    layer's loss, layers at least that wide stay on cpp up to those rows; narrower ones and more
+    rows go to oneDNN."""
+    if "cpp" not in fastrnn.available_backends("cpu"):
+        pytest.skip("cpp backend not built")
+    from fastrnn.backends import cpp
+    from fastrnn.dispatch import onednn_lstm_applies as onednn_lstm_applies_to
+    if not onednn_lstm_applies_to("lstm", "cpu", torch.float32, 0, False):
+        pytest.skip("torch has no oneDNN LSTM here")
+    base = {k: v for k, v in dispatch.table().items() if not k.startswith(("onednn_cpp_rows.", "onednn_cpp_wide."))}
+    monkeypatch.setattr(dispatch, "PICKS", {})
+    plan = cpp.loop_plan(_call(batch=32, hidden_size=320, steps=100, needs_grad=True))
+    t = dict(base, **{f"onednn_cpp_wide.{plan}.fwdbwd": [320, 64]})
+    monkeypatch.setattr(dispatch, "table", lambda: t)
+    for H, B, want in ((320, 32, "cpp"), (320, 64, "cpp"), (319, 32, "torch"), (320, 65, "torch")):
+        call = _call(batch=B, hidden_size=H, steps=100, needs_grad=True)
+        if cpp.loop_plan(call) == plan:  # the rule is per loop
+            assert backends.select("auto", call).name == want, (H, B)
+    assert backends.select("auto", _call(batch=32, hidden_size=320, steps=100)).name == "torch"  # fwd: no rule
 
 
 def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):

@@ -135,6 +135,27 @@ def test_fit_of_cpp_against_onednn_per_loop(tmp_path):
     assert row["onednn_cpp_rows.panel.fwdbwd"]["value"] == 64
     assert row["onednn_cpp_rows.panel+step.fwdbwd"]["value"] == 0
     assert "onednn_cpp_rows.panel+step.fwd" not in row and "onednn_cpp_rows.blas.fwd" not in row
+    assert not any(k.startswith("onednn_cpp_wide.") for k in row)  # one width measured: no split
+
+
+def test_fit_of_the_width_split_against_onednn(tmp_path):
+    """Where a narrow layer's loss stops the rows rule and every wider case won, the fit adds
+    [narrowest hidden above the widest loss, most rows won there]; one win above is not enough."""
+    def case(B, H, torch_s, cpp_s, mode="fwdbwd"):
+        c = _case("lstm", B, H, mode, torch_s, 1.0)
+        c["results"]["cpp"] = {"median_s": cpp_s}
+        c["cpp_plans"] = ["panel+step"]
+        return c
+    cases = [case(16, 128, 1.0, 1.07), case(64, 128, 1.0, 1.07),    # narrow: lost
+             case(16, 256, 1.3, 1.0), case(256, 256, 1.3, 1.0), case(64, 512, 1.2, 1.0),
+             case(16, 128, 1.0, 1.07, "fwd"), case(64, 256, 1.2, 1.0, "fwd")]  # fwd: one win above
+    path = tmp_path / "cpu-test-2c.json"
+    path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "cases": cases}))
+    row = fit.fit_file(path)
+    assert row["onednn_cpp_rows.panel+step.fwdbwd"]["value"] == 0
+    assert row["onednn_cpp_wide.panel+step.fwdbwd"]["value"] == [256, 256]
+    assert "widest loss lstm-B16-H128-fwdbwd x0.93" in row["onednn_cpp_wide.panel+step.fwdbwd"]["from"]
+    assert "onednn_cpp_wide.panel+step.fwd" not in row
 
 
 def test_rules_read_the_table(monkeypatch):

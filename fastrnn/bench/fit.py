@@ -90,6 +90,23 @@ def _cpp_plan(c):
     return plans.pop() if len(plans) == 1 else None
 
 
+def _wide_edge(mine, cid):
+    """Where the rows rule stops at a loss of a narrow layer while every wider case won: the
+    narrowest hidden size above the widest loss and the most rows measured winning there, as
+    [hidden, rows] (or None: no loss, or fewer than two wins above it). The losses decide, as in
+    `_edge`: nothing wider than the widest case measured, or with more rows, is claimed."""
+    losses = [c for c in mine if not _won(c, "cpp")]
+    if not losses:
+        return None
+    widest_loss = max(losses, key=lambda c: c["H"])
+    above = [c for c in mine if c["H"] > widest_loss["H"]]
+    if len(above) < 2:
+        return None
+    above.sort(key=lambda c: (c["H"], c["B"]))
+    return ([min(c["H"] for c in above), max(c["B"] for c in above)],
+            f"{', '.join(cid(c, 'cpp') for c in above[:4])} won; widest loss {cid(widest_loss, 'cpp')}")
+
+
 def _weight_bytes(c) -> int:
     """[W_ih; W_hh] of one direction of the first layer in float32, as csrc/loop_plan.cpp counts it."""
     G = gates("rnn_tanh" if c["cell"] == "rnn" else c["cell"])
@@ -209,6 +226,9 @@ def fit_file(path) -> dict:
                 won_all = (max(points)[0], ", ".join(p[2] for p in sorted(points)[-3:])) if points else None
                 put(f"onednn_cpp_rows.{plan}.{mode}" + (".bi" if bi else ""), _edge(points) or won_all,
                     f"rows up to which cpp's {plan} loop beat oneDNN's {'bidirectional ' if bi else ''}LSTM")
+                put(f"onednn_cpp_wide.{plan}.{mode}" + (".bi" if bi else ""), _wide_edge(mine, cid),
+                    f"[hidden size, rows]: from that width, cpp's {plan} loop beat oneDNN's "
+                    f"{'bidirectional ' if bi else ''}LSTM on every case measured, up to those rows")
     _fit_input_plan(cases, put)
     _fit_panel_loop(cases, put)
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None

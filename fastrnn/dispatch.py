@@ -178,8 +178,8 @@ def _cpp_beats_onednn(call, t) -> bool:
     the loop cpp runs for the call (`_ext.loop_plan`: "panel+step", "panel", "blas") measured at
     least as fast as oneDNN on this CPU class: up to `onednn_cpp_rows.<plan>.<mode>` rows, or
     `...<mode>.bi` for a bidirectional layer where fitted (cpp runs both directions at once, oneDNN
-    one after the other), and from `onednn_cpp_wide.<plan>.<mode>` = [hidden, rows] units up to
-    its rows where fitted (the rows rule stopped at a narrower layer's loss)."""
+    one after the other), and within `onednn_cpp_wide.<plan>.<mode>` = [hidden from, hidden to,
+    rows] where fitted (the rows rule stopped at a narrower layer's loss)."""
     if call.steps <= t["onednn_short_steps"] or call.batch <= t["onednn_few_rows"]:
         return True
     lo, hi = t["onednn_mid_hidden"]
@@ -192,7 +192,7 @@ def _cpp_beats_onednn(call, t) -> bool:
     rows, wide = t.get(key, 0), t.get(wide_key)
     if call.directions == 2:
         rows, wide = t.get(key + ".bi", rows), t.get(wide_key + ".bi", wide)
-    if wide is not None and call.hidden_size >= wide[0] and call.batch <= wide[1]:
+    if wide is not None and wide[0] <= call.hidden_size <= wide[1] and call.batch <= wide[2]:
         return True
     return call.batch <= rows
 

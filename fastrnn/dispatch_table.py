@@ -386,11 +386,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                             'cpu-intel-xeon-avx512-2c.plans.json '
                                                                             '+ '
                                                                             'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                            '[hidden size, rows]: from that '
-                                                                            "width, cpp's panel+step loop "
-                                                                            "beat oneDNN's LSTM on every "
-                                                                            'case measured, up to those '
-                                                                            'rows; '
+                                                                            '[hidden from, hidden to, rows]: '
+                                                                            "at those widths cpp's "
+                                                                            "panel+step loop beat oneDNN's "
+                                                                            'LSTM on every case measured, up '
+                                                                            'to those rows; '
                                                                             'lstm-T500-B16-H256-L1-fwdbwd-f32 '
                                                                             'x1.27, '
                                                                             'lstm-T1000-B16-H256-L1-fwdbwd-f32 '
@@ -401,7 +401,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                             'x1.30 won; widest loss '
                                                                             'lstm-T100-B16-H128-L1-fwdbwd-f32 '
                                                                             'x0.93',
-                                                                    'value': [256, 256]},
+                                                                    'value': [256, 512, 256]},
                               'onednn_cpp_wide.panel.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
                                                                        'cpu-intel-xeon-avx512-2c.json + '
                                                                        'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -415,8 +415,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                        'cpu-intel-xeon-avx512-2c.plans.json '
                                                                        '+ '
                                                                        'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
-                                                                       '[hidden size, rows]: from that '
-                                                                       "width, cpp's panel loop beat "
+                                                                       '[hidden from, hidden to, rows]: at '
+                                                                       "those widths cpp's panel loop beat "
                                                                        "oneDNN's LSTM on every case "
                                                                        'measured, up to those rows; '
                                                                        'lstm-T100-B4-H512-L1-fwdbwd-f32 '
@@ -429,7 +429,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                        'x1.02 won; widest loss '
                                                                        'lstm-T100-B16-H256-L2-fwdbwd-f32 '
                                                                        'x0.97',
-                                                               'value': [512, 64]}},
+                                                               'value': [512, 1024, 64]}},
  'default': {'bfloat16.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class: '
                                                             'AVX512_BF16, AMX, AVX512_FP16), torch 2.13, '
                                                             'T=100, I=H, torch time / cpp time, min of 7 '

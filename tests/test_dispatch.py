@@ -171,9 +171,9 @@ def test_auto_hands_a_onednn_lstm_module_call_straight_to_torch(monkeypatch):
 
 
 def test_wide_rule_keeps_wide_lstm_layers_on_cpp(monkeypatch):
-    """`onednn_cpp_wide.<plan>.<mode>` = [hidden, rows]: where the rows rule stopped at a narrow
-    layer's loss, layers at least that wide stay on cpp up to those rows; narrower ones and more
-    rows go to oneDNN."""
+    """`onednn_cpp_wide.<plan>.<mode>` = [hidden from, hidden to, rows]: where the rows rule
+    stopped at a narrow layer's loss, layers of those widths stay on cpp up to those rows;
+    narrower or wider ones and more rows go to oneDNN."""
     if "cpp" not in fastrnn.available_backends("cpu"):
         pytest.skip("cpp backend not built")
     from fastrnn.backends import cpp
@@ -183,9 +183,10 @@ def test_wide_rule_keeps_wide_lstm_layers_on_cpp(monkeypatch):
     base = {k: v for k, v in dispatch.table().items() if not k.startswith(("onednn_cpp_rows.", "onednn_cpp_wide."))}
     monkeypatch.setattr(dispatch, "PICKS", {})
     plan = cpp.loop_plan(_call(batch=32, hidden_size=320, steps=100, needs_grad=True))
-    t = dict(base, **{f"onednn_cpp_wide.{plan}.fwdbwd": [320, 64]})
+    t = dict(base, **{f"onednn_cpp_wide.{plan}.fwdbwd": [320, 336, 64]})
     monkeypatch.setattr(dispatch, "table", lambda: t)
-    for H, B, want in ((320, 32, "cpp"), (320, 64, "cpp"), (319, 32, "torch"), (320, 65, "torch")):
+    for H, B, want in ((320, 32, "cpp"), (336, 64, "cpp"), (319, 32, "torch"), (337, 32, "torch"),
+                       (320, 65, "torch")):
         call = _call(batch=B, hidden_size=H, steps=100, needs_grad=True)
         if cpp.loop_plan(call) == plan:  # the rule is per loop
             assert backends.select("auto", call).name == want, (H, B)

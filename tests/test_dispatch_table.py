@@ -153,7 +153,7 @@ def test_fit_of_the_width_split_against_onednn(tmp_path):
     path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "cases": cases}))
     row = fit.fit_file(path)
     assert row["onednn_cpp_rows.panel+step.fwdbwd"]["value"] == 0
-    assert row["onednn_cpp_wide.panel+step.fwdbwd"]["value"] == [256, 256]
+    assert row["onednn_cpp_wide.panel+step.fwdbwd"]["value"] == [256, 512, 256]
     assert "widest loss lstm-B16-H128-fwdbwd x0.93" in row["onednn_cpp_wide.panel+step.fwdbwd"]["from"]
     assert "onednn_cpp_wide.panel+step.fwd" not in row
 

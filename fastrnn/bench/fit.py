@@ -92,9 +92,9 @@ def _cpp_plan(c):
 
 def _wide_edge(mine, cid):
     """Where the rows rule stops at a loss of a narrow layer while every wider case won: the
-    narrowest hidden size above the widest loss and the most rows measured winning there, as
-    [hidden, rows] (or None: no loss, or fewer than two wins above it). The losses decide, as in
-    `_edge`: nothing wider than the widest case measured, or with more rows, is claimed."""
+    hidden sizes above the widest loss that were measured and the most rows measured winning
+    there, as [narrowest, widest, rows] (or None: no loss, or fewer than two wins above it). As
+    in `_edge`, nothing wider than the widest case measured, or with more rows, is claimed."""
     losses = [c for c in mine if not _won(c, "cpp")]
     if not losses:
         return None
@@ -103,7 +103,7 @@ def _wide_edge(mine, cid):
     if len(above) < 2:
         return None
     above.sort(key=lambda c: (c["H"], c["B"]))
-    return ([min(c["H"] for c in above), max(c["B"] for c in above)],
+    return ([above[0]["H"], above[-1]["H"], max(c["B"] for c in above)],
             f"{', '.join(cid(c, 'cpp') for c in above[:4])} won; widest loss {cid(widest_loss, 'cpp')}")
 
 
@@ -227,7 +227,7 @@ def fit_file(path) -> dict:
                 put(f"onednn_cpp_rows.{plan}.{mode}" + (".bi" if bi else ""), _edge(points) or won_all,
                     f"rows up to which cpp's {plan} loop beat oneDNN's {'bidirectional ' if bi else ''}LSTM")
                 put(f"onednn_cpp_wide.{plan}.{mode}" + (".bi" if bi else ""), _wide_edge(mine, cid),
-                    f"[hidden size, rows]: from that width, cpp's {plan} loop beat oneDNN's "
+                    f"[hidden from, hidden to, rows]: at those widths cpp's {plan} loop beat oneDNN's "
                     f"{'bidirectional ' if bi else ''}LSTM on every case measured, up to those rows")
     _fit_input_plan(cases, put)
     _fit_panel_loop(cases, put)

@@ -124,8 +124,7 @@ inline void panel_columns(const KernelTable& kt, int64_t M, int64_t K, const flo
                           float* C, int64_t ldc, int64_t N, int64_t b0, int64_t b1, bool accumulate) {
   for (int64_t b = b0; b < b1;) {
     int64_t n = 1;
-    while (n < 4 && b + n < b1 && (b + n + 1) * kPanel <= N) ++n;
-    if ((b + 1) * kPanel > N) n = 1;
+    while (n < 4 && b + n < b1 && (b + n + 1) * kPanel <= N) ++n;  // whole panels only
     PanelArgs pa{M, K, A, lda, 0, A, lda, P + b * K * kPanel, nullptr, C + b * kPanel, ldc,
                  std::min(kPanel, N - b * kPanel), accumulate};
     pa.panels = static_cast<int>(n);
@@ -262,7 +261,6 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
       int64_t blocks = 1;
       if (G == 1) {  // whole blocks only: a group shares ncols
         while (blocks < 4 && jb + blocks < b1 && (jb + blocks + 1) * kPanel <= H) ++blocks;
-        if (ncols < kPanel) blocks = 1;
         pa.panels = static_cast<int>(blocks);
         pa.panel_stride = KP * kPanel, pa.bias_stride = kPanel, pa.c_stride = kPanel;
       } else {  // gru's n gate (the last) keeps its input and hidden halves apart

@@ -47,9 +47,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                     'fused bfloat16 LSTM '
                                                                                     'beat cpp; '
                                                                                     'lstm-T100-B16-H512-L1-fwd-bf16 '
-                                                                                    'x1.14 won, '
+                                                                                    'x1.17 won, '
                                                                                     'lstm-T100-B64-H512-L1-fwd-autocast '
-                                                                                    'x0.96 lost',
+                                                                                    'x0.94 lost',
                                                                             'value': 16},
                               'bfloat16.native.fused_lstm_rows_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                        '+ '
@@ -72,7 +72,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                        'measured, largest '
                                                                                        'win '
                                                                                        'lstm-T100-B64-H512-L1-fwdbwd-bf16 '
-                                                                                       'x1.06 won',
+                                                                                       'x1.05 won',
                                                                                'value': 64},
                               'bfloat16.native.gemm_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                   '+ '
@@ -94,7 +94,7 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                   'cpp; no loss measured, '
                                                                                   'largest win '
                                                                                   'gru-T100-B64-H512-L1-fwdbwd-bf16 '
-                                                                                  'x1.85 won',
+                                                                                  'x1.53 won',
                                                                           'value': 100663296.0},
                               'cpp.step_input.backward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                 '+ '

@@ -176,6 +176,10 @@ def test_avx2_panel_kernel_where_avx512_is_picked():
             "assert _ext.isa() == 'avx2', _ext.isa(); torch.set_num_threads(2);"
             "[(os.environ.update(FASTRNN_INPUT_GEMM=i), test_cpp._check_float32_loops(c, D, p, functional))"
             " for i in ('panel', 'step') for c in ('lstm', 'gru', 'rnn_relu') for D, p in ((1, False), (2, True))];"
+            # every tile height of 1-6 rows (a tile of 2-5 shares each panel row between rows)
+            "[(os.environ.update(FASTRNN_INPUT_GEMM=i), test_cpp._check_float32_loops(c, 1, False, functional, B=B,"
+            " T=3, I=36, H=H)) for i in ('panel', 'step') for c in ('lstm', 'rnn_tanh')"
+            " for B, H in ((2, 100), (3, 64), (4, 48), (5, 16), (7, 57))];"
             "print('ok')")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "FASTRNN_ISA": "avx2", "FASTRNN_STEP_GEMM": "panel"}

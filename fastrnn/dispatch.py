@@ -67,17 +67,31 @@ def env_backend_raw():
 # ---------------------------------------------------------------------------------------------
 # The table: defaults merged with this machine's fitted row.
 
+def _row(hw: str) -> dict:
+    """The fitted row for hardware id `hw`: its own, else the nearest measurement we have: the same
+    model and ISA on another core count, else another model with the same vector ISA (the same
+    vendor first): cpp's kernels and torch's oneDNN both follow the ISA, and an AVX2-only CPU must
+    not inherit the defaults' AVX-512 edges ({} where none is near)."""
+    from fastrnn.dispatch_table import TABLE
+    if hw in TABLE:
+        return TABLE[hw]
+    fitted = sorted(k for k in TABLE if k != "default")
+    stem = hw.rsplit("-", 1)[0]
+    same = [k for k in fitted if k.rsplit("-", 1)[0] == stem]
+    if not same:
+        isa = hw.rsplit("-", 2)[-2] if hw.count("-") >= 3 else ""
+        vendor = hw.split("-")[1] if hw.count("-") >= 1 else ""
+        same = [k for k in fitted if isa in ("avx2", "avx512") and k.rsplit("-", 2)[-2] == isa]
+        same.sort(key=lambda k: k.split("-")[1] != vendor)
+    return TABLE[same[0]] if same else {}
+
+
 @functools.lru_cache(maxsize=None)
 def table(hardware: str | None = None) -> dict:
-    """{rule key: value} for this CPU (or `hardware`): the fitted row of the same hardware id, or
-    of the same CPU class on another core count, over the defaults."""
+    """{rule key: value} for this CPU (or `hardware`): its fitted row (`_row`) over the defaults."""
     from fastrnn.dispatch_table import TABLE
     from fastrnn.hardware import hardware_id
-    hw = hardware or hardware_id("cpu")
-    row = TABLE.get(hw)
-    if row is None:  # same model and ISA, other core count: the nearest measurement we have
-        stem = hw.rsplit("-", 1)[0]
-        row = next((r for k, r in sorted(TABLE.items()) if k != "default" and k.rsplit("-", 1)[0] == stem), {})
+    row = _row(hardware or hardware_id("cpu"))
     merged = {k: v["value"] for k, v in TABLE["default"].items()}
     merged.update({k: v["value"] for k, v in row.items()})
     return merged
@@ -87,7 +101,7 @@ def source(key: str, hardware: str | None = None) -> str:
     """Where the value of rule `key` on this machine came from (for `python -m fastrnn.info`)."""
     from fastrnn.dispatch_table import TABLE
     from fastrnn.hardware import hardware_id
-    row = TABLE.get(hardware or hardware_id("cpu"), {})
+    row = _row(hardware or hardware_id("cpu"))
     return (row.get(key) or TABLE["default"][key])["from"]
 
 

@@ -10,7 +10,27 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                'flops where torch beat numba; '
                                                                'rnn-T50-B16-H256-L1-fwdbwd-f32 x1.04 won, '
                                                                'gru-T50-B16-H256-L1-fwdbwd-f32 x0.99 lost',
-                                                       'value': 2097152.0}},
+                                                       'value': 2097152.0},
+                          'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-amd-epyc-avx2-2c.json: rows up to '
+                                                                     "which cpp beat oneDNN's LSTM, any loop "
+                                                                     '(none recorded); '
+                                                                     'lstm-T100-B1-H256-L1-fwd-f32 x0.84 '
+                                                                     'lost',
+                                                             'value': 0},
+                          'onednn_cpp_rows.panel+step.fwdbwd': {'from': 'cpu-amd-epyc-avx2-2c.json: rows up '
+                                                                        "to which cpp beat oneDNN's LSTM, "
+                                                                        'any loop (none recorded); '
+                                                                        'lstm-T100-B1-H256-L1-fwdbwd-f32 '
+                                                                        'x0.71 lost',
+                                                                'value': 0},
+                          'onednn_few_rows': {'from': 'cpu-amd-epyc-avx2-2c.json: rows up to which cpp beat '
+                                                      "oneDNN's LSTM at every width (no loop recorded); "
+                                                      'lstm-T100-B1-H256-L1-fwd-f32 x0.84 lost',
+                                              'value': 0},
+                          'onednn_narrow_rows': {'from': 'cpu-amd-epyc-avx2-2c.json: rows up to which cpp '
+                                                         "beat oneDNN's narrow and wide LSTM (no loop "
+                                                         'recorded); lstm-T100-B1-H256-L1-fwd-f32 x0.84 lost',
+                                                 'value': 0}},
  'cpu-amd-epyc-avx512-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epyc-avx512-2c.json: per-step GEMM '
                                                               'flops where torch beat numba; '
                                                               'rnn-T5-B3-I10-H20-L1-fwd-f32 x0.55 lost',
@@ -27,7 +47,24 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                          'one-step layer calls, '
                                                                          'gru-T1-B1-H64-L1-fwdbwd-f32 x0.95, '
                                                                          'rnn-T1-B1-H64-L1-fwdbwd-f32 x0.71',
-                                                                 'value': True}},
+                                                                 'value': True},
+                            'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-amd-epyc-avx512-2c.json: rows up '
+                                                                       "to which cpp beat oneDNN's LSTM, any "
+                                                                       'loop (none recorded); '
+                                                                       'lstm-T100-B4-H512-L1-fwd-f32 x1.14 '
+                                                                       'won, lstm-T100-B16-H256-L1-fwd-f32 '
+                                                                       'x0.97 lost',
+                                                               'value': 4},
+                            'onednn_cpp_rows.panel+step.fwdbwd': {'from': 'cpu-amd-epyc-avx512-2c.json: rows '
+                                                                          "up to which cpp beat oneDNN's "
+                                                                          'LSTM, any loop (none recorded); '
+                                                                          'lstm-T100-B64-H256-L1-fwdbwd-f32 '
+                                                                          'x1.19, '
+                                                                          'lstm-T100-B64-I128-H512-L1-fwdbwd-f32 '
+                                                                          'x1.14, '
+                                                                          'lstm-T100-B256-H256-L1-fwdbwd-f32 '
+                                                                          'x1.27',
+                                                                  'value': 256}},
  'cpu-intel-xeon-avx512-2c': {'bfloat16.native.fused_lstm_rows_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
                                                                                     '+ '
                                                                                     'cpu-intel-xeon-avx512-2c.json '

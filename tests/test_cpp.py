@@ -356,7 +356,7 @@ def _cpp_ok(call) -> bool:
 
 def test_prefer_hands_oneDNN_lstm_to_torch(monkeypatch):
     from fastrnn import dispatch
-    defaults = dispatch.table("cpu-never-seen-avx2-64c")  # the rules against the default row
+    defaults = dispatch.table("cpu-never-seen-64c")  # the rules against the default row
     monkeypatch.setattr(dispatch, "table", lambda: defaults)
     monkeypatch.setattr(dispatch, "PICKS", {})
     call = LayerCall(cell="lstm", device="cpu", dtype=torch.float32, input_size=8, hidden_size=512, proj_size=0,

@@ -201,7 +201,7 @@ def test_auto_keeps_wide_few_row_lstm_on_cpp(monkeypatch):
         pytest.skip("cpp backend not built")
     from fastrnn import functional
     # the rules against the default row (the Zen4 measurements), whatever this CPU's fitted row says
-    defaults = dispatch.table("cpu-never-seen-avx2-64c")
+    defaults = dispatch.table("cpu-never-seen-64c")
     monkeypatch.setattr(dispatch, "table", lambda: defaults)
     monkeypatch.setattr(dispatch, "PICKS", {})
     assert backends.select("auto", _call(batch=4, hidden_size=1024, steps=100)).name == "cpp"

@@ -176,7 +176,55 @@ def test_rules_read_the_table(monkeypatch):
     assert dispatch.source("onednn_short_steps")
 
 
-def test_unknown_cpu_gets_the_defaults():
-    d = dispatch.table("cpu-never-seen-avx2-64c")
-    from fastrnn.dispatch_table import TABLE
-    assert d == {k: v["value"] for k, v in TABLE["default"].items()}
+def test_fit_against_onednn_without_recorded_loops(tmp_path):
+    """A CPU class measured before the runner recorded cpp's loop: its LSTM cases together lower
+    the few-row rule, the narrow rule (to the few-row edge where nothing narrow was measured) and
+    every loop's rows to the measured losses (a tie within 3% is none), and never raise a default."""
+    def case(B, H, mode, torch_s, cpp_s):
+        c = _case("lstm", B, H, mode, torch_s, 1.0)
+        c["results"]["cpp"] = {"median_s": cpp_s}
+        return c
+    lossy = [case(1, 256, "fwd", 1.0, 1.2), case(16, 256, "fwd", 1.0, 1.3), case(64, 128, "fwdbwd", 1.3, 1.0)]
+    path = tmp_path / "cpu-test-avx2-2c.json"
+    path.write_text(json.dumps({"hardware_id": "cpu-test-avx2-2c", "cases": lossy}))
+    row = fit.fit_file(path)
+    assert row["onednn_few_rows"]["value"] == 0 and "lstm-B1-H256-fwd x0.83 lost" in row["onednn_few_rows"]["from"]
+    assert row["onednn_narrow_rows"]["value"] == 0
+    for plan in ("panel+step", "panel"):  # blas and panel default to 0 already: not written again
+        assert (f"onednn_cpp_rows.{plan}.fwd" in row) == (plan == "panel+step")
+    assert row["onednn_cpp_rows.panel+step.fwd"]["value"] == 0
+    assert row["onednn_cpp_rows.panel+step.fwdbwd"]["value"] == 64  # no loss: the largest win, below the default
+    winning = [case(1, 256, "fwd", 1.2, 1.0), case(4, 128, "fwd", 1.0, 1.02),   # a 2% tie is no loss
+               case(16, 512, "fwd", 1.2, 1.0), case(64, 512, "fwd", 1.0, 1.2)]
+    path.write_text(json.dumps({"hardware_id": "cpu-test-avx2-2c", "cases": winning}))
+    row = fit.fit_file(path)
+    assert "onednn_few_rows" not in row and "onednn_narrow_rows" not in row
+    assert row["onednn_cpp_rows.panel+step.fwd"]["value"] == 16
+    recorded = [dict(c, cpp_plans=["panel+step"]) for c in lossy]  # loops recorded: the per-loop fit only
+    path.write_text(json.dumps({"hardware_id": "cpu-test-avx2-2c", "cases": recorded}))
+    row = fit.fit_file(path)
+    assert "onednn_few_rows" not in row and row["onednn_cpp_rows.panel+step.fwd"]["value"] == 0
+
+
+def test_unknown_cpu_gets_the_nearest_row(monkeypatch):
+    """An unknown CPU takes its own model's row on another core count, else the row of another
+    model with its vector ISA (its vendor first), else the defaults."""
+    from fastrnn import dispatch_table
+    rule = "onednn_few_rows"
+    fake = {"default": dispatch_table.TABLE["default"],
+            "cpu-amd-epyc-avx2-2c": {rule: {"value": 0, "from": "zen3"}},
+            "cpu-amd-epyc-avx512-2c": {rule: {"value": 5, "from": "zen4"}},
+            "cpu-intel-xeon-avx512-2c": {rule: {"value": 7, "from": "spr"}}}
+    monkeypatch.setattr(dispatch_table, "TABLE", fake)
+    dispatch.table.cache_clear()
+    try:
+        default = fake["default"][rule]["value"]
+        assert dispatch.table("cpu-amd-epyc-avx512-16c")[rule] == 5              # same model
+        assert dispatch.table("cpu-intel-core-i7-avx2-8c")[rule] == 0            # same ISA
+        assert dispatch.table("cpu-intel-xeon-gold-6338-avx512-4c")[rule] == 7   # same ISA and vendor
+        assert dispatch.table("cpu-amd-epyc-9654-avx512-4c")[rule] == 5
+        assert dispatch.source(rule, "cpu-intel-core-i7-avx2-8c") == "zen3"
+        assert dispatch.table("cpu-never-seen-64c")[rule] == default             # no ISA known
+        assert dispatch.table("cpu-never-seen-64c") == {k: v["value"] for k, v in fake["default"].items()}
+    finally:
+        dispatch.table.cache_clear()

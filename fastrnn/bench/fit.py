@@ -107,6 +107,55 @@ def _wide_edge(mine, cid):
             f"{', '.join(cid(c, 'cpp') for c in above[:4])} won; widest loss {cid(widest_loss, 'cpp')}")
 
 
+def onednn_cases_without_plans(cases) -> bool:
+    """Whether a CPU class's results hold float32 LSTM cases and none recorded cpp's loop."""
+    lstm = [c for c in cases if c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"]]
+    return bool(lstm) and not any(c.get("cpp_plans") for c in cases)
+
+
+def _fit_onednn_without_plans(cases, put, cid):
+    """The oneDNN rules of a CPU class whose results predate `cpp_plans` (the loop each case ran is
+    unknown): from all its float32 LSTM cases together, whatever loop ran.  The rows below which
+    cpp runs any width (`onednn_few_rows`), then the narrow layers' rows, then the rows of every
+    loop plan, each lowered only to a measured loss (a tie within TIE is not one) and never raised
+    above the default: the defaults were measured on another CPU class (AMD Zen4), and a class
+    that loses to oneDNN where they claim cpp wins must not inherit them."""
+    from fastrnn import dispatch_table
+    d = {k: v["value"] for k, v in dispatch_table.TABLE["default"].items()}
+    lstm = [c for c in cases if c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"]
+            and c["T"] > d["onednn_short_steps"] and _won(c, "cpp") is not None]
+
+    def lowered(key, mine, what):
+        fitted = _edge([(c["B"], _won(c, "cpp", TIE), cid(c, "cpp")) for c in mine])
+        if fitted is not None and fitted[0] < d[key]:
+            put(key, fitted, what)
+            return fitted[0]
+        return d[key]
+
+    few = lowered("onednn_few_rows", [c for c in lstm if c["B"] <= d["onednn_few_rows"]],
+                  "rows up to which cpp beat oneDNN's LSTM at every width (no loop recorded)")
+    lo, hi = d["onednn_mid_hidden"]
+    narrow_cases = [c for c in lstm if few < c["B"] <= d["onednn_narrow_rows"] and not lo < c["H"] < hi]
+    if narrow_cases:
+        narrow = lowered("onednn_narrow_rows", narrow_cases,
+                         "rows up to which cpp beat oneDNN's narrow and wide LSTM (no loop recorded)")
+    else:
+        narrow = min(few, d["onednn_narrow_rows"])  # not claimed past a loss at fewer rows
+        if narrow < d["onednn_narrow_rows"]:
+            put("onednn_narrow_rows", (narrow, f"nothing measured; {few} rows already lost at every width"),
+                "rows up to which cpp beat oneDNN's narrow and wide LSTM (no loop recorded)")
+    rest = [c for c in lstm if c["B"] > few and not (c["B"] <= narrow and not lo < c["H"] < hi)]
+    for mode in ("fwd", "fwdbwd"):
+        points = [(c["B"], _won(c, "cpp", TIE), cid(c, "cpp")) for c in rest if c["mode"] == mode]
+        if not points:
+            continue
+        fitted = _edge(points) or (max(points)[0], ", ".join(p[2] for p in sorted(points)[-3:]))
+        for plan in ("panel+step", "panel", "blas"):
+            key = f"onednn_cpp_rows.{plan}.{mode}"
+            if fitted[0] < d[key]:
+                put(key, fitted, f"rows up to which cpp beat oneDNN's LSTM, any loop (none recorded)")
+
+
 def _weight_bytes(c) -> int:
     """[W_ih; W_hh] of one direction of the first layer in float32, as csrc/loop_plan.cpp counts it."""
     G = gates("rnn_tanh" if c["cell"] == "rnn" else c["cell"])
@@ -229,6 +278,8 @@ def fit_file(path) -> dict:
                 put(f"onednn_cpp_wide.{plan}.{mode}" + (".bi" if bi else ""), _wide_edge(mine, cid),
                     f"[hidden from, hidden to, rows]: at those widths cpp's {plan} loop beat oneDNN's "
                     f"{'bidirectional ' if bi else ''}LSTM on every case measured, up to those rows")
+    if onednn_cases_without_plans(cases):
+        _fit_onednn_without_plans(cases, put, cid)
     _fit_input_plan(cases, put)
     _fit_panel_loop(cases, put)
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None

@@ -14,7 +14,9 @@
 namespace fastrnn {
 
 // C[m, :ncols] (+)= A[m, :K] P for m < M, A bf16 (raw bits) rows lda apart, P one pair panel of
-// ceil(K/2) x 16 x 2 bf16.
+// ceil(K/2) x 16 x 2 bf16.  With panels = NP > 1, NP such products over the same rows at once
+// (panel p at P + p * panel_stride, its columns at C + p * c_stride, all ncols wide): a hidden
+// block's gate panels, or consecutive whole blocks.
 struct PanelBf16Args {
   int64_t M, K;
   const uint16_t* A; int64_t lda;
@@ -22,6 +24,8 @@ struct PanelBf16Args {
   float* C; int64_t ldc;
   int64_t ncols;
   bool accumulate;
+  int panels = 1;
+  int64_t panel_stride = 0, c_stride = 0;
 };
 
 struct Bf16Kernels {

@@ -94,6 +94,19 @@ struct StepLayout {
   int64_t rows(int64_t B) const { return amx ? round_up(B, 16) : B; }
 };
 
+// The G gate panels of hidden block jb in one call (they share A's rows: one broadcast of A feeds
+// G products), panel (jb, g) at P + (jb * G + g) * K2 pair rows, its columns at C + g * H + 16 jb.
+inline void block_panels(const Bf16Kernels& bk, int64_t rows, int64_t K, const uint16_t* A, int64_t lda,
+                         const uint16_t* P, int64_t K2, int64_t G, int64_t H, int64_t jb, float* C, int64_t ldc,
+                         bool accumulate) {
+  PanelBf16Args args{rows, K, A, lda, P + jb * G * K2 * kPairPanel, C + jb * kPanel, ldc,
+                     std::min(kPanel, H - jb * kPanel), accumulate};
+  args.panels = static_cast<int>(G);
+  args.panel_stride = K2 * kPairPanel;
+  args.c_stride = H;
+  bk.panel(args);
+}
+
 // One step's product for hidden blocks [b0, b1): C[:bs, gate cols] = A[:bs, :K] W^T, A bf16 rows Kp
 // apart (zero past K), P W's panels packed with Kp, C rows ldc apart (AMX writes rows up to bs
 // rounded to 16: C and A have them).
@@ -106,11 +119,7 @@ inline void step_product_ld(const Bf16Kernels& bk, const StepLayout& L, int64_t 
     isa_bf16::amx_end();
     return;
   }
-  const int64_t K2 = Kp / 2;
-  for (int64_t jb = b0; jb < b1; ++jb)
-    for (int64_t g = 0; g < G; ++g)
-      bk.panel(PanelBf16Args{bs, K, A, lda, P + (jb * G + g) * K2 * kPairPanel, C + g * H + jb * kPanel, ldc,
-                             std::min(kPanel, H - jb * kPanel), false});
+  for (int64_t jb = b0; jb < b1; ++jb) block_panels(bk, bs, K, A, lda, P, Kp / 2, G, H, jb, C, ldc, false);
 }
 
 inline void step_product(const Bf16Kernels& bk, const StepLayout& L, int64_t G, int64_t H, int64_t K, int64_t Kp,
@@ -167,17 +176,15 @@ void input_projection(const Bf16Kernels& bk, bool amx, int64_t N, int64_t K, con
     }
     return;
   }
-  const int64_t panels = nb * G, K2 = pairs_of(K);
+  const int64_t K2 = pairs_of(K);
   constexpr int64_t kRows = 256;
   const int64_t row_blocks = (N + kRows - 1) / kRows;
   Tensor wp = pack_pair_panels(w, G, H, K);
   const uint16_t* P = bits(wp);
-  at::parallel_for(0, row_blocks * panels, 1, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, row_blocks * nb, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t rb = i / panels, p = i - rb * panels, jb = p / G, g = p - jb * G;
-      const int64_t r0 = rb * kRows, rows = std::min(kRows, N - r0);
-      bk.panel(PanelBf16Args{rows, K, x + r0 * K, K, P + p * K2 * kPairPanel, gi + r0 * ldgi + g * H + jb * kPanel,
-                             ldgi, std::min(kPanel, H - jb * kPanel), true});
+      const int64_t rb = i / nb, jb = i - rb * nb, r0 = rb * kRows, rows = std::min(kRows, N - r0);
+      block_panels(bk, rows, K, x + r0 * K, K, P, K2, G, H, jb, gi + r0 * ldgi, ldgi, true);
     }
   });
 }
@@ -287,11 +294,7 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
       isa_bf16::amx_end();
       return;
     }
-    const int64_t K2 = in.Kp / 2;
-    for (int64_t jb = b0; jb < b1; ++jb)
-      for (int64_t g = 0; g < G; ++g)
-        bk.panel(PanelBf16Args{rows, in.I, xt, in.Kp, in.P + (jb * G + g) * K2 * kPairPanel, gic + g * H + jb * kPanel,
-                               GH, std::min(kPanel, H - jb * kPanel), true});
+    for (int64_t jb = b0; jb < b1; ++jb) block_panels(bk, rows, in.I, xt, in.Kp, in.P, in.Kp / 2, G, H, jb, gic, GH, true);
   };
   auto step = [&](int64_t si, int64_t b0, int64_t b1) {
     const StepSpan& st = steps[si];
@@ -336,11 +339,7 @@ void recurrence(const Bf16Kernels& bk, const StepLayout& L, FwdFn<float> fwd, Fw
         isa_bf16::amx_step(AmxStepArgs{round_up(st.bs, 16), Kp, hbc, Kp, P, G, H, b0, b1, gi_rows, GH, true});
         isa_bf16::amx_end();
       } else {
-        const int64_t K2 = Kp / 2;
-        for (int64_t jb = b0; jb < b1; ++jb)
-          for (int64_t g = 0; g < G; ++g)
-            bk.panel(PanelBf16Args{st.bs, H, hbc, Kp, P + (jb * G + g) * K2 * kPairPanel, gi_rows + g * H + jb * kPanel,
-                                   GH, std::min(kPanel, H - jb * kPanel), true});
+        for (int64_t jb = b0; jb < b1; ++jb) block_panels(bk, st.bs, H, hbc, Kp, P, Kp / 2, G, H, jb, gi_rows, GH, true);
       }
       s.gi = zero_row.data();
       s.ldgi = 0;
@@ -547,10 +546,18 @@ void Bf16Product::operator()(int64_t bs, const float* A, int64_t lda, float* C, 
       isa_bf16::amx_step(AmxStepArgs{layer::round_up(bs, 16), Kp_, a, Kp_, P, 1, N_, b0, b1, c, N_, false});
       isa_bf16::amx_end();
     } else {
-      const int64_t K2 = Kp_ / 2;
-      for (int64_t jb = b0; jb < b1; ++jb)
-        bk.panel(PanelBf16Args{bs, K_, a, Kp_, P + jb * K2 * kPairPanel, c + jb * kPanel, N_,
-                               std::min(kPanel, N_ - jb * kPanel), false});
+      // up to four whole blocks a call (one broadcast of A feeds four products); a partial one alone
+      const int64_t K2 = Kp_ / 2, whole = N_ / kPanel;
+      for (int64_t jb = b0; jb < b1;) {
+        const int n = jb < whole ? static_cast<int>(std::min<int64_t>(4, std::min(b1, whole) - jb)) : 1;
+        PanelBf16Args args{bs, K_, a, Kp_, P + jb * K2 * kPairPanel, c + jb * kPanel, N_,
+                           std::min(kPanel, N_ - jb * kPanel), false};
+        args.panels = n;
+        args.panel_stride = K2 * kPairPanel;
+        args.c_stride = kPanel;
+        bk.panel(args);
+        jb += n;
+      }
     }
     const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, N_);
     for (int64_t b = 0; b < bs; ++b) {

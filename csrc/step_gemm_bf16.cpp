@@ -1,8 +1,9 @@
 // The bf16 panel GEMM (bf16.h) on AVX512_BF16: `vdpbf16ps` multiplies 16 column pairs by one
 // broadcast pair of A and adds both products to 16 float32 sums, twice the multiply-adds of an
 // fp32 FMA per instruction and half the bytes of weights per step.  Tiles as step_gemm_avx512.cpp:
-// 8 rows x 16 columns, a remainder of 1-7 rows splitting k into partial sums so 8 dependency
-// chains stay in flight.  Compiled with -mavx512bf16 and picked at run time (isa.cpp).
+// up to 8 rows x 1 panel, or 6 rows x 4 panels where the caller hands over several panels that
+// share their rows (a hidden block's gate panels), a few rows splitting k into partial sums so
+// 8+ dependency chains stay in flight.  Compiled with -mavx512bf16 and picked at run time (isa.cpp).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -23,57 +24,101 @@ inline __m512i pair_at(const uint16_t* a) {
   return _mm512_set1_epi32(static_cast<int>(v));
 }
 
-template <int MR, int KS>
-inline void tile(const PanelBf16Args& g, const uint16_t* A, float* C) {
-  __m512 acc[KS][MR];
+// Panel rows are fetched this many rows (64 B each) ahead, as in step_gemm_avx512.cpp.
+constexpr int64_t kPrefetchRows = 8;
+
+// Pair row k of a panel into a register, prefetching row k + kPrefetchRows.  `reused`: the row
+// feeds several rows' products; GCC could otherwise fold the load into each of them.
+template <bool reused>
+inline __m512bh panel_row(const uint16_t* P, int64_t k) {
+  _mm_prefetch(reinterpret_cast<const char*>(P + (k + kPrefetchRows) * kPairPanel), _MM_HINT_T0);
+  __m512i b = _mm512_loadu_si512(P + k * kPairPanel);
+  if constexpr (reused) asm("" : "+v"(b));
+  return (__m512bh)b;
+}
+
+// C[m, p's columns] (+)= A[m, :K] panel p for m < MR and NP panels sharing the rows (panel p at
+// P + p * panel_stride, its columns at C + p * c_stride): each broadcast pair of A feeds NP
+// products and each panel row MR.  KS partial sums over k keep 8+ dependency chains in flight.
+template <int MR, int NP, int KS>
+inline void tile(const PanelBf16Args& g, const uint16_t* A, const uint16_t* P, float* C) {
+  __m512 acc[KS][MR][NP];
 #pragma GCC unroll 8
   for (int u = 0; u < KS; ++u)
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) acc[u][m] = _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) acc[u][m][p] = _mm512_setzero_ps();
   const int64_t K2 = g.K / 2;
-  const uint16_t* P = g.P;
+  auto product = [&](int u, int64_t k, auto a_of) {
+    __m512bh b[NP];
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) b[p] = panel_row<(MR > 1)>(P + p * g.panel_stride, k);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m512bh a = (__m512bh)a_of(m);
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) acc[u][m][p] = _mm512_dpbf16_ps(acc[u][m][p], a, b[p]);
+    }
+  };
   int64_t k = 0;
   for (; k + KS <= K2; k += KS) {
 #pragma GCC unroll 8
-    for (int u = 0; u < KS; ++u) {
-      const __m512bh b = (__m512bh)_mm512_loadu_si512(P + (k + u) * kPairPanel);
-#pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m)
-        acc[u][m] = _mm512_dpbf16_ps(acc[u][m], (__m512bh)pair_at(A + m * g.lda + 2 * (k + u)), b);
-    }
+    for (int u = 0; u < KS; ++u)
+      product(u, k + u, [&](int m) { return pair_at(A + m * g.lda + 2 * (k + u)); });
   }
-  for (; k < K2; ++k) {
-    const __m512bh b = (__m512bh)_mm512_loadu_si512(P + k * kPairPanel);
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m)
-      acc[0][m] = _mm512_dpbf16_ps(acc[0][m], (__m512bh)pair_at(A + m * g.lda + 2 * k), b);
-  }
-  if (g.K & 1) {  // the odd last k: A[m, K-1] in the pair's low half, zero in the high one
-    const __m512bh b = (__m512bh)_mm512_loadu_si512(P + K2 * kPairPanel);
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m)
-      acc[0][m] = _mm512_dpbf16_ps(acc[0][m], (__m512bh)_mm512_set1_epi32(A[m * g.lda + g.K - 1]), b);
-  }
+  for (; k < K2; ++k) product(0, k, [&](int m) { return pair_at(A + m * g.lda + 2 * k); });
+  if (g.K & 1)  // the odd last k: A[m, K-1] in the pair's low half, zero in the high one
+    product(0, K2, [&](int m) { return _mm512_set1_epi32(A[m * g.lda + g.K - 1]); });
 #pragma GCC unroll 8
   for (int u = 1; u < KS; ++u)
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) acc[0][m] = _mm512_add_ps(acc[0][m], acc[u][m]);
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) acc[0][m][p] = _mm512_add_ps(acc[0][m][p], acc[u][m][p]);
   const __mmask16 cols = g.ncols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << g.ncols) - 1u);
 #pragma GCC unroll 8
-  for (int m = 0; m < MR; ++m) {
-    __m512 r = acc[0][m];
-    if (g.accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(cols, C + m * g.ldc));
-    _mm512_mask_storeu_ps(C + m * g.ldc, cols, r);
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) {
+      float* c = C + p * g.c_stride + m * g.ldc;
+      __m512 r = acc[0][m][p];
+      if (g.accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(cols, c));
+      _mm512_mask_storeu_ps(c, cols, r);
+    }
+}
+
+// NP panels at a time: tiles of up to 8 rows x 1 panel, or 6 rows x 2-4 panels (24 sums, NP panel
+// rows and a broadcast in the 32 zmm registers).
+template <int NP>
+void panels_of(const PanelBf16Args& g, const uint16_t* P, float* C) {
+  if constexpr (NP == 1) {
+    for_row_tiles<8>(g.M, [&](auto rows, int64_t m) {
+      constexpr int MR = decltype(rows)::value;
+      tile<MR, 1, (MR == 1 ? 8 : MR <= 3 ? 4 : MR <= 7 ? 2 : 1)>(g, g.A + m * g.lda, P, C + m * g.ldc);
+    });
+  } else {
+    for_row_tiles<6>(g.M, [&](auto rows, int64_t m) {
+      constexpr int MR = decltype(rows)::value;
+      constexpr int KS = (8 + MR * NP - 1) / (MR * NP);
+      tile<MR, NP, KS>(g, g.A + m * g.lda, P, C + m * g.ldc);
+    });
   }
 }
 
 }  // namespace
 
 void panel_gemm(const PanelBf16Args& g) {
-  for_row_tiles<8>(g.M, [&](auto rows, int64_t m) {
-    constexpr int MR = decltype(rows)::value;
-    tile<MR, (MR == 1 ? 8 : MR <= 3 ? 4 : MR <= 7 ? 2 : 1)>(g, g.A + m * g.lda, g.C + m * g.ldc);
-  });
+  for (int p0 = 0; p0 < g.panels; p0 += 4) {
+    const uint16_t* P = g.P + p0 * g.panel_stride;
+    float* C = g.C + p0 * g.c_stride;
+    switch (std::min(4, g.panels - p0)) {
+      case 1: panels_of<1>(g, P, C); break;
+      case 2: panels_of<2>(g, P, C); break;
+      case 3: panels_of<3>(g, P, C); break;
+      default: panels_of<4>(g, P, C); break;
+    }
+  }
 }
 
 void to_bf16(const float* src, uint16_t* dst, int64_t n) {

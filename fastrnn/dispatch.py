@@ -128,15 +128,22 @@ def onednn_lstm_applies(cell: str, device: str, dtype: torch.dtype, proj_size: i
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_has_native(dtype) -> bool:
+    """Asked once per dtype: the CPU's instructions do not change (an op call costs ~5 us, asked on
+    every half-type call)."""
     check = _NATIVE_HALF_CHECK.get(dtype)
     return check is not None and torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, check)()
 
 
-def _cpp_native(dtype) -> bool:
-    """Whether the cpp backend runs this half type's forward natively (fastrnn/backends/cpp.py)."""
+def _cpp_native(dtype) -> str:
+    """The rule-key suffix of cpp's native path for this half type (fastrnn/backends/cpp.py): ".native"
+    on AMX tiles, ".native_dp" on vdpbf16ps alone (slower than float32 FMAs at many rows on Sapphire
+    Rapids, and the path of CPUs without AMX, Zen4 among them), "" where it runs upcast."""
     from fastrnn.backends import cpp
-    return dtype in cpp.native_dtypes()
+    if dtype not in cpp.native_dtypes():
+        return ""
+    return ".native" if cpp.NATIVE_ISA == "amx_bf16" else ".native_dp"
 
 
 def _step_flops(call) -> float:
@@ -166,8 +173,9 @@ def torch_wins(backend: str, call) -> str:
             return f"{half} would run upcast to float32 here; torch runs it natively"
         ours = "our float32 upcast"
         key = half
-        if backend == "cpp" and _cpp_native(call.dtype):
-            ours, key = f"our native {half}", f"{half}.native"
+        native = _cpp_native(call.dtype) if backend == "cpp" else ""
+        if native:
+            ours, key = f"our native {half}", half + native
         rows = t[f"{key}.fused_lstm_rows_above.{mode}"]
         fused = call.cell == "lstm" and not call.proj_size and not call.packed and torch.backends.mkldnn.enabled
         if fused and rows is not None:

@@ -65,7 +65,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                           'lstm-T100-B256-H256-L1-fwdbwd-f32 '
                                                                           'x1.27',
                                                                   'value': 256}},
- 'cpu-intel-xeon-avx512-2c': {'bfloat16.native.fused_lstm_rows_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+ 'cpu-intel-xeon-avx512-2c': {'bfloat16.native.fused_lstm_rows_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                                    '+ '
+                                                                                    'cpu-intel-xeon-avx512-2c.half.json '
                                                                                     '+ '
                                                                                     'cpu-intel-xeon-avx512-2c.json '
                                                                                     '+ '
@@ -86,9 +88,11 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                     'lstm-T100-B16-H512-L1-fwd-bf16 '
                                                                                     'x1.17 won, '
                                                                                     'lstm-T100-B64-H512-L1-fwd-autocast '
-                                                                                    'x0.94 lost',
+                                                                                    'x0.95 lost',
                                                                             'value': 16},
-                              'bfloat16.native.fused_lstm_rows_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'bfloat16.native.fused_lstm_rows_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.half.json '
                                                                                        '+ '
                                                                                        'cpu-intel-xeon-avx512-2c.json '
                                                                                        '+ '
@@ -111,7 +115,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                        'lstm-T100-B64-H512-L1-fwdbwd-bf16 '
                                                                                        'x1.05 won',
                                                                                'value': 64},
-                              'bfloat16.native.gemm_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'bfloat16.native.gemm_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.half.json '
                                                                                   '+ '
                                                                                   'cpu-intel-xeon-avx512-2c.json '
                                                                                   '+ '
@@ -133,7 +139,108 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                   'gru-T100-B64-H512-L1-fwdbwd-bf16 '
                                                                                   'x1.53 won',
                                                                           'value': 100663296.0},
-                              'cpp.step_input.backward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'bfloat16.native_dp.fused_lstm_rows_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.half.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                                       '+ '
+                                                                                       'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                                       "rows where torch's "
+                                                                                       'fused bfloat16 LSTM '
+                                                                                       'beat cpp; '
+                                                                                       'lstm-T100-B1-H256-L1-fwd-autocast '
+                                                                                       'x0.89 lost',
+                                                                               'value': 0},
+                              'bfloat16.native_dp.fused_lstm_rows_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                                          '+ '
+                                                                                          'cpu-intel-xeon-avx512-2c.half.json '
+                                                                                          '+ '
+                                                                                          'cpu-intel-xeon-avx512-2c.json '
+                                                                                          '+ '
+                                                                                          'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                                          '+ '
+                                                                                          'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                                          '+ '
+                                                                                          'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                                          '+ '
+                                                                                          'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                                          '+ '
+                                                                                          'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                                          '+ '
+                                                                                          'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                                          'rows where '
+                                                                                          "torch's fused "
+                                                                                          'bfloat16 LSTM '
+                                                                                          'beat cpp; '
+                                                                                          'lstm-T100-B1-H512-L1-fwdbwd-bf16 '
+                                                                                          'x3.34 won, '
+                                                                                          'lstm-T100-B16-H128-L1-fwdbwd-bf16 '
+                                                                                          'x0.81 lost',
+                                                                                  'value': 1},
+                              'bfloat16.native_dp.gemm_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.half.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                                  '+ '
+                                                                                  'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                                  'per-step GEMM flops where '
+                                                                                  "torch's bfloat16 beat "
+                                                                                  'cpp; '
+                                                                                  'gru-T100-B64-H128-L1-fwd-bf16 '
+                                                                                  'x1.20 won, '
+                                                                                  'rnn-T100-B16-H512-L1-fwd-bf16 '
+                                                                                  'x0.79 lost',
+                                                                          'value': 6291456.0},
+                              'bfloat16.native_dp.gemm_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                                     '+ '
+                                                                                     'cpu-intel-xeon-avx512-2c.half.json '
+                                                                                     '+ '
+                                                                                     'cpu-intel-xeon-avx512-2c.json '
+                                                                                     '+ '
+                                                                                     'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
+                                                                                     '+ '
+                                                                                     'cpu-intel-xeon-avx512-2c.lstm-f32.json '
+                                                                                     '+ '
+                                                                                     'cpu-intel-xeon-avx512-2c.ort-small.json '
+                                                                                     '+ '
+                                                                                     'cpu-intel-xeon-avx512-2c.plans-b16.json '
+                                                                                     '+ '
+                                                                                     'cpu-intel-xeon-avx512-2c.plans.json '
+                                                                                     '+ '
+                                                                                     'cpu-intel-xeon-avx512-2c.sweeps-f32.json: '
+                                                                                     'per-step GEMM flops '
+                                                                                     "where torch's bfloat16 "
+                                                                                     'beat cpp; '
+                                                                                     'gru-T100-B64-H128-L1-fwdbwd-bf16 '
+                                                                                     'x1.62 won, '
+                                                                                     'rnn-T100-B64-H256-L1-fwdbwd-bf16 '
+                                                                                     'x0.91 lost',
+                                                                             'value': 6291456.0},
+                              'cpp.step_input.backward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                                '+ '
+                                                                                'cpu-intel-xeon-avx512-2c.half.json '
                                                                                 '+ '
                                                                                 'cpu-intel-xeon-avx512-2c.json '
                                                                                 '+ '
@@ -155,7 +262,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                 'rnn-T100-B64-H128-L1-fwdbwd-f32 '
                                                                                 'in steps x0.95 lost',
                                                                         'value': 0},
-                              'cpp.step_input.backward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'cpp.step_input.backward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.half.json '
                                                                                '+ '
                                                                                'cpu-intel-xeon-avx512-2c.json '
                                                                                '+ '
@@ -176,7 +285,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                'rnn-T100-B16-H128-L1-fwdbwd-f32 '
                                                                                'in steps x0.92 lost',
                                                                        'value': 0},
-                              'cpp.step_input.forward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'cpp.step_input.forward.bytes_per_row': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                               '+ '
+                                                                               'cpu-intel-xeon-avx512-2c.half.json '
                                                                                '+ '
                                                                                'cpu-intel-xeon-avx512-2c.json '
                                                                                '+ '
@@ -199,7 +310,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                                'gru-T100-B16-H256-L1-fwd-f32 '
                                                                                'in steps x0.93 lost',
                                                                        'value': 32768},
-                              'cpp.step_input.forward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'cpp.step_input.forward.cached_bytes': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                              '+ '
+                                                                              'cpu-intel-xeon-avx512-2c.half.json '
                                                                               '+ '
                                                                               'cpu-intel-xeon-avx512-2c.json '
                                                                               '+ '
@@ -222,7 +335,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                               'gru-T100-B16-H256-L1-fwd-f32 '
                                                                               'in steps x0.93 lost',
                                                                       'value': 524288},
-                              'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
+                              'numba_flops_above.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json + '
+                                                                'cpu-intel-xeon-avx512-2c.half.json + '
                                                                 'cpu-intel-xeon-avx512-2c.json + '
                                                                 'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                 '+ cpu-intel-xeon-avx512-2c.lstm-f32.json + '
@@ -234,7 +348,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                 'rnn-T100-B1-H256-L1-fwd-f32 x1.80 won, '
                                                                 'gru-T100-B4-H256-L1-fwd-f32 x0.48 lost',
                                                         'value': 131072.0},
-                              'numba_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
+                              'numba_flops_above.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json + '
+                                                                   'cpu-intel-xeon-avx512-2c.half.json + '
                                                                    'cpu-intel-xeon-avx512-2c.json + '
                                                                    'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                    '+ cpu-intel-xeon-avx512-2c.lstm-f32.json '
@@ -250,7 +365,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                    'rnn-T100-B16-H256-L1-fwdbwd-f32 x0.97 '
                                                                    'lost',
                                                            'value': 1572864.0},
-                              'one_step_to_torch.float32.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'one_step_to_torch.float32.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                        '+ '
+                                                                        'cpu-intel-xeon-avx512-2c.half.json '
                                                                         '+ cpu-intel-xeon-avx512-2c.json + '
                                                                         'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                         '+ '
@@ -269,7 +386,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                         'gru-T1-B1-H64-L1-fwd-f32 x1.90, '
                                                                         'rnn-T1-B1-H64-L1-fwd-f32 x1.37',
                                                                 'value': False},
-                              'one_step_to_torch.float32.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'one_step_to_torch.float32.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                           '+ '
+                                                                           'cpu-intel-xeon-avx512-2c.half.json '
                                                                            '+ cpu-intel-xeon-avx512-2c.json '
                                                                            '+ '
                                                                            'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -289,7 +408,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                            'rnn-T1-B1-H64-L1-fwdbwd-f32 '
                                                                            'x0.69',
                                                                    'value': True},
-                              'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'onednn_cpp_rows.panel+step.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                         '+ '
+                                                                         'cpu-intel-xeon-avx512-2c.half.json '
                                                                          '+ cpu-intel-xeon-avx512-2c.json + '
                                                                          'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                          '+ '
@@ -308,7 +429,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                          'x1.06 won, fastrnns-default-fwd '
                                                                          'x0.99 lost',
                                                                  'value': 16},
-                              'onednn_cpp_rows.panel+step.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'onednn_cpp_rows.panel+step.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                            '+ '
+                                                                            'cpu-intel-xeon-avx512-2c.half.json '
                                                                             '+ cpu-intel-xeon-avx512-2c.json '
                                                                             '+ '
                                                                             'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -328,7 +451,8 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                             'lstm-T100-B16-H128-L1-fwdbwd-f32 '
                                                                             'x0.93 lost',
                                                                     'value': 0},
-                              'onednn_cpp_rows.panel.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
+                              'onednn_cpp_rows.panel.fwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json + '
+                                                                    'cpu-intel-xeon-avx512-2c.half.json + '
                                                                     'cpu-intel-xeon-avx512-2c.json + '
                                                                     'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                     '+ '
@@ -345,8 +469,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                     'lstm-T100-B16-H256-L1-fwd-f32 x0.96 '
                                                                     'lost',
                                                             'value': 4},
-                              'onednn_cpp_rows.panel.fwd.bi': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
-                                                                       'cpu-intel-xeon-avx512-2c.json + '
+                              'onednn_cpp_rows.panel.fwd.bi': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                       '+ cpu-intel-xeon-avx512-2c.half.json '
+                                                                       '+ cpu-intel-xeon-avx512-2c.json + '
                                                                        'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                        '+ '
                                                                        'cpu-intel-xeon-avx512-2c.lstm-f32.json '
@@ -367,8 +492,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                        'lstm-T100-B16-H256-L4-bi-fwd-f32 '
                                                                        'x1.15',
                                                                'value': 16},
-                              'onednn_cpp_rows.panel.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
-                                                                       'cpu-intel-xeon-avx512-2c.json + '
+                              'onednn_cpp_rows.panel.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                       '+ cpu-intel-xeon-avx512-2c.half.json '
+                                                                       '+ cpu-intel-xeon-avx512-2c.json + '
                                                                        'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                        '+ '
                                                                        'cpu-intel-xeon-avx512-2c.lstm-f32.json '
@@ -387,7 +513,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                        'lstm-T100-B16-H256-L2-fwdbwd-f32 '
                                                                        'x0.97 lost',
                                                                'value': 4},
-                              'onednn_cpp_rows.panel.fwdbwd.bi': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'onednn_cpp_rows.panel.fwdbwd.bi': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                          '+ '
+                                                                          'cpu-intel-xeon-avx512-2c.half.json '
                                                                           '+ cpu-intel-xeon-avx512-2c.json + '
                                                                           'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                           '+ '
@@ -409,7 +537,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                           'lstm-T100-B16-H256-L4-bi-fwdbwd-f32 '
                                                                           'x1.35',
                                                                   'value': 16},
-                              'onednn_cpp_wide.panel+step.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json '
+                              'onednn_cpp_wide.panel+step.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                            '+ '
+                                                                            'cpu-intel-xeon-avx512-2c.half.json '
                                                                             '+ cpu-intel-xeon-avx512-2c.json '
                                                                             '+ '
                                                                             'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
@@ -439,8 +569,9 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                             'lstm-T100-B16-H128-L1-fwdbwd-f32 '
                                                                             'x0.93',
                                                                     'value': [256, 512, 256]},
-                              'onednn_cpp_wide.panel.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half.json + '
-                                                                       'cpu-intel-xeon-avx512-2c.json + '
+                              'onednn_cpp_wide.panel.fwdbwd': {'from': 'cpu-intel-xeon-avx512-2c.half-dp.json '
+                                                                       '+ cpu-intel-xeon-avx512-2c.half.json '
+                                                                       '+ cpu-intel-xeon-avx512-2c.json + '
                                                                        'cpu-intel-xeon-avx512-2c.lstm-b16-f32.json '
                                                                        '+ '
                                                                        'cpu-intel-xeon-avx512-2c.lstm-f32.json '
@@ -548,6 +679,70 @@ TABLE = {'cpu-amd-epyc-avx2-2c': {'numba_flops_above.fwd': {'from': 'cpu-amd-epy
                                                                  '(25 MF) 1.36 | RNN B64 H512 (33.5 MF) 0.84 '
                                                                  '(GRU B64 H512, 100 MF, 1.43)',
                                                          'value': 25165824.0},
+             'bfloat16.native_dp.fused_lstm_rows_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids '
+                                                                      'class) with FASTRNN_ISA=avx512_bf16: '
+                                                                      "cpp's native bf16 on vdpbf16ps alone "
+                                                                      '(the path of CPUs with AVX512_BF16 '
+                                                                      'but no AMX, Zen4 among them; on this '
+                                                                      'CPU vdpbf16ps runs at half the rate '
+                                                                      'of an fp32 FMA), against torch 2.13 '
+                                                                      'on its AMX oneDNN kernels, so '
+                                                                      'conservative where torch has no AMX; '
+                                                                      'T=100, I=H, torch time / cpp time, '
+                                                                      'medians side by side '
+                                                                      '(benchmarks/results/cpu-intel-xeon-avx512-2c.half-dp.json); '
+                                                                      'bf16 LSTM fwd B1 H128 1.27 | B1 H256 '
+                                                                      '0.94, B1 H512 0.78: torch at any '
+                                                                      'batch',
+                                                              'value': 0},
+             'bfloat16.native_dp.fused_lstm_rows_above.fwdbwd': {'from': '2-core Intel Xeon (Sapphire Rapids '
+                                                                         'class) with '
+                                                                         "FASTRNN_ISA=avx512_bf16: cpp's "
+                                                                         'native bf16 on vdpbf16ps alone '
+                                                                         '(the path of CPUs with AVX512_BF16 '
+                                                                         'but no AMX, Zen4 among them; on '
+                                                                         'this CPU vdpbf16ps runs at half '
+                                                                         'the rate of an fp32 FMA), against '
+                                                                         'torch 2.13 on its AMX oneDNN '
+                                                                         'kernels, so conservative where '
+                                                                         'torch has no AMX; T=100, I=H, '
+                                                                         'torch time / cpp time, medians '
+                                                                         'side by side '
+                                                                         '(benchmarks/results/cpu-intel-xeon-avx512-2c.half-dp.json); '
+                                                                         'bf16 LSTM fwd+bwd B1 2.3-3.4 | B16 '
+                                                                         'H128 0.84',
+                                                                 'value': 1},
+             'bfloat16.native_dp.gemm_flops_above.fwd': {'from': '2-core Intel Xeon (Sapphire Rapids class) '
+                                                                 "with FASTRNN_ISA=avx512_bf16: cpp's native "
+                                                                 'bf16 on vdpbf16ps alone (the path of CPUs '
+                                                                 'with AVX512_BF16 but no AMX, Zen4 among '
+                                                                 'them; on this CPU vdpbf16ps runs at half '
+                                                                 'the rate of an fp32 FMA), against torch '
+                                                                 '2.13 on its AMX oneDNN kernels, so '
+                                                                 'conservative where torch has no AMX; '
+                                                                 'T=100, I=H, torch time / cpp time, medians '
+                                                                 'side by side '
+                                                                 '(benchmarks/results/cpu-intel-xeon-avx512-2c.half-dp.json); '
+                                                                 'bf16 GRU/RNN fwd to 6.3 MF a step 1.1-21 '
+                                                                 '(GRU B64 H128 1.18) | RNN B16 H512 (8.4 '
+                                                                 'MF) 0.85',
+                                                         'value': 6291456.0},
+             'bfloat16.native_dp.gemm_flops_above.fwdbwd': {'from': '2-core Intel Xeon (Sapphire Rapids '
+                                                                    'class) with FASTRNN_ISA=avx512_bf16: '
+                                                                    "cpp's native bf16 on vdpbf16ps alone "
+                                                                    '(the path of CPUs with AVX512_BF16 but '
+                                                                    'no AMX, Zen4 among them; on this CPU '
+                                                                    'vdpbf16ps runs at half the rate of an '
+                                                                    'fp32 FMA), against torch 2.13 on its '
+                                                                    'AMX oneDNN kernels, so conservative '
+                                                                    'where torch has no AMX; T=100, I=H, '
+                                                                    'torch time / cpp time, medians side by '
+                                                                    'side '
+                                                                    '(benchmarks/results/cpu-intel-xeon-avx512-2c.half-dp.json); '
+                                                                    'bf16 GRU/RNN fwd+bwd to 6.3 MF 1.6-13 '
+                                                                    '(GRU B64 H128 1.61) | RNN B64 H256 (8.4 '
+                                                                    'MF) 0.96',
+                                                            'value': 6291456.0},
              'cpp.panel_loop.backward.max_bytes': {'from': '2-core AMD EPYC Zen4, torch 2.13, T=100, ratio '
                                                            'to torch panel / BLAS loop: the panel loop ahead '
                                                            'at every size measured (GRU B64 H512 1.22 / '

@@ -287,10 +287,20 @@ class _RNNMixin(_Front):
             return False
         T = input.size(1 if self.batch_first else 0) if dim == 3 else input.size(0)
         cell, device, dtype = MODE_TO_CELL[self.mode], input.device.type, input.dtype
+        # Under autocast the call runs in torch's compute dtype for this module (float32 tensors
+        # cast): decided in that dtype, and handed over whole, torch's autocast then casting in C++
+        # as it does for torch.nn (ours cast in Python: ~7% of a small bf16 LSTM call).
+        casts = None
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            casts = _autocast_dtypes(_torch_class(self), device)
+        w = self._flat_weights[0] if self._flat_weights else None
+        if casts is not None:
+            if dtype != torch.float32 or w is None or w.dtype != torch.float32:
+                return False  # what autocast leaves as it is: the checked path decides
+            dtype = casts[0]
         if not functional.torch_may_run(cell, device, dtype, T, self.proj_size):
             return False  # the common call: decided in ~1 us
-        w = self._flat_weights[0] if self._flat_weights else None
-        if w is None or w.dtype != dtype or w.device != input.device or torch.is_autocast_enabled("cpu"):
+        if w is None or (casts is None and w.dtype != dtype) or w.device != input.device:
             return False
         return functional.torch_runs(
             cell, device, dtype, input_size=self.input_size, hidden_size=self.hidden_size, proj_size=self.proj_size,

@@ -56,11 +56,17 @@ def test_half_type_fit_counts_a_loss_only_where_the_run_tells_it(tmp_path):
              _half_case("lstm", 64, 256, "fwdbwd", (49, 50, 51), (45, 46, 46)),
              _half_case("gru", 64, 512, "fwdbwd", (170, 175, 180), (110, 115, 120))]
     path = tmp_path / "cpu-test-2c.json"
-    path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "env": {"cpp_native_bf16": True}, "cases": cases}))
+    path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "env": {"cpp_native_bf16": "amx_bf16"}, "cases": cases}))
     row = fit.fit_file(path)
     assert row["bfloat16.native.fused_lstm_rows_above.fwd"]["value"] == 16
     assert row["bfloat16.native.fused_lstm_rows_above.fwdbwd"]["value"] == 64
     assert row["bfloat16.native.gemm_flops_above.fwdbwd"]["value"] == 2.0 * 64 * 512 * 3 * 512
+    # the same timings of the vdpbf16ps path (no AMX) fit its own keys, and only those
+    path.write_text(json.dumps({"hardware_id": "cpu-test-2c", "env": {"cpp_native_bf16": "avx512_bf16"},
+                                "cases": cases}))
+    row = fit.fit_file(path)
+    assert row["bfloat16.native_dp.fused_lstm_rows_above.fwd"]["value"] == 16
+    assert not any(k.startswith(("bfloat16.native.", "bfloat16.fused", "bfloat16.gemm")) for k in row)
 
 
 def _plan_case(cell, B, H, mode, step_s, before_s):

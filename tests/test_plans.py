@@ -179,3 +179,34 @@ def test_repeated_empty_batches(backend):
             for _ in range(3):
                 for a, e in zip(_flat(ours(x)), _flat(ref(x))):
                     assert a.shape == e.shape
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_autocast_call_auto_hands_to_torch_runs_torchs_forward(cls, monkeypatch):
+    """Under autocast, auto decides in the module's compute dtype (bf16 on CPU) and, where torch
+    wins, hands the call to torch's own forward whole: torch's autocast then casts the weights
+    (in C++, not ours in Python) and returns what torch.nn returns."""
+    from fastrnn import functional
+    seen = []
+
+    def torch_runs(cell, device, dtype, **kw):
+        seen.append(dtype)
+        return True
+    monkeypatch.setattr(functional, "torch_may_run", lambda *a: True)
+    monkeypatch.setattr(functional, "torch_runs", torch_runs)
+    torch.manual_seed(0)
+    ref = getattr(nn, cls)(8, 16, num_layers=2)
+    m = getattr(fastrnn, cls)(8, 16, num_layers=2)
+    m.load_state_dict(ref.state_dict())
+    calls = []
+    forward = modules._Front._torch_forward
+    monkeypatch.setattr(modules._Front, "_torch_forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    x = torch.randn(5, 3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = m(x), ref(x)
+    assert seen == [torch.bfloat16] and calls == [1]
+    for g, w in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float64: autocast leaves it, the checked path runs
+        m.double()(x.double())
+    assert calls == [1]

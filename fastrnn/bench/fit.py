@@ -162,6 +162,10 @@ def _weight_bytes(c) -> int:
     return (c["I"] or c["H"]) * G * c["H"] * 4 + c["H"] * G * c["H"] * 4
 
 
+# The rule keys of cpp's bf16 paths (`cpp.NATIVE_ISA`, recorded by the runner as cpp_native_bf16):
+# the float32 upcast, AMX tiles, vdpbf16ps alone (fastrnn/dispatch.py reads the same).
+NATIVE_KEYS = {"": "", "amx_bf16": ".native", "avx512_bf16": ".native_dp"}
+
 # Quiet reruns of one case move a ratio by ~2-3% (2-core Xeon, medians of 5): a difference
 # within that is a tie, not a measured loss (the loop-plan and half-type fits).
 TIE = 0.03
@@ -230,7 +234,7 @@ def fit_file(path) -> dict:
     cases = []
     for p in paths:
         doc = json.loads(p.read_text())
-        native = bool(doc.get("env", {}).get("cpp_native_bf16"))  # measured with cpp's native bf16 path
+        native = doc.get("env", {}).get("cpp_native_bf16") or ""  # cpp's native bf16 path measured, if any
         cases += [dict(c, native_bf16=native) for c in doc["cases"]]
     name = " + ".join(p.name for p in paths)
     row: dict = {}
@@ -248,10 +252,10 @@ def fit_file(path) -> dict:
                  and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
         pts = [(_step_flops(c), _won(c, "numba"), cid(c, "numba")) for c in plain if _won(c, "numba") is not None]
         put(f"numba_flops_above.{mode}", _edge(pts), "per-step GEMM flops where torch beat numba")
-        for short, half, native in (("bf16", "bfloat16", False), ("bf16", "bfloat16", True),
-                                    ("f16", "float16", False)):
-            # a case measured with cpp's native bf16 path fits that path's own keys
-            key = f"{half}.native" if native else half
+        for short, half, native in (("bf16", "bfloat16", ""), ("bf16", "bfloat16", "amx_bf16"),
+                                    ("bf16", "bfloat16", "avx512_bf16"), ("f16", "float16", "")):
+            # a case measured with one of cpp's native bf16 paths fits that path's own keys
+            key = half + NATIVE_KEYS[native]
             # CPU autocast runs every RNN module's products in bf16 (fastrnn/modules.py): its cases
             # are bf16 calls with the casts in front
             kinds = (short, "autocast") if short == "bf16" else (short,)

@@ -309,7 +309,9 @@ def env_lines(doc: dict) -> list[str]:
         f"CUDA {e.get('cuda')}, cuDNN {e.get('cudnn')}, onnxruntime {e.get('onnxruntime')}, "
         f"Python {e.get('python')}",
         f"- fastrnn {e.get('fastrnn')} at {e.get('git_revision')}, run {e.get('date')}; "
-        f"available backends: {', '.join(e.get('available_backends', []))}",
+        f"available backends: {', '.join(e.get('available_backends', []))}"
+        + (f"; cpp's native bf16 path: {e['cpp_native_bf16']}" if e.get("cpp_native_bf16") else "")
+        + (f"; FASTRNN_ISA={e['fastrnn_isa']}" if e.get("fastrnn_isa") else ""),
         f"- matrix peak (torch.mm {e.get('matmul_peak_size')}³, median): {peak}"
         + ("; fastest call (the roofline's): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in
                                                           e["matmul_best_gflops"].items())

@@ -109,11 +109,13 @@ def environment(device: str) -> dict:
     if device == "cuda":
         env["allow_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
                              "cudnn": torch.backends.cudnn.allow_tf32}
-    if device == "cpu":  # which bf16 path the cpp rows measured (fit: the "<dtype>.native.*" keys)
+    if device == "cpu":  # which bf16 path the cpp rows measured (fit: the "<dtype>.native*" keys)
         with contextlib.suppress(Exception):
             from fastrnn.backends import cpp
             cpp.native_dtypes()
             env["cpp_native_bf16"] = cpp.NATIVE_ISA
+        if os.environ.get("FASTRNN_ISA"):  # a kernel cap measured on purpose (e.g. vdpbf16ps without AMX)
+            env["fastrnn_isa"] = os.environ["FASTRNN_ISA"]
     info = ROOT / "fastrnn" / "build_info.json"
     if info.is_file():
         with contextlib.suppress(ValueError, OSError):

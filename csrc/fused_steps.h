@@ -7,7 +7,9 @@
 //                                            cell(J) -> h_t[:, J] (into the other h buffer)
 //   backward, thread owning hidden units J:  dh[:, J] (+)= dG_{t+1} W_hh[:, J]
 //                                            cell grad(J) -> dG_t[:, gates of J]
-// Forward reads all of h_{t-1} while other threads write h_t, hence two h buffers.  Used for
+// Forward reads all of h_{t-1} while other threads write h_t, hence two h buffers.  Its threads
+// need not meet at a barrier (run_steps_overlapped): a step first multiplies by the thread's own
+// units of h_{t-1}, then waits for the others' and multiplies by theirs.  Used for
 // float32 without proj_size when the CPU has AVX2+FMA; layer_*.cpp keep the BLAS loop otherwise
 // (loop_plan.cpp decides).
 // From 4 rows the loops also take over the input side (StepInput, StepInputGrad): each forward
@@ -20,8 +22,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #include "kernel_table.h"
 #include "overrides.h"
@@ -184,6 +189,57 @@ void run_steps(int64_t n, int64_t nb, const Split& split, const Step& step) {
   for (int64_t s = 0; s < n; ++s) step(s, int64_t(0), nb);
 }
 
+// Forward steps of up to this many multiply-adds skip the barrier (run_steps_overlapped) where
+// every step splits.  Measured on the 2-core Xeon, 2 threads, T=100, time with the barrier / without,
+// alternating processes: B=1-4 H=256-512 LSTM 1.00-1.10, GRU 1.01-1.04, RNN 1.04-1.17; up to 8.4M
+// (LSTM B16 H256, RNN B64 H256, LSTM B4 H512) 1.03-1.16; above it a tie or a loss within the
+// noise (LSTM B16 H512 0.97-0.98, B64 H512 0.94-0.99, GRU B64 H256 0.94-1.08): the second pass
+// over C costs there what the barrier saves.
+constexpr int64_t kOverlapStepMacs = int64_t(1) << 23;
+
+// run_steps for a loop whose every step splits, without the barrier: step(s, b0, b1, await) calls
+// await(s) before it reads any other thread's results of step s - 1 (it returns once every other
+// thread has finished that step), so a thread does the part of its step that needs only its own
+// results (the product with its own units of h_{t-1}) while the slower thread finishes, and a
+// step's wait is one cache line per thread instead of a barrier round trip.  A thread is at most
+// one step ahead of any other (it waits for their step s - 1 inside its step s), so a result of
+// step s - 1 is overwritten at the earliest at the end of step s + 1, after the readers' step s
+// ended: two buffers suffice.  Returns false (nothing run) where there is no team to split over.
+template <typename Step>
+bool run_steps_overlapped(int64_t n, int64_t nb, const Step& step) {
+#ifdef _OPENMP
+  const int64_t team = std::min<int64_t>(at::get_num_threads(), nb);
+  if (team < 2 || at::in_parallel_region()) return false;
+  struct alignas(64) Done {
+    std::atomic<int64_t> steps{0};  // steps this thread has finished
+  };
+  std::vector<Done> done(static_cast<size_t>(team));
+#pragma omp parallel num_threads(static_cast<int>(team))
+  {
+    const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    const int64_t chunk = (nb + nth - 1) / nth;
+    const int64_t b0 = std::min(nb, tid * chunk), b1 = std::min(nb, b0 + chunk);
+    auto await = [&](int64_t s) {
+      for (int64_t u = 0; u < nth; ++u) {
+        if (u == tid) continue;
+        // spin (a step is microseconds); yield after long waits so an oversubscribed core moves on
+        for (int64_t spins = 0; done[u].steps.load(std::memory_order_acquire) < s; ++spins) {
+          if (spins > 4096) std::this_thread::yield();
+        }
+      }
+    };
+    for (int64_t s = 0; s < n; ++s) {
+      step(s, b0, b1, await);
+      done[tid].steps.store(s + 1, std::memory_order_release);
+    }
+  }
+  return true;
+#else
+  (void)n, (void)nb, (void)step;
+  return false;
+#endif
+}
+
 // The input side of a forward loop that does each step's input projection itself
 // (loop_plan.cpp's use_step_input_gemm): x [N, I] (rows as the steps' row0), W_ih [G*H, I] and the
 // summed biases [G*H] that the BLAS path folds into gi (gru: without b_hn).
@@ -232,32 +288,23 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
   float* hbuf[2] = {h_state, spare.data_ptr<float>()};
   const bool train = save != nullptr;
   const int64_t n = static_cast<int64_t>(steps.size());
-  auto step = [&](int64_t si, int64_t b0, int64_t b1) {
-    const StepSpan& st = steps[si];
-    const float* hc = hbuf[si & 1];
-    float* hn = hbuf[(si & 1) ^ 1];
-    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H), w = j1 - j0;
-    if (w <= 0) return;
-    // The other threads' units of h_{t-1} sit in their caches: ask for every line at once, before
-    // the product reaches them one at a time (each a cross-core miss that stalls the tile).
-    // Measured on the 2-core Xeon (benchmarks/bench_latency.py, split = what two threads cost
-    // beyond halving a step), B=1 H=256: LSTM 1.32 -> 1.02 us, GRU 1.05 -> 0.85 us.
-    for (int64_t b = 0; b < st.bs; ++b)
-      for (int64_t j = 0; j < H; j += 16) __builtin_prefetch(hc + b * H + j);
-    // Rows past bs keep their state (packed input: they ended, or start later in reverse); gru's
-    // cell pass reads h_{t-1} where it writes h_t, the others only write it.
-    for (int64_t b = kReadsH ? 0 : st.bs; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
-    if (train)
-      for (int64_t b = 0; b < st.bs; ++b)
-        std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
-    // One call per group of panels that share their rows (PanelArgs::panels): a block's gate
-    // panels, or up to four whole blocks of a one-gate cell.
+  // The products of step st for hidden blocks [b0, b1) with the units [k0, k1) of h_{t-1} (hc):
+  // `first` starts them (x_t's part and the biases with it, where the steps project their input),
+  // the others add to them.  One call per group of panels that share their rows
+  // (PanelArgs::panels): a block's gate panels, or up to four whole blocks of a one-gate cell.
+  auto products = [&](const StepSpan& st, const float* hc, int64_t b0, int64_t b1, int64_t k0, int64_t k1,
+                      bool first) {
+    if (k1 <= k0 && !(first && step_input)) return;
+    const int64_t skip = step_input ? I : 0;  // panel rows before h's
     for (int64_t jb = b0; jb < b1;) {
       const int64_t ncols = std::min(kPanel, H - jb * kPanel), col = jb * kPanel;
       const float* panel = P + jb * G * KP * kPanel;
-      const float* x = step_input ? in.x + st.row0 * I : hc;
-      PanelArgs pa{st.bs, step_input ? I : H, x, step_input ? I : H, step_input ? H : 0, hc, H, panel,
-                   step_input ? bias_p + col : nullptr, gh_buf + col, GH, ncols, false};
+      const float* x = step_input ? in.x + st.row0 * I : nullptr;
+      PanelArgs pa = first && step_input
+          ? PanelArgs{st.bs, I, x, I, k1 - k0, hc + k0, H, panel, bias_p + col, gh_buf + col, GH, ncols, false}
+          : PanelArgs{st.bs, k1 - k0, hc + k0, H, 0, hc, H, panel + (skip + k0) * kPanel, nullptr, gh_buf + col, GH,
+                      ncols, !first};
+      if (first && step_input) pa.k2_row = I + k0;
       int64_t blocks = 1;
       if (G == 1) {  // whole blocks only: a group shares ncols
         while (blocks < 4 && jb + blocks < b1 && (jb + blocks + 1) * kPanel <= H) ++blocks;
@@ -271,12 +318,26 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
       if (step_input && kApartGate >= 0) {
         const float* pn = panel + kApartGate * KP * kPanel;
         const int64_t cn = kApartGate * H + col;
-        kt.panel2_f(PanelArgs{st.bs, I, x, I, 0, hc, H, pn, bias_p + kApartGate * nb * kPanel + col, gi + cn, GH,
-                              ncols, false});
-        kt.panel_f(st.bs, H, hc, H, pn + I * kPanel, gh_buf + cn, GH, ncols, false);
+        if (first)
+          kt.panel2_f(PanelArgs{st.bs, I, x, I, 0, hc, H, pn, bias_p + kApartGate * nb * kPanel + col, gi + cn, GH,
+                                ncols, false});
+        if (k1 > k0) kt.panel_f(st.bs, k1 - k0, hc + k0, H, pn + (I + k0) * kPanel, gh_buf + cn, GH, ncols, !first);
       }
       jb += blocks;
     }
+  };
+  // Everything of step si for blocks [b0, b1) after its products: the rows' copies, the cell pass.
+  auto finish = [&](int64_t si, int64_t j0, int64_t j1) {
+    const StepSpan& st = steps[si];
+    const float* hc = hbuf[si & 1];
+    float* hn = hbuf[(si & 1) ^ 1];
+    const int64_t w = j1 - j0;
+    // Rows past bs keep their state (packed input: they ended, or start later in reverse); gru's
+    // cell pass reads h_{t-1} where it writes h_t, the others only write it.
+    for (int64_t b = kReadsH ? 0 : st.bs; b < B; ++b) std::memcpy(hn + b * H + j0, hc + b * H + j0, sizeof(float) * w);
+    if (train)
+      for (int64_t b = 0; b < st.bs; ++b)
+        std::memcpy(hprev + (st.row0 + b) * H + j0, hc + b * H + j0, sizeof(float) * w);
     FwdArgs<float> s = a;
     s.gi = step_input ? gi : gi + st.row0 * ldgi;
     s.ldgi = ldgi;
@@ -288,7 +349,43 @@ void fused_forward(const KernelTable& kt, FwdFn<float> fwd, FwdArgs<float> a, co
     s.save = train ? save + st.row0 * S * H : nullptr;
     for (int64_t b = 0; b < st.bs; ++b) fwd(s, b * H + j0, b * H + j1);
   };
-  run_steps(n, nb, [&](int64_t si) { return split && steps[si].bs * GH * KP >= min_split; }, step);
+  // The other threads' units of h_{t-1} sit in their caches: ask for every line at once, before
+  // the product reaches them one at a time (each a cross-core miss that stalls the tile).
+  // Measured on the 2-core Xeon (benchmarks/bench_latency.py, split = what two threads cost
+  // beyond halving a step), B=1 H=256: LSTM 1.32 -> 1.02 us, GRU 1.05 -> 0.85 us.
+  auto prefetch = [&](const float* hc, int64_t bs, int64_t k0, int64_t k1) {
+    for (int64_t b = 0; b < bs; ++b)
+      for (int64_t j = k0; j < k1; j += 16) __builtin_prefetch(hc + b * H + j);
+  };
+  auto step = [&](int64_t si, int64_t b0, int64_t b1) {
+    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
+    if (j1 <= j0) return;
+    prefetch(hbuf[si & 1], steps[si].bs, 0, H);
+    products(steps[si], hbuf[si & 1], b0, b1, 0, H, true);
+    finish(si, j0, j1);
+  };
+  // Every step split: no barrier.  Own units first, then the others' once written (a thread owns
+  // one range of blocks, so the others' units are the two ranges around it).
+  auto overlapped = [&](int64_t si, int64_t b0, int64_t b1, const auto& await) {
+    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
+    if (j1 <= j0) return;
+    const StepSpan& st = steps[si];
+    const float* hc = hbuf[si & 1];
+    products(st, hc, b0, b1, j0, j1, true);
+    await(si);
+    prefetch(hc, st.bs, 0, j0);
+    prefetch(hc, st.bs, j1, H);
+    products(st, hc, b0, b1, 0, j0, false);
+    products(st, hc, b0, b1, j1, H, false);
+    finish(si, j0, j1);
+  };
+  bool overlap = split && !loop_overrides().step_barrier;
+  for (int64_t si = 0; si < n && overlap; ++si) {
+    const int64_t macs = steps[si].bs * GH * KP;
+    overlap = macs >= min_split && macs <= kOverlapStepMacs;
+  }
+  if (!(overlap && run_steps_overlapped(n, nb, overlapped)))
+    run_steps(n, nb, [&](int64_t si) { return split && steps[si].bs * GH * KP >= min_split; }, step);
   if (n & 1) std::memcpy(h_state, hbuf[1], sizeof(float) * B * H);
 }
 

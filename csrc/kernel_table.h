@@ -37,6 +37,9 @@ struct PanelArgs {
   bool accumulate;
   int panels = 1;
   int64_t panel_stride = 0, bias_stride = 0, c_stride = 0;
+  // The panel row where A2's k starts (-1: K1, right after A1's): a step that multiplies by part of
+  // h first (fused_steps.h: its own units, then the other threads' once they are written).
+  int64_t k2_row = -1;
 };
 using PanelGemm2Fn = void (*)(const PanelArgs&);
 

@@ -49,6 +49,7 @@ LoopOverrides loop_overrides() {
   o.step_gemm = read_force("FASTRNN_STEP_GEMM");
   o.input_gemm = read_force("FASTRNN_INPUT_GEMM");
   o.backward_input_gemm = read_force("FASTRNN_BACKWARD_INPUT_GEMM");
+  o.step_barrier = env_is(std::getenv("FASTRNN_STEP_SYNC"), "barrier");
   return o;
 }
 

@@ -80,7 +80,7 @@ inline void tile(const PanelArgs& g, const float* A1, const float* A2, float* C)
       hi[u][m] = u == 0 ? b_hi : _mm256_setzero_ps();
     }
   segment<MR, KS>(lo, hi, g.K1, A1, g.lda1, g.P);
-  if (g.K2 > 0) segment<MR, KS>(lo, hi, g.K2, A2, g.lda2, g.P + g.K1 * 16);
+  if (g.K2 > 0) segment<MR, KS>(lo, hi, g.K2, A2, g.lda2, g.P + (g.k2_row < 0 ? g.K1 : g.k2_row) * 16);
 #pragma GCC unroll 8
   for (int u = 1; u < KS; ++u)
 #pragma GCC unroll 8

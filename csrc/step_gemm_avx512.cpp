@@ -73,7 +73,7 @@ inline void tile(const PanelArgs& g, const float* A1, const float* A2, float* C)
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) acc[u][m] = u == 0 ? init : _mm512_setzero_ps();
   segment<MR, KS>(acc, g.K1, A1, g.lda1, g.P);
-  if (g.K2 > 0) segment<MR, KS>(acc, g.K2, A2, g.lda2, g.P + g.K1 * 16);
+  if (g.K2 > 0) segment<MR, KS>(acc, g.K2, A2, g.lda2, g.P + (g.k2_row < 0 ? g.K1 : g.k2_row) * 16);
 #pragma GCC unroll 8
   for (int u = 1; u < KS; ++u)
 #pragma GCC unroll 8
@@ -132,7 +132,7 @@ inline void multi_tile(const PanelArgs& g, const float* A1, const float* A2, flo
       for (int m = 0; m < MR; ++m) acc[u][p][m] = u == 0 ? init : _mm512_setzero_ps();
   }
   multi_segment<MR, NP, KS>(acc, g.K1, A1, g.lda1, g.P, g.panel_stride);
-  if (g.K2 > 0) multi_segment<MR, NP, KS>(acc, g.K2, A2, g.lda2, g.P + g.K1 * 16, g.panel_stride);
+  if (g.K2 > 0) multi_segment<MR, NP, KS>(acc, g.K2, A2, g.lda2, g.P + (g.k2_row < 0 ? g.K1 : g.k2_row) * 16, g.panel_stride);
 #pragma GCC unroll 4
   for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8

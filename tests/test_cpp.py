@@ -315,6 +315,26 @@ def test_panel_groups_at_few_rows(cell, threads, monkeypatch):
         torch.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_steps_without_barrier(cell, monkeypatch):
+    """Two threads whose every step splits skip the barrier (fused_steps.h: run_steps_overlapped):
+    a thread multiplies by its own units of h_{t-1}, waits for the other's, then adds theirs.  Over
+    many steps, an uneven split of blocks (5: 3 + 2) and both input plans, the result is the
+    float64 reference's, as with FASTRNN_STEP_SYNC=barrier."""
+    from fastrnn import functional
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for sync in ("overlap", "barrier"):
+            monkeypatch.setenv("FASTRNN_STEP_SYNC", sync)
+            for loop in ("step", "panel"):
+                _set_loop(monkeypatch, loop)
+                _check_float32_loops(cell, 1, False, functional, B=7, T=60, I=24, H=80)
+                _check_float32_loops(cell, 2, False, functional, B=7, T=20, I=24, H=80)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _check_float32_loops(cell, D, packed, functional, B=19, T=6, I=20, H=100, bias=True):
     prob = _layer_problem(cell, D, B, T, I, H, packed, torch.float32)
     if not bias:

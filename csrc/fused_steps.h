@@ -7,9 +7,10 @@
 //                                            cell(J) -> h_t[:, J] (into the other h buffer)
 //   backward, thread owning hidden units J:  dh[:, J] (+)= dG_{t+1} W_hh[:, J]
 //                                            cell grad(J) -> dG_t[:, gates of J]
-// Forward reads all of h_{t-1} while other threads write h_t, hence two h buffers.  Its threads
-// need not meet at a barrier (run_steps_overlapped): a step first multiplies by the thread's own
-// units of h_{t-1}, then waits for the others' and multiplies by theirs.  Used for
+// Forward reads all of h_{t-1} while other threads write h_t, hence two h buffers.  At small steps
+// the threads need not meet at a barrier (run_steps_overlapped): a forward step first multiplies
+// by the thread's own units of h_{t-1}, then waits for the others' and multiplies by theirs; a
+// backward step lets its own dG columns flow into dh first.  Used for
 // float32 without proj_size when the CPU has AVX2+FMA; layer_*.cpp keep the BLAS loop otherwise
 // (loop_plan.cpp decides).
 // From 4 rows the loops also take over the input side (StepInput, StepInputGrad): each forward
@@ -126,14 +127,17 @@ inline void panel_input_projection(const KernelTable& kt, int64_t N, int64_t K, 
 // C[:, 16 b0 .. min(16 b1, N)) (+)= A[:M, :K] W for the column panels [b0, b1) of W packed by
 // pack_col_panels ([nb][K][16]): up to four whole panels a call (PanelArgs::panels).
 inline void panel_columns(const KernelTable& kt, int64_t M, int64_t K, const float* A, int64_t lda, const float* P,
-                          float* C, int64_t ldc, int64_t N, int64_t b0, int64_t b1, bool accumulate) {
+                          float* C, int64_t ldc, int64_t N, int64_t b0, int64_t b1, bool accumulate,
+                          int64_t KP = -1, int64_t k0 = 0) {
+  // KP: the panels' depth where A is K columns of it starting at k0 (default: all K of them)
+  if (KP < 0) KP = K;
   for (int64_t b = b0; b < b1;) {
     int64_t n = 1;
     while (n < 4 && b + n < b1 && (b + n + 1) * kPanel <= N) ++n;  // whole panels only
-    PanelArgs pa{M, K, A, lda, 0, A, lda, P + b * K * kPanel, nullptr, C + b * kPanel, ldc,
+    PanelArgs pa{M, K, A, lda, 0, A, lda, P + (b * KP + k0) * kPanel, nullptr, C + b * kPanel, ldc,
                  std::min(kPanel, N - b * kPanel), accumulate};
     pa.panels = static_cast<int>(n);
-    pa.panel_stride = K * kPanel, pa.c_stride = kPanel;
+    pa.panel_stride = KP * kPanel, pa.c_stride = kPanel;
     kt.panel2_f(pa);
     b += n;
   }
@@ -197,6 +201,9 @@ void run_steps(int64_t n, int64_t nb, const Split& split, const Step& step) {
 // over C costs there what the barrier saves.  With more threads than cores the gain grows (LSTM B4
 // H256 on 2 cores, torch.set_num_threads(4 / 8): 5.9 / 6.4 ms a call with the barrier, 3.9 / 3.1
 // without; RNN B4 H256 4.2 / 5.2 against 0.8 / 1.3): a waiting thread yields after a short spin.
+// The backward uses the same limit (a step's dh, dx and weight-gradient multiply-adds): fwd+bwd
+// with both loops overlapped where they qualify, same comparison, LSTM B1-4 H256 / B1 H512
+// 1.01-1.06, GRU 1.02-1.05, RNN B1-16 1.04-1.16.
 constexpr int64_t kOverlapStepMacs = int64_t(1) << 23;
 
 // run_steps for a loop whose every step splits, without the barrier: step(s, b0, b1, await) calls
@@ -430,11 +437,20 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
   at::Tensor wx = in.dx ? pack_col_panels(in.w_ih, GH, in.I) : at::Tensor();
   const float* PX = in.dx ? wx.data_ptr<float>() : nullptr;
   const int64_t min_split = parallel_step_macs();
-  auto flow = [&](const StepSpan& p, int64_t b0, int64_t b1) {
-    panel_columns(kt, p.bs, GH, dgh + p.row0 * ldg, ldg, P, dh, H, H, b0, b1, kAcc);
+  // dG of step p (its gate columns [k0, k1) of every gate, all with k1 = H: all of them) into dh
+  // (and dx) of blocks [b0, b1); `first` starts the sums (gru's dh keeps its direct term).
+  auto flow_cols = [&](const StepSpan& p, int64_t b0, int64_t b1, int64_t k0, int64_t k1, bool first) {
     const int64_t x0 = b0 * nbx / nb, x1 = b1 * nbx / nb;
-    if (in.dx) panel_columns(kt, p.bs, GH, dgi + p.row0 * ldg, ldg, PX, in.dx + p.row0 * I, I, I, x0, x1, false);
+    for (int64_t g = 0; g < (k1 - k0 == H ? 1 : G); ++g) {
+      const int64_t c0 = g * H + k0, K = k1 - k0 == H ? GH : k1 - k0;  // the whole row at once
+      if (K <= 0) continue;
+      const bool acc = !(first && g == 0);
+      panel_columns(kt, p.bs, K, dgh + p.row0 * ldg + c0, ldg, P, dh, H, H, b0, b1, acc || kAcc, GH, c0);
+      if (in.dx)
+        panel_columns(kt, p.bs, K, dgi + p.row0 * ldg + c0, ldg, PX, in.dx + p.row0 * I, I, I, x0, x1, acc, GH, c0);
+    }
   };
+  auto flow = [&](const StepSpan& p, int64_t b0, int64_t b1) { flow_cols(p, b0, b1, 0, H, true); };
   // Rows [lo, hi) of finished steps (consecutive steps are contiguous rows) into the thread's
   // weight-gradient rows.
   auto weight_grads = [&](int64_t lo, int64_t hi, int64_t j0, int64_t j1) {
@@ -467,11 +483,8 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
   int64_t rows_max = 1;
   for (const StepSpan& st : steps) rows_max = std::max(rows_max, st.bs);
   const int64_t chunk_steps = std::max<int64_t>(1, kWeightGradRows / rows_max);
-  auto step = [&](int64_t si, int64_t b0, int64_t b1) {
-    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
-    if (j1 <= j0) return;
-    if (si > 0) flow(rev(si - 1), b0, b1);
-    if (si == n) return;
+  // Step si's cell gradient for units [j0, j1), and the weight gradients when a chunk ends.
+  auto cell_grads = [&](int64_t si, int64_t j0, int64_t j1) {
     const StepSpan& st = rev(si);
     BwdArgs<float> s = a;
     s.dh = dh;
@@ -489,10 +502,36 @@ void fused_backward(const KernelTable& kt, BwdFn<float> bwd, BwdArgs<float> a, c
       weight_grads(lo, hi, j0, j1);
     }
   };
+  auto step = [&](int64_t si, int64_t b0, int64_t b1) {
+    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
+    if (j1 <= j0) return;
+    if (si > 0) flow(rev(si - 1), b0, b1);
+    if (si < n) cell_grads(si, j0, j1);
+  };
+  // Every step split and small: no barrier (as the forward's).  The previous step's dG columns of
+  // the thread's own units flow first, the others' once their cell gradients are done.
+  auto overlapped = [&](int64_t si, int64_t b0, int64_t b1, const auto& await) {
+    const int64_t j0 = b0 * kPanel, j1 = std::min(b1 * kPanel, H);
+    if (j1 <= j0) return;
+    if (si > 0) {
+      const StepSpan& p = rev(si - 1);
+      flow_cols(p, b0, b1, j0, j1, true);
+      await(si);
+      flow_cols(p, b0, b1, 0, j0, false);
+      flow_cols(p, b0, b1, j1, H, false);
+    }
+    if (si < n) cell_grads(si, j0, j1);
+  };
   if (n == 0) return;
   const int64_t macs_per_row = GH * (H + nbx * kPanel + (in.dw_ih ? I + H : 0));
-  run_steps(n + 1, nb, [&](int64_t si) { return split && rev(si == n ? n - 1 : si).bs * macs_per_row >= min_split; },
-            step);
+  bool overlap = split && !loop_overrides().step_barrier;
+  for (int64_t si = 0; si < n && overlap; ++si) {
+    const int64_t macs = rev(si).bs * macs_per_row;
+    overlap = macs >= min_split && macs <= kOverlapStepMacs;
+  }
+  if (!(overlap && run_steps_overlapped(n + 1, nb, overlapped)))
+    run_steps(n + 1, nb, [&](int64_t si) { return split && rev(si == n ? n - 1 : si).bs * macs_per_row >= min_split; },
+              step);
 }
 
 }  // namespace fastrnn

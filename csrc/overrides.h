@@ -58,8 +58,8 @@ struct LoopOverrides {
   // FASTRNN_BACKWARD_INPUT_GEMM=step|before: the backward's dx rows in its steps or after the loop,
   // whatever the forward did (for timing the two apart; over FASTRNN_INPUT_GEMM in the backward)
   Force backward_input_gemm = Force::measured;
-  // FASTRNN_STEP_SYNC=barrier: the panel loop's forward threads meet at a barrier between steps
-  // instead of overlapping their own units' products with the wait (fused_steps.h)
+  // FASTRNN_STEP_SYNC=barrier: the panel loops' threads meet at a barrier between steps
+  // instead of overlapping the products with their own units with the wait (fused_steps.h)
   bool step_barrier = false;
 };
 

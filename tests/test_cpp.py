@@ -318,9 +318,10 @@ def test_panel_groups_at_few_rows(cell, threads, monkeypatch):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_steps_without_barrier(cell, monkeypatch):
     """Two threads whose every step splits skip the barrier (fused_steps.h: run_steps_overlapped):
-    a thread multiplies by its own units of h_{t-1}, waits for the other's, then adds theirs.  Over
-    many steps, an uneven split of blocks (5: 3 + 2) and both input plans, the result is the
-    float64 reference's, as with FASTRNN_STEP_SYNC=barrier."""
+    forward, a thread multiplies by its own units of h_{t-1}, waits for the other's, then adds
+    theirs; backward, its own dG columns flow into dh (and dx) first.  Over many steps, an uneven
+    split of blocks (5: 3 + 2) and both input plans, outputs and gradients are the float64
+    reference's, as with FASTRNN_STEP_SYNC=barrier."""
     from fastrnn import functional
     saved = torch.get_num_threads()
     torch.set_num_threads(2)

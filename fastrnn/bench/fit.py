@@ -107,10 +107,14 @@ def _wide_edge(mine, cid):
             f"{', '.join(cid(c, 'cpp') for c in above[:4])} won; widest loss {cid(widest_loss, 'cpp')}")
 
 
-def onednn_cases_without_plans(cases) -> bool:
-    """Whether a CPU class's results hold float32 LSTM cases and none recorded cpp's loop."""
-    lstm = [c for c in cases if c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"]]
-    return bool(lstm) and not any(c.get("cpp_plans") for c in cases)
+def _onednn_case(c) -> bool:
+    """A case torch runs on oneDNN's fused LSTM: float32 LSTM without projection on padded input."""
+    return c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"]
+
+
+def _without_plans(cases) -> bool:
+    """Whether a CPU class's results hold oneDNN LSTM cases and none recorded cpp's loop."""
+    return any(_onednn_case(c) for c in cases) and not any(c.get("cpp_plans") for c in cases)
 
 
 def _fit_onednn_without_plans(cases, put, cid):
@@ -122,8 +126,7 @@ def _fit_onednn_without_plans(cases, put, cid):
     that loses to oneDNN where they claim cpp wins must not inherit them."""
     from fastrnn import dispatch_table
     d = {k: v["value"] for k, v in dispatch_table.TABLE["default"].items()}
-    lstm = [c for c in cases if c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"]
-            and c["T"] > d["onednn_short_steps"] and _won(c, "cpp") is not None]
+    lstm = [c for c in cases if _onednn_case(c) and c["T"] > d["onednn_short_steps"] and _won(c, "cpp") is not None]
 
     def lowered(key, mine, what):
         fitted = _edge([(c["B"], _won(c, "cpp", TIE), cid(c, "cpp")) for c in mine])
@@ -153,7 +156,7 @@ def _fit_onednn_without_plans(cases, put, cid):
         for plan in ("panel+step", "panel", "blas"):
             key = f"onednn_cpp_rows.{plan}.{mode}"
             if fitted[0] < d[key]:
-                put(key, fitted, f"rows up to which cpp beat oneDNN's LSTM, any loop (none recorded)")
+                put(key, fitted, "rows up to which cpp beat oneDNN's LSTM, any loop (none recorded)")
 
 
 def _weight_bytes(c) -> int:
@@ -249,7 +252,7 @@ def fit_file(path) -> dict:
 
     for mode in ("fwd", "fwdbwd"):
         plain = [c for c in cases if c["mode"] == mode and c["dtype"] in ("f32", "f64") and c["T"] > 1
-                 and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
+                 and not _onednn_case(c)]
         pts = [(_step_flops(c), _won(c, "numba"), cid(c, "numba")) for c in plain if _won(c, "numba") is not None]
         put(f"numba_flops_above.{mode}", _edge(pts), "per-step GEMM flops where torch beat numba")
         for short, half, native in (("bf16", "bfloat16", ""), ("bf16", "bfloat16", "amx_bf16"),
@@ -268,8 +271,7 @@ def fit_file(path) -> dict:
             flops = [(_step_flops(c), _won(c, "cpp", TIE), cid(c, "cpp")) for c in hc if c not in fused]
             put(f"{key}.gemm_flops_above.{mode}", _edge(flops) or _raised(flops, f"{key}.gemm_flops_above.{mode}"),
                 f"per-step GEMM flops where torch's {half} beat cpp")
-    onednn = [c for c in cases if c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"]
-              and _won(c, "cpp") is not None and _cpp_plan(c)]
+    onednn = [c for c in cases if _onednn_case(c) and _won(c, "cpp") is not None and _cpp_plan(c)]
     for plan in sorted({_cpp_plan(c) for c in onednn}):
         for mode in ("fwd", "fwdbwd"):
             for bi in (False, True):
@@ -282,12 +284,12 @@ def fit_file(path) -> dict:
                 put(f"onednn_cpp_wide.{plan}.{mode}" + (".bi" if bi else ""), _wide_edge(mine, cid),
                     f"[hidden from, hidden to, rows]: at those widths cpp's {plan} loop beat oneDNN's "
                     f"{'bidirectional ' if bi else ''}LSTM on every case measured, up to those rows")
-    if onednn_cases_without_plans(cases):
+    if _without_plans(cases):
         _fit_onednn_without_plans(cases, put, cid)
     _fit_input_plan(cases, put)
     _fit_panel_loop(cases, put)
     one = [c for c in cases if c["T"] == 1 and c["dtype"] in ("f32", "f64") and _won(c, "cpp") is not None
-           and not (c["cell"] == "lstm" and c["dtype"] == "f32" and not c["proj"] and not c["packed"])]
+           and not _onednn_case(c)]
     for (short, full), mode in itertools.product((("f32", "float32"), ("f64", "float64")), ("fwd", "fwdbwd")):
         mine = [c for c in one if c["dtype"] == short and c["mode"] == mode]
         if mine:
